@@ -1,0 +1,1 @@
+"""Adapters: implementations of the core ports for the local runtime and each cloud."""

@@ -1,0 +1,1 @@
+"""Local adapters: the embedded store, blob storage and backends used on one machine."""

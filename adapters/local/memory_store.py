@@ -1,0 +1,259 @@
+"""MemoryStore: a thread-safe in-memory Store, the fake of unit tests and benchmarks."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from core.domain import ApiKeyRecord, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
+
+_PURGE_EVERY = 1024
+
+
+def utc_day(timestamp: float) -> str:
+    """The UTC calendar day of a Unix timestamp as ``YYYY-MM-DD``."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(slots=True)
+class _Counters:
+    values: dict[str, int]
+    expires_at: float | None
+
+
+@dataclass(slots=True)
+class _Daily:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_requests: int = 0
+    cost: float = 0.0
+
+
+@dataclass(slots=True)
+class _Cached:
+    value: bytes
+    expires_at: float
+
+
+@dataclass(slots=True)
+class _State:
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    keys: dict[str, ApiKeyRecord] = field(default_factory=dict)
+    counters: dict[str, _Counters] = field(default_factory=dict)
+    usage: dict[str, UsageRecord] = field(default_factory=dict)
+    daily: dict[tuple[str, str, str], _Daily] = field(default_factory=dict)
+    cache: dict[str, _Cached] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    signing_keys: dict[str, SigningKey] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """Every Store role in dictionaries behind one lock.
+
+    Counter items expire when ``expires_at < now``; cache entries when ``expires_at <= now``.
+    ``clock`` gives "now" for counters (the protocol passes no time to ``try_add``/``add``/``read``).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._s = _State()
+        self._writes = 0
+
+    # -- tenants and keys ---------------------------------------------------------------------------
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        with self._lock:
+            self._s.tenants[tenant.id] = tenant
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        with self._lock:
+            return self._s.tenants.get(tenant_id)
+
+    def list_tenants(self) -> list[Tenant]:
+        with self._lock:
+            tenants = list(self._s.tenants.values())
+        return sorted(tenants, key=lambda t: (t.created_at, t.id))
+
+    def put_key(self, key: ApiKeyRecord) -> None:
+        with self._lock:
+            self._s.keys[key.id] = key
+
+    def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        with self._lock:
+            return self._s.keys.get(key_id)
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        with self._lock:
+            keys = [k for k in self._s.keys.values() if k.tenant_id == tenant_id]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    # -- counters -----------------------------------------------------------------------------------
+
+    def _live(self, item: str, now: float) -> _Counters | None:
+        counters = self._s.counters.get(item)
+        if counters is not None and counters.expires_at is not None and counters.expires_at < now:
+            del self._s.counters[item]
+            return None
+        return counters
+
+    def _wrote(self, now: float) -> None:
+        self._writes += 1
+        if self._writes % _PURGE_EVERY == 0:
+            expired = [
+                k for k, c in self._s.counters.items() if c.expires_at is not None and c.expires_at < now
+            ]
+            for k in expired:
+                del self._s.counters[k]
+            for k in [k for k, e in self._s.cache.items() if e.expires_at <= now]:
+                del self._s.cache[k]
+
+    def try_add(
+        self,
+        item: str,
+        increments: Mapping[str, int],
+        limits: Mapping[str, int],
+        expires_at: float,
+    ) -> tuple[bool, dict[str, int]]:
+        """Add every increment if every limited field stays <= its limit; else write nothing."""
+        now = self._clock()
+        with self._lock:
+            counters = self._live(item, now)
+            values = counters.values if counters is not None else {}
+            for name, limit in limits.items():
+                if values.get(name, 0) + increments.get(name, 0) > limit:
+                    return False, dict(values)
+            if counters is None:
+                counters = _Counters({}, expires_at)
+                self._s.counters[item] = counters
+            else:
+                counters.expires_at = expires_at
+            for name, inc in increments.items():
+                counters.values[name] = counters.values.get(name, 0) + inc
+            self._wrote(now)
+            return True, dict(counters.values)
+
+    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
+        """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``."""
+        now = self._clock()
+        with self._lock:
+            counters = self._live(item, now)
+            if counters is None:
+                counters = _Counters({}, expires_at)
+                self._s.counters[item] = counters
+            for name, delta in deltas.items():
+                counters.values[name] = counters.values.get(name, 0) + delta
+            self._wrote(now)
+
+    def read(self, item: str) -> dict[str, int]:
+        now = self._clock()
+        with self._lock:
+            counters = self._live(item, now)
+            return dict(counters.values) if counters is not None else {}
+
+    # -- usage --------------------------------------------------------------------------------------
+
+    def record_usage(self, record: UsageRecord) -> bool:
+        group = (record.tenant_id, utc_day(record.created_at), record.model)
+        with self._lock:
+            if record.request_id in self._s.usage:
+                return False
+            self._s.usage[record.request_id] = record
+            daily = self._s.daily.get(group)
+            if daily is None:
+                daily = self._s.daily[group] = _Daily()
+            daily.requests += 1
+            daily.prompt_tokens += record.prompt_tokens
+            daily.completion_tokens += record.completion_tokens
+            daily.cached_requests += int(record.cached)
+            daily.cost += record.cost
+            return True
+
+    def get_usage(self, request_id: str) -> UsageRecord | None:
+        with self._lock:
+            return self._s.usage.get(request_id)
+
+    def list_usage(
+        self, tenant_id: str | None, start: float, end: float, limit: int = 1000
+    ) -> list[UsageRecord]:
+        """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
+        with self._lock:
+            found = [
+                r
+                for r in self._s.usage.values()
+                if start <= r.created_at < end and (tenant_id is None or r.tenant_id == tenant_id)
+            ]
+        found.sort(key=lambda r: (r.created_at, r.request_id))
+        return found[: max(limit, 0)]
+
+    def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+        with self._lock:
+            rows = [
+                UsageAggregate(
+                    tenant_id=t,
+                    day=day,
+                    model=model,
+                    requests=d.requests,
+                    prompt_tokens=d.prompt_tokens,
+                    completion_tokens=d.completion_tokens,
+                    cached_requests=d.cached_requests,
+                    cost=d.cost,
+                )
+                for (t, day, model), d in self._s.daily.items()
+                if start_day <= day <= end_day and (tenant_id is None or t == tenant_id)
+            ]
+        rows.sort(key=lambda a: (a.day, a.tenant_id, a.model))
+        return rows
+
+    # -- cache --------------------------------------------------------------------------------------
+
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        with self._lock:
+            entry = self._s.cache.get(key)
+            if entry is None:
+                return None
+            if entry.expires_at <= now:
+                del self._s.cache[key]
+                return None
+            return entry.value
+
+    def cache_put(self, key: str, value: bytes, expires_at: float) -> None:
+        with self._lock:
+            self._s.cache[key] = _Cached(bytes(value), expires_at)
+            self._wrote(self._clock())
+
+    # -- models and signing keys --------------------------------------------------------------------
+
+    def put_model(self, spec: ModelSpec) -> None:
+        spec = copy.deepcopy(spec)  # the spec holds dicts; keep callers from mutating the stored one
+        with self._lock:
+            self._s.models[spec.id] = spec
+
+    def get_model(self, model_id: str) -> ModelSpec | None:
+        with self._lock:
+            return self._s.models.get(model_id)
+
+    def list_models(self) -> list[ModelSpec]:
+        with self._lock:
+            return sorted(self._s.models.values(), key=lambda m: m.id)
+
+    def delete_model(self, model_id: str) -> bool:
+        with self._lock:
+            return self._s.models.pop(model_id, None) is not None
+
+    def put_signing_key(self, key: SigningKey) -> None:
+        with self._lock:
+            self._s.signing_keys[key.kid] = key
+
+    def list_signing_keys(self) -> list[SigningKey]:
+        with self._lock:
+            keys = list(self._s.signing_keys.values())
+        return sorted(keys, key=lambda k: (k.created_at, k.kid))
+
+    def close(self) -> None:
+        """Nothing to release; present so both local stores can be closed alike."""

@@ -1,0 +1,379 @@
+"""SQLiteStore: the embedded default Store, safe with several worker processes and threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.domain import (
+    ApiKeyRecord,
+    Limits,
+    ModelSpec,
+    SigningKey,
+    Tenant,
+    UsageAggregate,
+    UsageRecord,
+)
+
+_BUSY_TIMEOUT_S = 30.0
+_PURGE_EVERY = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL, limits TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL, key_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
+    limits TEXT NOT NULL, prefix TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant_id);
+CREATE TABLE IF NOT EXISTS counters (
+    item TEXT NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL, expires_at REAL,
+    PRIMARY KEY (item, field)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at);
+CREATE TABLE IF NOT EXISTS usage (
+    request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+    endpoint TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    cached INTEGER NOT NULL, latency_ms REAL NOT NULL, status INTEGER NOT NULL,
+    created_at REAL NOT NULL, cost REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
+CREATE INDEX IF NOT EXISTS usage_tenant_created ON usage (tenant_id, created_at);
+CREATE TABLE IF NOT EXISTS usage_daily (
+    tenant_id TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL, requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    cached_requests INTEGER NOT NULL, cost REAL NOT NULL,
+    PRIMARY KEY (tenant_id, day, model));
+CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day);
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_at);
+CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid TEXT PRIMARY KEY, private_pem BLOB NOT NULL, public_pem BLOB NOT NULL,
+    created_at REAL NOT NULL, retired_at REAL);
+"""
+_SCHEMA_STATEMENTS = tuple(s.strip() for s in _SCHEMA.split(";") if s.strip())
+
+_PUT_KEY = (
+    "INSERT OR REPLACE INTO api_keys (id, tenant_id, name, key_hash, scopes, created_at, expires_at,"
+    " revoked_at, limits, prefix) VALUES (:id, :tenant_id, :name, :key_hash, :scopes, :created_at,"
+    " :expires_at, :revoked_at, :limits, :prefix)"
+)
+_PUT_USAGE = (
+    "INSERT OR IGNORE INTO usage (request_id, tenant_id, key_id, model, endpoint, prompt_tokens,"
+    " completion_tokens, cached, latency_ms, status, created_at, cost) VALUES (:request_id, :tenant_id,"
+    " :key_id, :model, :endpoint, :prompt_tokens, :completion_tokens, :cached, :latency_ms, :status,"
+    " :created_at, :cost)"
+)
+_ADD_DAILY = (
+    "INSERT INTO usage_daily (tenant_id, day, model, requests, prompt_tokens, completion_tokens,"
+    " cached_requests, cost) VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT (tenant_id, day, model)"
+    " DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens,"
+    " cached_requests = cached_requests + excluded.cached_requests, cost = cost + excluded.cost"
+)
+_MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec))
+
+
+def _utc_day(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
+
+
+def _limits_json(limits: Limits) -> str:
+    return json.dumps(dataclasses.asdict(limits), sort_keys=True)
+
+
+def _tenant_from(row: sqlite3.Row) -> Tenant:
+    return Tenant(**{**dict(row), "limits": Limits(**json.loads(row["limits"]))})
+
+
+def _key_from(row: sqlite3.Row) -> ApiKeyRecord:
+    scopes = frozenset(json.loads(row["scopes"]))
+    return ApiKeyRecord(**{**dict(row), "scopes": scopes, "limits": Limits(**json.loads(row["limits"]))})
+
+
+def _usage_from(row: sqlite3.Row) -> UsageRecord:
+    return UsageRecord(**{**dict(row), "cached": bool(row["cached"])})
+
+
+def _model_from(row: sqlite3.Row) -> ModelSpec:
+    data: dict[str, Any] = {k: v for k, v in json.loads(row["spec"]).items() if k in _MODEL_FIELDS}
+    data["fallbacks"] = tuple(data.get("fallbacks", ()))
+    return ModelSpec(**data)
+
+
+class SQLiteStore:
+    """Every Store role in one SQLite file (WAL), one connection per thread and process.
+
+    Each read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, which serialises writers
+    across threads and processes. Counter items expire when ``expires_at < now`` (``now`` from
+    ``clock``); cache entries when ``expires_at <= now``. Expired rows are purged now and then.
+    """
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = str(path)
+        self._clock = clock
+        self._local = threading.local()
+        self._all: list[tuple[int, sqlite3.Connection]] = []
+        self._all_lock = threading.Lock()
+        self._writes = 0
+        self._init_schema()
+
+    # -- connections and transactions ---------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if conn is not None and self._local.pid == pid:
+            return conn
+        # First use in this thread, or in a forked child (never reuse a parent's connection).
+        conn = sqlite3.connect(
+            self._path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        self._set_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.row_factory = sqlite3.Row
+        self._local.conn, self._local.pid = conn, pid
+        with self._all_lock:
+            self._all.append((pid, conn))
+        return conn
+
+    @staticmethod
+    def _set_wal(conn: sqlite3.Connection) -> None:
+        # Switching to WAL takes an exclusive lock and can report "locked" without waiting for the
+        # busy timeout when another process is doing the same; retry for a while.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database's write lock from its first statement."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn().execute(sql, params).fetchone()
+        return row
+
+    def _all_rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def _init_schema(self) -> None:
+        with self._tx() as conn:
+            for statement in _SCHEMA_STATEMENTS:
+                conn.execute(statement)
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes % _PURGE_EVERY == 0:
+            self.purge_expired()
+
+    def purge_expired(self) -> None:
+        """Delete expired counters and cache entries (reads ignore them anyway)."""
+        now = self._clock()
+        with self._tx() as conn:
+            conn.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
+            conn.execute("DELETE FROM cache WHERE expires_at <= ?", (now,))
+
+    def close(self) -> None:
+        """Close every connection this process opened (any thread's)."""
+        pid = os.getpid()
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for owner, conn in conns:
+            if owner == pid:
+                conn.close()
+        self._local = threading.local()
+
+    # -- tenants and keys ---------------------------------------------------------------------------
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO tenants (id, name, created_at, limits) VALUES (?, ?, ?, ?)",
+            (tenant.id, tenant.name, tenant.created_at, _limits_json(tenant.limits)),
+        )
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = self._one("SELECT * FROM tenants WHERE id = ?", tenant_id)
+        return _tenant_from(row) if row is not None else None
+
+    def list_tenants(self) -> list[Tenant]:
+        return [_tenant_from(r) for r in self._all_rows("SELECT * FROM tenants ORDER BY created_at, id")]
+
+    def put_key(self, key: ApiKeyRecord) -> None:
+        params = dataclasses.asdict(key)
+        params.update(scopes=json.dumps(sorted(key.scopes)), limits=_limits_json(key.limits))
+        self._conn().execute(_PUT_KEY, params)
+
+    def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._one("SELECT * FROM api_keys WHERE id = ?", key_id)
+        return _key_from(row) if row is not None else None
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        rows = self._all_rows("SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id", tenant_id)
+        return [_key_from(r) for r in rows]
+
+    # -- counters -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _live(conn: sqlite3.Connection, item: str, now: float) -> tuple[dict[str, int], float | None] | None:
+        """The item's fields and expiry, or None when absent or expired (an expired item is deleted)."""
+        rows = conn.execute(
+            "SELECT field, value, expires_at FROM counters WHERE item = ?", (item,)
+        ).fetchall()
+        if not rows:
+            return None
+        if any(r[2] is not None and r[2] < now for r in rows):
+            conn.execute("DELETE FROM counters WHERE item = ?", (item,))
+            return None
+        return {r[0]: r[1] for r in rows}, rows[0][2]
+
+    @staticmethod
+    def _write_values(
+        conn: sqlite3.Connection, item: str, values: Mapping[str, int], expires_at: float | None
+    ) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO counters (item, field, value, expires_at) VALUES (?, ?, ?, ?)",
+            [(item, name, value, expires_at) for name, value in values.items()],
+        )
+
+    def try_add(
+        self,
+        item: str,
+        increments: Mapping[str, int],
+        limits: Mapping[str, int],
+        expires_at: float,
+    ) -> tuple[bool, dict[str, int]]:
+        """Add every increment if every limited field stays <= its limit; else write nothing."""
+        now = self._clock()
+        with self._tx() as conn:
+            live = self._live(conn, item, now)
+            values = live[0] if live is not None else {}
+            for name, limit in limits.items():
+                if values.get(name, 0) + increments.get(name, 0) > limit:
+                    return False, values
+            for name, inc in increments.items():
+                values[name] = values.get(name, 0) + inc
+            self._write_values(conn, item, values, expires_at)
+        self._wrote()
+        return True, values
+
+    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
+        """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``."""
+        now = self._clock()
+        with self._tx() as conn:
+            live = self._live(conn, item, now)
+            values: dict[str, int] = {}
+            if live is not None:
+                values, expires_at = live
+            changed = {name: values.get(name, 0) + delta for name, delta in deltas.items()}
+            self._write_values(conn, item, changed, expires_at)
+        self._wrote()
+
+    def read(self, item: str) -> dict[str, int]:
+        now = self._clock()
+        rows = self._all_rows("SELECT field, value, expires_at FROM counters WHERE item = ?", item)
+        values: dict[str, int] = {}
+        for name, value, expires in rows:
+            if expires is not None and expires < now:
+                return {}
+            values[name] = value
+        return values
+
+    # -- usage --------------------------------------------------------------------------------------
+
+    def record_usage(self, record: UsageRecord) -> bool:
+        r = record
+        with self._tx() as conn:
+            if conn.execute(_PUT_USAGE, dataclasses.asdict(r)).rowcount != 1:
+                return False
+            day = _utc_day(r.created_at)
+            aggregate = (r.prompt_tokens, r.completion_tokens, int(r.cached), r.cost)
+            conn.execute(_ADD_DAILY, (r.tenant_id, day, r.model, *aggregate))
+        return True
+
+    def get_usage(self, request_id: str) -> UsageRecord | None:
+        row = self._one("SELECT * FROM usage WHERE request_id = ?", request_id)
+        return _usage_from(row) if row is not None else None
+
+    def list_usage(
+        self, tenant_id: str | None, start: float, end: float, limit: int = 1000
+    ) -> list[UsageRecord]:
+        """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
+        rows = self._all_rows(
+            "SELECT * FROM usage WHERE created_at >= ? AND created_at < ? AND (? IS NULL OR tenant_id = ?)"
+            " ORDER BY created_at, request_id LIMIT ?",
+            *(start, end, tenant_id, tenant_id, max(limit, 0)),
+        )
+        return [_usage_from(r) for r in rows]
+
+    def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+        rows = self._all_rows(
+            "SELECT * FROM usage_daily WHERE day >= ? AND day <= ? AND (? IS NULL OR tenant_id = ?)"
+            " ORDER BY day, tenant_id, model",
+            *(start_day, end_day, tenant_id, tenant_id),
+        )
+        return [UsageAggregate(**dict(r)) for r in rows]
+
+    # -- cache --------------------------------------------------------------------------------------
+
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        row = self._one("SELECT value FROM cache WHERE key = ? AND expires_at > ?", key, now)
+        return bytes(row[0]) if row is not None else None
+
+    def cache_put(self, key: str, value: bytes, expires_at: float) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
+            (key, bytes(value), expires_at),
+        )
+        self._wrote()
+
+    # -- models and signing keys --------------------------------------------------------------------
+
+    def put_model(self, spec: ModelSpec) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO models (id, spec) VALUES (?, ?)",
+            (spec.id, json.dumps(dataclasses.asdict(spec), sort_keys=True)),
+        )
+
+    def get_model(self, model_id: str) -> ModelSpec | None:
+        row = self._one("SELECT spec FROM models WHERE id = ?", model_id)
+        return _model_from(row) if row is not None else None
+
+    def list_models(self) -> list[ModelSpec]:
+        return [_model_from(r) for r in self._all_rows("SELECT spec FROM models ORDER BY id")]
+
+    def delete_model(self, model_id: str) -> bool:
+        return self._conn().execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount == 1
+
+    def put_signing_key(self, key: SigningKey) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO signing_keys (kid, private_pem, public_pem, created_at, retired_at)"
+            " VALUES (:kid, :private_pem, :public_pem, :created_at, :retired_at)",
+            dataclasses.asdict(key),
+        )
+
+    def list_signing_keys(self) -> list[SigningKey]:
+        rows = self._all_rows("SELECT * FROM signing_keys ORDER BY created_at, kid")
+        return [SigningKey(**dict(r)) for r in rows]

@@ -1,0 +1,1 @@
+"""OpenAI-compatible inference servers (vLLM, TGI, llama.cpp server, Ollama) as an InferenceBackend."""

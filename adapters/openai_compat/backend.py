@@ -1,0 +1,368 @@
+"""OpenAICompatBackend: the InferenceBackend for any server that speaks OpenAI's HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+import httpx
+
+from core.errors import BackendError, BackendTimeout
+from core.inference import (
+    Embeddings,
+    FinishReason,
+    Generation,
+    GenerationParams,
+    Prompt,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+)
+
+Usage = tuple[int, int]
+UsageFallback = Callable[[Prompt, str], Usage]
+
+# Bytes bound the text of a chat; these bound the markup a chat template adds around each message
+# (ChatML adds 4 tokens, Llama 3 adds 5) and before the reply (a role header of up to ~13 tokens).
+CHAT_TOKENS_PER_MESSAGE = 8
+CHAT_TOKENS_PER_REPLY = 16
+DEFAULT_TIMEOUT_S = 60.0
+_CONNECT_TIMEOUT_S = 10.0
+_MAX_MESSAGE_CHARS = 500
+
+
+def conservative_usage(prompt: Prompt, text: str) -> Usage:
+    """Counts a byte-level BPE tokenizer never exceeds: one token per UTF-8 byte (+ chat markup)."""
+    prompt_tokens = prompt.utf8_bytes()
+    if prompt.is_chat:
+        prompt_tokens += CHAT_TOKENS_PER_MESSAGE * len(prompt.messages) + CHAT_TOKENS_PER_REPLY
+    return prompt_tokens, len(text.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRoute:
+    """The registry's ``backend`` entry for an OpenAI-compatible server."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def parse(cls, route: Mapping[str, Any]) -> OpenAIRoute:
+        base_url, model = route.get("base_url"), route.get("model")
+        if not (isinstance(base_url, str) and base_url and isinstance(model, str) and model):
+            raise _misconfigured("an OpenAI-compatible route needs 'base_url' and 'model'")
+        key_env, timeout = route.get("api_key_env"), route.get("timeout_s")
+        return cls(
+            base_url=base_url.rstrip("/"),
+            model=model,
+            api_key_env=str(key_env) if key_env else None,
+            timeout_s=float(timeout) if timeout is not None else DEFAULT_TIMEOUT_S,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A decoded response or stream chunk; ``usage`` is None where the server reported none."""
+
+    text: str
+    finish_reason: FinishReason | None
+    usage: Usage | None
+
+
+def to_chat_payload(
+    model: str, prompt: Prompt, params: GenerationParams, *, stream: bool = False
+) -> dict[str, Any]:
+    messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+    return _with_params({"model": model, "messages": messages}, params, stream)
+
+
+def to_completion_payload(
+    model: str, prompt: Prompt, params: GenerationParams, *, stream: bool = False
+) -> dict[str, Any]:
+    return _with_params({"model": model, "prompt": prompt.text or ""}, params, stream)
+
+
+def _with_params(payload: dict[str, Any], params: GenerationParams, stream: bool) -> dict[str, Any]:
+    payload.update(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p)
+    if params.stop:
+        payload["stop"] = list(params.stop)
+    if params.seed is not None:
+        payload["seed"] = params.seed
+    if stream:
+        payload.update(stream=True, stream_options={"include_usage": True})
+    return payload
+
+
+def from_chat_response(body: Mapping[str, Any]) -> Reply:
+    choice = _first_choice(body)
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return Reply(_text(content), finish_reason(choice.get("finish_reason")), parse_usage(body))
+
+
+def from_completion_response(body: Mapping[str, Any]) -> Reply:
+    choice = _first_choice(body)
+    return Reply(_text(choice.get("text")), finish_reason(choice.get("finish_reason")), parse_usage(body))
+
+
+def from_stream_chunk(chunk: Mapping[str, Any]) -> Reply:
+    """One SSE chunk, chat (``delta.content``) or text (``text``); the usage chunk has no choices."""
+    if "error" in chunk or chunk.get("object") == "error":
+        raise BackendError(f"the model backend failed mid-stream: {upstream_message(chunk)}", retryable=False)
+    choices = chunk.get("choices")
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        return Reply("", None, parse_usage(chunk))
+    choice = choices[0]
+    delta = choice.get("delta")
+    piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    reason = choice.get("finish_reason")
+    return Reply(_text(piece), None if reason is None else finish_reason(reason), parse_usage(chunk))
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of an SSE ``data:`` line; None for blank lines, comments and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[5:].strip()
+
+
+def to_embeddings_payload(model: str, inputs: list[str]) -> dict[str, Any]:
+    return {"model": model, "input": inputs, "encoding_format": "float"}
+
+
+def from_embeddings_response(body: Mapping[str, Any], expected: int) -> tuple[list[list[float]], int | None]:
+    """The vectors in input order and the reported prompt tokens (None if not reported)."""
+    data = body.get("data")
+    if not isinstance(data, list) or len(data) != expected:
+        raise _bad_response(f"expected {expected} embeddings")
+    try:
+        ordered = sorted(data, key=lambda item: int(item.get("index", 0)))
+        vectors = [[float(x) for x in item["embedding"]] for item in ordered]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise _bad_response("malformed embeddings") from None
+    usage = body.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return vectors, tokens if _is_count(tokens) else None
+
+
+def finish_reason(value: object) -> FinishReason:
+    if value == "length":
+        return "length"
+    if value == "content_filter":
+        return "content_filter"
+    return "stop"
+
+
+def parse_usage(body: Mapping[str, Any]) -> Usage | None:
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if _is_count(prompt) and _is_count(completion):
+        return prompt, completion
+    return None
+
+
+def upstream_message(body: bytes | Mapping[str, Any]) -> str:
+    """The error message in an upstream body (OpenAI, vLLM, llama.cpp, Ollama shapes), truncated."""
+    data: Any = body
+    if isinstance(body, bytes):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+    message: object = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or data.get("message") or data.get("detail")
+    if not isinstance(message, str) or not message:
+        message = body.decode(errors="replace").strip() if isinstance(body, bytes) else ""
+    return message[:_MAX_MESSAGE_CHARS] or "no message"
+
+
+def error_for_status(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> BackendError:
+    """The gateway error for an upstream HTTP error status."""
+    message = upstream_message(body)
+    if status == 429:
+        retry_after = (headers or {}).get("retry-after")
+        return BackendError(
+            f"the model backend is throttling requests: {message}",
+            status=429,
+            retryable=True,
+            type="rate_limit_error",
+            code="backend_throttled",
+            headers={"Retry-After": retry_after} if retry_after else None,
+        )
+    if status >= 500:
+        return BackendError(f"the model backend failed ({status}): {message}", status=502, retryable=True)
+    if status == 408:
+        return BackendTimeout()
+    if status in (401, 403, 404) or status < 400:
+        return _misconfigured(f"the model backend refused the gateway ({status}): {message}")
+    return BackendError(
+        message, status=400, retryable=False, type="invalid_request_error", code="backend_rejected"
+    )
+
+
+def _first_choice(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    choices = body.get("choices")
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        raise _bad_response("no choices in the response")
+    return choices[0]
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _decode(content: bytes | str) -> dict[str, Any]:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        raise _bad_response("the response is not JSON") from None
+    if not isinstance(data, dict):
+        raise _bad_response("the response is not a JSON object")
+    return data
+
+
+def _bad_response(detail: str) -> BackendError:
+    return BackendError(f"the model backend sent a malformed response: {detail}", code="backend_bad_response")
+
+
+def _misconfigured(detail: str) -> BackendError:
+    return BackendError(detail, status=502, retryable=False, code="backend_misconfigured")
+
+
+class OpenAICompatBackend:
+    """Calls ``{base_url}/chat/completions``, ``/completions`` and ``/embeddings``; never logs text."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
+        usage_fallback: UsageFallback | None = None,
+    ) -> None:
+        self._given = client
+        self._owned: httpx.AsyncClient | None = None
+        self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._api_key = api_key
+        self._usage_fallback = usage_fallback or conservative_usage
+
+    async def generate(
+        self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
+    ) -> Generation:
+        cfg = OpenAIRoute.parse(route)
+        body = await self._post(cfg, *_request(cfg.model, prompt, params, stream=False))
+        reply = from_chat_response(body) if prompt.is_chat else from_completion_response(body)
+        usage = reply.usage or self._fallback(prompt, reply.text, params)
+        return Generation(reply.text, reply.finish_reason or "stop", usage[0], usage[1])
+
+    async def stream(
+        self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
+    ) -> AsyncIterator[StreamEvent]:
+        cfg = OpenAIRoute.parse(route)
+        path, payload = _request(cfg.model, prompt, params, stream=True)
+        pieces: list[str] = []
+        reason: FinishReason = "stop"
+        usage: Usage | None = None
+        try:
+            async with self._http().stream(
+                "POST", cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
+            ) as response:
+                if response.status_code >= 300:
+                    raise error_for_status(response.status_code, await response.aread(), response.headers)
+                async for line in response.aiter_lines():
+                    data = sse_data(line)
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        break
+                    chunk = from_stream_chunk(_decode(data))
+                    reason = chunk.finish_reason or reason
+                    usage = chunk.usage or usage
+                    if chunk.text:
+                        pieces.append(chunk.text)
+                        yield TextDelta(chunk.text)
+        except httpx.TimeoutException:
+            raise BackendTimeout() from None
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from None
+        usage = usage or self._fallback(prompt, "".join(pieces), params)
+        yield StreamEnd(reason, usage[0], usage[1])
+
+    async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings:
+        cfg = OpenAIRoute.parse(route)
+        body = await self._post(cfg, "/embeddings", to_embeddings_payload(cfg.model, inputs))
+        vectors, tokens = from_embeddings_response(body, len(inputs))
+        if tokens is None:
+            tokens = sum(self._usage_fallback(Prompt(text=text), "")[0] for text in inputs)
+        return Embeddings(vectors, tokens, len(vectors[0]) if vectors else 0)
+
+    async def aclose(self) -> None:
+        """Close the client this backend created (a client passed in belongs to the caller)."""
+        client, self._owned = self._owned, None
+        if client is not None:
+            await client.aclose()
+
+    def _fallback(self, prompt: Prompt, text: str, params: GenerationParams) -> Usage:
+        # The server stops at max_tokens, so the completion can never count more than that.
+        prompt_tokens, completion_tokens = self._usage_fallback(prompt, text)
+        return prompt_tokens, min(completion_tokens, params.max_tokens)
+
+    async def _post(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http().post(
+                cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
+            )
+        except httpx.TimeoutException:
+            raise BackendTimeout() from None
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from None
+        if response.status_code >= 300:
+            raise error_for_status(response.status_code, response.content, response.headers)
+        return _decode(response.content)
+
+    def _headers(self, cfg: OpenAIRoute) -> dict[str, str]:
+        key = self._api_key
+        if cfg.api_key_env:
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
+                raise _misconfigured(f"the environment variable {cfg.api_key_env} holds no API key")
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._given is not None:
+            return self._given
+        # One keep-alive client per event loop: a pool's connections cannot outlive their loop.
+        loop = asyncio.get_running_loop()
+        if self._owned is None or self._owned_loop is not loop:
+            self._owned = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=32))
+            self._owned_loop = loop
+        return self._owned
+
+
+def _request(
+    model: str, prompt: Prompt, params: GenerationParams, *, stream: bool
+) -> tuple[str, dict[str, Any]]:
+    if prompt.is_chat:
+        return "/chat/completions", to_chat_payload(model, prompt, params, stream=stream)
+    return "/completions", to_completion_payload(model, prompt, params, stream=stream)
+
+
+def _timeout(cfg: OpenAIRoute) -> httpx.Timeout:
+    return httpx.Timeout(cfg.timeout_s, connect=min(cfg.timeout_s, _CONNECT_TIMEOUT_S))
+
+
+def _unreachable(exc: httpx.TransportError) -> BackendError:
+    return BackendError(f"the model backend is unreachable: {type(exc).__name__}", status=502, retryable=True)

@@ -1,0 +1,1 @@
+"""TextNLP core: cloud-neutral gateway logic. Imports no cloud SDK, ever."""

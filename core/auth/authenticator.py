@@ -1,0 +1,72 @@
+"""Turns the credential of a request (API key or bearer JWT) into a Principal."""
+
+from __future__ import annotations
+
+from core.auth import api_keys
+from core.auth.tokens import TokenService
+from core.cache import TTLCache
+from core.domain import ApiKeyRecord, Principal
+from core.errors import Forbidden, Unauthorized
+from core.http import Request
+from core.ports import Clock, KeyStore
+
+
+class Authenticator:
+    """Resolves credentials. Key records are cached per process for ``key_cache_ttl_s`` seconds,
+    so a revocation made in another process takes effect within that time (at once in this one).
+    """
+
+    def __init__(
+        self, keys: KeyStore, tokens: TokenService, clock: Clock, key_cache_ttl_s: float = 5.0
+    ) -> None:
+        self._keys = keys
+        self._tokens = tokens
+        self._clock = clock
+        self._cache: TTLCache[str, ApiKeyRecord | None] = TTLCache(maxsize=10_000, ttl_s=key_cache_ttl_s, clock=clock)
+
+    def key_record(self, key_id: str) -> ApiKeyRecord | None:
+        found, record = self._cache.lookup(key_id)
+        if not found:
+            record = self._keys.get_key(key_id)
+            self._cache.put(key_id, record)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        self._cache.pop(key_id)
+
+    def from_api_key(self, presented: str) -> Principal:
+        record = self.key_record(api_keys.parse_key(presented))
+        if record is None or not api_keys.verify(presented, record):
+            raise Unauthorized("invalid API key")
+        if not record.is_active(self._clock.now()):
+            raise Unauthorized("API key revoked or expired", code="key_revoked")
+        return Principal(tenant_id=record.tenant_id, key_id=record.id, scopes=record.scopes, via="api_key")
+
+    def from_token(self, token: str) -> Principal:
+        principal = self._tokens.verify(token)
+        record = self.key_record(principal.key_id)
+        if record is None or record.tenant_id != principal.tenant_id or not record.is_active(self._clock.now()):
+            raise Unauthorized("the API key behind this token is revoked or expired", code="key_revoked")
+        # A token never carries more than its key has now.
+        return Principal(principal.tenant_id, principal.key_id, principal.scopes & record.scopes, via="jwt")
+
+    def authenticate(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            api_key = request.headers.get("x-api-key", "").strip()
+            if not api_key:
+                raise Unauthorized(
+                    "missing credentials: send 'Authorization: Bearer <API key or access token>'",
+                    code="missing_credentials",
+                )
+            credential = api_key
+        if credential.count(".") == 2 and not credential.startswith(api_keys.KEY_PREFIX + "_"):
+            return self.from_token(credential)
+        return self.from_api_key(credential)
+
+
+def require(principal: Principal, scope: str) -> None:
+    if not principal.has(scope):
+        raise Forbidden(f"this credential lacks the '{scope}' scope")

@@ -1,0 +1,293 @@
+"""The path of one generation or embedding request: reserve, cache, call, settle, meter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from core.cache import ResponseCache, cache_key
+from core.domain import ApiKeyRecord, ModelSpec, Principal
+from core.errors import APIError, InvalidRequest, Unauthorized
+from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
+from core.limits import LimitEnforcer, Reservation
+from core.metering import Meter
+from core.ports import TokenCounter
+from core.routing import ModelRouter
+from core.tenants import TenantDirectory
+from core.tokens import prompt_upper_bound
+
+
+@dataclass
+class Completed:
+    """Generations in prompt-major order (prompt 0 choice 0..n-1, prompt 1 ...)."""
+
+    generations: list[Generation]
+    model: ModelSpec
+    cached: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(g.prompt_tokens for g in self.generations)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(g.completion_tokens for g in self.generations)
+
+
+@dataclass
+class Streamed:
+    headers: dict[str, str]
+    events: AsyncIterator[StreamEvent]
+
+
+@dataclass
+class Embedded:
+    embeddings: Embeddings
+    cached: bool
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    principal: Principal
+    request_id: str
+    endpoint: str
+
+
+class GenerationService:
+    def __init__(
+        self,
+        *,
+        tenants: TenantDirectory,
+        key_lookup: Callable[[str], ApiKeyRecord | None],
+        limits: LimitEnforcer,
+        cache: ResponseCache,
+        router: ModelRouter,
+        meter: Meter,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self._tenants = tenants
+        self._key_lookup = key_lookup
+        self._limits = limits
+        self._cache = cache
+        self._router = router
+        self._meter = meter
+        self._counter = counter
+
+    # -- planning -------------------------------------------------------------------------
+
+    def _bounds(self, spec: ModelSpec, prompts: list[Prompt], max_tokens: int) -> list[int]:
+        """Prompt token bounds; exact where the tokenizer is known, refusing what cannot fit."""
+        bounds = []
+        for prompt in prompts:
+            exact = self._counter.count(spec.backend, prompt) if self._counter else None
+            bound = exact if exact is not None else prompt_upper_bound(prompt, spec.context_length)
+            if exact is not None and exact + max_tokens > spec.context_length:
+                raise InvalidRequest(
+                    f"this model's context is {spec.context_length} tokens; the prompt has {exact} and "
+                    f"max_tokens asks for {max_tokens}",
+                    param="max_tokens" if exact < spec.context_length else "prompt",
+                    code="context_length_exceeded",
+                )
+            bounds.append(bound)
+        return bounds
+
+    @staticmethod
+    def max_tokens(spec: ModelSpec, requested: int | None) -> int:
+        if requested is None:
+            return spec.max_output_tokens
+        if requested > spec.max_output_tokens:
+            raise InvalidRequest(
+                f"max_tokens is {requested}, above this model's limit of {spec.max_output_tokens}",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
+        return requested
+
+    def _reserve(self, ctx: CallContext, tokens: int) -> Reservation:
+        tenant = self._tenants.get(ctx.principal.tenant_id)
+        key = self._key_lookup(ctx.principal.key_id)
+        if key is None:
+            raise Unauthorized("unknown API key")
+        return self._limits.reserve(tenant, key, tokens)
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def complete(
+        self, ctx: CallContext, spec: ModelSpec, prompts: list[Prompt], params: GenerationParams, n: int
+    ) -> Completed:
+        started = time.perf_counter()
+        bounds = self._bounds(spec, prompts, params.max_tokens)
+        reservation = self._reserve(ctx, n * (sum(bounds) + len(prompts) * params.max_tokens))
+        key = None
+        if params.deterministic:
+            key = cache_key(
+                ctx.principal.tenant_id, spec.id, ctx.endpoint, _params_dict(params, n), [_prompt_json(p) for p in prompts]
+            )
+            hit = self._cache.get(key, spec.id)
+            if hit is not None:
+                generations = [Generation(**g) for g in json.loads(hit)]
+                self._limits.settle(reservation, 0)
+                self._meter.record(
+                    request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
+                    prompt_tokens=0, completion_tokens=0, cached=True, latency_ms=_ms(started), status=200,
+                )
+                return Completed(generations, spec, True, reservation.headers)
+        try:
+            calls = [self._router.generate(spec, p, params) for p in prompts for _ in range(n)]
+            results = await asyncio.gather(*calls)
+        except BaseException as exc:
+            self._fail(ctx, spec, reservation, started, exc)
+            raise
+        generations = [g for g, _ in results]
+        served_by = results[0][1]
+        done = Completed(generations, served_by, False, reservation.headers)
+        self._limits.settle(reservation, done.prompt_tokens + done.completion_tokens)
+        self._meter.record(
+            request_id=ctx.request_id, principal=ctx.principal, model=served_by, endpoint=ctx.endpoint,
+            prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, cached=False,
+            latency_ms=_ms(started), status=200,
+        )
+        if key is not None:
+            self._cache.put(key, json.dumps([_generation_json(g) for g in generations]).encode())
+        return done
+
+    def _fail(self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, exc: BaseException) -> None:
+        """A failed call is charged nothing; its usage record says how it ended."""
+        self._limits.settle(reservation, 0, refund_request=False)
+        status = exc.status if isinstance(exc, APIError) else 499 if isinstance(exc, asyncio.CancelledError) else 500
+        self._meter.record(
+            request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
+            prompt_tokens=0, completion_tokens=0, cached=False, latency_ms=_ms(started), status=status,
+        )
+
+    async def stream(self, ctx: CallContext, spec: ModelSpec, prompt: Prompt, params: GenerationParams) -> Streamed:
+        """Reserve, then wait for the first event so that early backend errors are plain HTTP errors."""
+        started = time.perf_counter()
+        (bound,) = self._bounds(spec, [prompt], params.max_tokens)
+        reservation = self._reserve(ctx, bound + params.max_tokens)
+        events = self._router.stream(spec, prompt, params)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            first = StreamEnd("stop", 0, 0)
+        except BaseException as exc:
+            self._fail(ctx, spec, reservation, started, exc)
+            raise
+        exact_prompt = bound if self._counter and self._counter.count(spec.backend, prompt) is not None else 0
+        return Streamed(reservation.headers, self._metered(ctx, spec, reservation, started, first, events, exact_prompt))
+
+    async def _metered(
+        self,
+        ctx: CallContext,
+        spec: ModelSpec,
+        reservation: Reservation,
+        started: float,
+        first: StreamEvent,
+        events: AsyncIterator[StreamEvent],
+        known_prompt_tokens: int,
+    ) -> AsyncIterator[StreamEvent]:
+        """Pass events through and settle from the final usage, exactly like a non-streamed call."""
+        deltas = 0
+        end: StreamEnd | None = None
+        status = 200
+        try:
+            event: StreamEvent | None = first
+            while event is not None:
+                if isinstance(event, StreamEnd):
+                    end = event
+                else:
+                    deltas += 1
+                yield event
+                event = await anext(events, None)
+        except APIError as exc:
+            status = exc.status
+            raise
+        finally:
+            if end is not None:
+                prompt_tokens, completion_tokens = end.prompt_tokens, end.completion_tokens
+            elif status == 200:
+                # The caller went away mid-stream: charge what was produced, nothing more.
+                status = 499
+                prompt_tokens, completion_tokens = known_prompt_tokens, deltas
+            else:
+                prompt_tokens = completion_tokens = 0
+            self._limits.settle(reservation, prompt_tokens + completion_tokens)
+            self._meter.record(
+                request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached=False,
+                latency_ms=_ms(started), status=status,
+            )
+            await _aclose(events)
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    async def embed(self, ctx: CallContext, spec: ModelSpec, inputs: list[str]) -> Embedded:
+        started = time.perf_counter()
+        bound = sum(prompt_upper_bound(Prompt(text=t), spec.context_length) for t in inputs)
+        reservation = self._reserve(ctx, bound)
+        key = cache_key(ctx.principal.tenant_id, spec.id, "embeddings", {}, inputs)
+        hit = self._cache.get(key, spec.id)
+        if hit is not None:
+            data = json.loads(hit)
+            self._limits.settle(reservation, 0)
+            self._meter.record(
+                request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
+                prompt_tokens=0, completion_tokens=0, cached=True, latency_ms=_ms(started), status=200,
+            )
+            return Embedded(Embeddings(**data), True, reservation.headers)
+        try:
+            result, served_by = await self._router.embed(spec, inputs)
+        except BaseException as exc:
+            self._fail(ctx, spec, reservation, started, exc)
+            raise
+        self._limits.settle(reservation, result.prompt_tokens)
+        self._meter.record(
+            request_id=ctx.request_id, principal=ctx.principal, model=served_by, endpoint=ctx.endpoint,
+            prompt_tokens=result.prompt_tokens, completion_tokens=0, cached=False,
+            latency_ms=_ms(started), status=200,
+        )
+        self._cache.put(
+            key,
+            json.dumps(
+                {"vectors": result.vectors, "prompt_tokens": result.prompt_tokens, "dimensions": result.dimensions}
+            ).encode(),
+        )
+        return Embedded(result, False, reservation.headers)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _params_dict(params: GenerationParams, n: int) -> dict[str, object]:
+    return {
+        "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+        "stop": list(params.stop), "seed": params.seed, "n": n,
+    }
+
+
+def _prompt_json(prompt: Prompt) -> object:
+    if prompt.text is not None:
+        return prompt.text
+    return [[m.role, m.content] for m in prompt.messages]
+
+
+def _generation_json(g: Generation) -> dict[str, object]:
+    return {
+        "text": g.text, "finish_reason": g.finish_reason,
+        "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+    }
+
+
+async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+    closer = getattr(events, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+__all__ = ["CallContext", "Completed", "Embedded", "GenerationService", "Streamed", "TextDelta"]

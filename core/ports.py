@@ -1,0 +1,134 @@
+"""Ports: what the core needs from the outside world, named by role. Adapters implement them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from core.domain import (
+    ApiKeyRecord,
+    ModelSpec,
+    SigningKey,
+    Tenant,
+    UsageAggregate,
+    UsageRecord,
+)
+from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent
+
+
+class TenantStore(Protocol):
+    def put_tenant(self, tenant: Tenant) -> None: ...
+    def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+    def list_tenants(self) -> list[Tenant]: ...
+
+
+class KeyStore(Protocol):
+    def put_key(self, key: ApiKeyRecord) -> None: ...
+    def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
+    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]: ...
+
+
+class CounterStore(Protocol):
+    """Numeric counters grouped in items; the unit of atomicity is one item.
+
+    ``try_add`` is the one conditional write of the limits: it adds every increment to its field
+    if, and only if, every field named in ``limits`` stays at or below its limit afterwards.
+    It returns the item's values after the write when it applied, or ``None`` and the values it
+    saw when it refused. Every document database can do this on one item (DynamoDB UpdateItem with
+    a ConditionExpression, a Firestore transaction, a Cosmos patch with a filter predicate).
+    """
+
+    def try_add(
+        self,
+        item: str,
+        increments: Mapping[str, int],
+        limits: Mapping[str, int],
+        expires_at: float,
+    ) -> tuple[bool, dict[str, int]]: ...
+
+    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
+        """Unconditional add (settling a reservation, undoing one). Missing fields count as 0.
+
+        An absent or expired item is created expiring at ``expires_at``, so settling after the
+        window ended leaves nothing behind.
+        """
+
+    def read(self, item: str) -> dict[str, int]: ...
+
+
+class UsageStore(Protocol):
+    def record_usage(self, record: UsageRecord) -> bool:
+        """Write the record and add it to its daily aggregate; False if the request id exists."""
+
+    def get_usage(self, request_id: str) -> UsageRecord | None: ...
+
+    def list_usage(
+        self, tenant_id: str | None, start: float, end: float, limit: int = 1000
+    ) -> list[UsageRecord]: ...
+
+    def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+        """Aggregates per tenant, day and model, days given as ``YYYY-MM-DD`` (inclusive)."""
+
+
+class CacheStore(Protocol):
+    def cache_get(self, key: str, now: float) -> bytes | None: ...
+    def cache_put(self, key: str, value: bytes, expires_at: float) -> None: ...
+
+
+class ModelStore(Protocol):
+    def put_model(self, spec: ModelSpec) -> None: ...
+    def get_model(self, model_id: str) -> ModelSpec | None: ...
+    def list_models(self) -> list[ModelSpec]: ...
+    def delete_model(self, model_id: str) -> bool: ...
+
+
+class SigningKeyStore(Protocol):
+    def put_signing_key(self, key: SigningKey) -> None: ...
+    def list_signing_keys(self) -> list[SigningKey]: ...
+
+
+class Store(TenantStore, KeyStore, CounterStore, UsageStore, CacheStore, ModelStore, SigningKeyStore, Protocol):
+    """Everything the gateway keeps. One adapter per database implements all roles."""
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """A way to reach models: local llama.cpp, an OpenAI-compatible server, SageMaker, Vertex, Azure ML.
+
+    ``route`` is the model's ``backend`` entry from the registry (its type plus its own fields).
+    Backends raise ``core.errors.BackendError`` (with ``retryable`` set for throttling and 5xx).
+    """
+
+    async def generate(self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams) -> Generation: ...
+
+    def stream(
+        self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
+    ) -> AsyncIterator[StreamEvent]: ...
+
+    async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings: ...
+
+
+class BackendResolver(Protocol):
+    """Maps a registry route (``{"type": "openai", ...}``) to the backend that serves it."""
+
+    def backend_for(self, route: Mapping[str, Any]) -> InferenceBackend: ...
+
+
+class TokenCounter(Protocol):
+    """Exact prompt token counts for a model, where the gateway has its tokenizer."""
+
+    def count(self, route: Mapping[str, Any], prompt: Prompt) -> int | None: ...
+
+
+class BlobStore(Protocol):
+    def read_lines(self, key: str) -> AsyncIterator[bytes]: ...
+    def write_object(self, key: str, data: bytes) -> None: ...
+
+
+class Metrics(Protocol):
+    def incr(self, name: str, value: float = 1.0, **dims: str) -> None: ...
+    def observe(self, name: str, value: float, **dims: str) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...

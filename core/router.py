@@ -1,0 +1,83 @@
+"""Routes: method + path template -> handler, with the scope it needs and its body model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from core.errors import MethodNotAllowed, NotFound
+from core.http import Request, Response
+
+if TYPE_CHECKING:
+    from core.app import RequestContext
+
+Handler = Callable[["RequestContext"], Awaitable[Response]]
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    scope: str | None
+    summary: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    public: bool = False
+    tags: tuple[str, ...] = ()
+    query: dict[str, str] = field(default_factory=dict)
+
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", self.path) + "$")
+
+
+class Router:
+    """Static paths are a dict lookup; templated ones are tried in order."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+        self._static: dict[str, dict[str, Route]] = {}
+        self._dynamic: list[tuple[re.Pattern[str], dict[str, Route]]] = []
+
+    def add(self, route: Route) -> None:
+        self.routes.append(route)
+        if "{" not in route.path:
+            self._static.setdefault(route.path, {})[route.method] = route
+            return
+        for pattern, by_method in self._dynamic:
+            if pattern.pattern == route.pattern().pattern:
+                by_method[route.method] = route
+                return
+        self._dynamic.append((route.pattern(), {route.method: route}))
+
+    def route(self, method: str, path: str, *, scope: str | None, summary: str, **kw: Any) -> Callable[[Handler], Handler]:
+        def decorate(handler: Handler) -> Handler:
+            self.add(Route(method, path, handler, scope, summary, **kw))
+            return handler
+
+        return decorate
+
+    def match(self, request: Request) -> Route:
+        path = request.path.rstrip("/") or "/"
+        by_method = self._static.get(path)
+        if by_method is None:
+            for pattern, candidates in self._dynamic:
+                m = pattern.match(path)
+                if m:
+                    by_method = candidates
+                    request.path_params = m.groupdict()
+                    break
+        if by_method is None:
+            raise NotFound(f"no route for {request.method} {request.path}", code="unknown_route")
+        route = by_method.get(request.method)
+        if route is None:
+            allowed = ", ".join(sorted(by_method))
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; use {allowed}", headers={"allow": allowed}
+            )
+        return route

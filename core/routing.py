@@ -1,0 +1,122 @@
+"""Calling a model: per-route timeout, retries with exponential backoff and full jitter, fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from core.domain import ModelSpec
+from core.errors import BackendError, BackendTimeout
+from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent
+from core.ports import BackendResolver, Metrics
+from core.registry import ModelRegistry
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ModelRouter:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        backends: BackendResolver,
+        metrics: Metrics,
+        *,
+        backoff_base_s: float = 0.1,
+        backoff_cap_s: float = 2.0,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._registry = registry
+        self._backends = backends
+        self._metrics = metrics
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self._sleep = sleep
+        self._rng = rng
+
+    def _chain(self, spec: ModelSpec) -> list[ModelSpec]:
+        chain = [spec]
+        for name in spec.fallbacks:
+            fallback = self._registry.find(name)
+            if fallback is not None and fallback.kind == spec.kind and fallback not in chain:
+                chain.append(fallback)
+        return chain
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return float(self._rng() * min(self._cap, self._base * (2**attempt)))
+
+    async def _attempts(self, spec: ModelSpec, call: Callable[[ModelSpec], Awaitable[T]]) -> tuple[T, ModelSpec]:
+        last: BackendError | None = None
+        for candidate in self._chain(spec):
+            for attempt in range(candidate.max_retries + 1):
+                started = time.perf_counter()
+                try:
+                    return await asyncio.wait_for(call(candidate), timeout=candidate.timeout_s), candidate
+                except TimeoutError:
+                    last = BackendTimeout()
+                except BackendError as exc:
+                    last = exc
+                finally:
+                    self._metrics.observe(
+                        "backend_latency_seconds", time.perf_counter() - started, model=candidate.id
+                    )
+                await self._after_failure(candidate, last, attempt)
+            # This route is exhausted on a retryable error: the next fallback takes over.
+        assert last is not None
+        raise last
+
+    async def _after_failure(self, candidate: ModelSpec, error: BackendError, attempt: int) -> None:
+        """Count the failure; re-raise what retrying cannot fix; back off before the next try."""
+        self._metrics.incr("backend_errors_total", model=candidate.id, status=str(error.status))
+        if not error.retryable:
+            raise error
+        if attempt < candidate.max_retries:
+            self._metrics.incr("backend_retries_total", model=candidate.id)
+            await self._sleep(self.backoff(attempt))
+
+    async def generate(self, spec: ModelSpec, prompt: Prompt, params: GenerationParams) -> tuple[Generation, ModelSpec]:
+        async def call(candidate: ModelSpec) -> Generation:
+            backend = self._backends.backend_for(candidate.backend)
+            return await backend.generate(candidate.backend, prompt, params)
+
+        return await self._attempts(spec, call)
+
+    async def embed(self, spec: ModelSpec, inputs: list[str]) -> tuple[Embeddings, ModelSpec]:
+        async def call(candidate: ModelSpec) -> Embeddings:
+            backend = self._backends.backend_for(candidate.backend)
+            return await backend.embed(candidate.backend, inputs)
+
+        return await self._attempts(spec, call)
+
+    async def stream(self, spec: ModelSpec, prompt: Prompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        """Stream from the first route that produces an event; once text flowed, errors end the stream."""
+        last: BackendError | None = None
+        for candidate in self._chain(spec):
+            for attempt in range(candidate.max_retries + 1):
+                events = self._backends.backend_for(candidate.backend).stream(candidate.backend, prompt, params)
+                try:
+                    first = await asyncio.wait_for(anext(events), timeout=candidate.timeout_s)
+                except StopAsyncIteration:
+                    return
+                except (TimeoutError, BackendError) as exc:
+                    last = exc if isinstance(exc, BackendError) else BackendTimeout()
+                    await _aclose(events)
+                    await self._after_failure(candidate, last, attempt)
+                    continue
+                yield first
+                async for event in events:
+                    yield event
+                return
+        assert last is not None
+        raise last
+
+
+async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+    closer = getattr(events, "aclose", None)
+    if closer is not None:
+        await closer()

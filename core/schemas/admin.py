@@ -1,0 +1,119 @@
+"""Admin API models: tenants, keys, limits and the model registry."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.domain import ALL_SCOPES
+
+BACKEND_TYPES = ("local", "openai", "sagemaker", "vertex", "azureml")
+_REQUIRED_ROUTE_FIELDS = {
+    "openai": ("base_url", "model"),
+    "sagemaker": ("endpoint_name",),
+    "vertex": ("endpoint",),
+    "azureml": ("scoring_uri",),
+}
+
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Positive = Annotated[int, Field(ge=0)]
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+
+
+class LimitsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: Positive | None = None
+    tokens_per_minute: Positive | None = None
+    token_quota: Positive | None = None
+    quota_period: Literal["day", "month"] = "month"
+
+
+class LimitsOut(LimitsIn):
+    pass
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: float
+    limits: LimitsOut
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    scopes: Annotated[list[str], Field(min_length=1)] = ["generate", "embed"]
+    expires_at: float | None = None
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - ALL_SCOPES
+        if unknown:
+            raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(ALL_SCOPES)}")
+        return value
+
+
+class KeyOut(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    tenant_id: str
+    name: str
+    scopes: list[str]
+    prefix: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    limits: LimitsOut
+    key: str | None = Field(default=None, description="The secret key; returned once, at creation")
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    scopes: list[str] | None = None
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+
+
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")]
+    kind: Literal["generation", "embedding"]
+    backend: dict[str, Any]
+    context_length: Annotated[int, Field(ge=16)] = 2048
+    max_output_tokens: Annotated[int, Field(ge=1)] = 512
+    price_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = 0.0
+    price_per_1k_completion_tokens: Annotated[float, Field(ge=0)] = 0.0
+    fallbacks: list[str] = []
+    version: str = "1"
+    owned_by: str = "textnlp"
+    timeout_s: Annotated[float, Field(gt=0, le=900)] = 60.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    metadata: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _route(self) -> ModelIn:
+        kind = self.backend.get("type")
+        if kind not in BACKEND_TYPES:
+            raise ValueError(f"backend.type must be one of {list(BACKEND_TYPES)}")
+        missing = [f for f in _REQUIRED_ROUTE_FIELDS.get(kind, ()) if not self.backend.get(f)]
+        if missing:
+            raise ValueError(f"backend of type {kind!r} needs {missing}")
+        if self.id in self.fallbacks:
+            raise ValueError("a model cannot be its own fallback")
+        if self.max_output_tokens >= self.context_length:
+            raise ValueError("max_output_tokens must be below context_length")
+        return self
+
+
+class ModelUpdate(ModelIn):
+    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")] | None = None  # type: ignore[assignment]

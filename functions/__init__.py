@@ -1,0 +1,1 @@
+"""Thin entry points: one per cloud trigger, plus the local server."""

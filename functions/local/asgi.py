@@ -1,0 +1,109 @@
+"""The local server: ASGI scope -> core Request -> Gateway -> ASGI response (streams included)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from adapters.local.prometheus import PrometheusMetrics
+from core.app import Gateway
+from core.errors import PayloadTooLarge
+from core.http import Request, Response
+from functions.local.bootstrap import DEFAULT_MODELS, LocalSettings, build_gateway
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class LocalApp:
+    def __init__(self, gateway: Gateway, metrics: PrometheusMetrics, on_startup: Callable[[], None] | None = None) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self._max_body = gateway.settings.max_body_bytes
+        self._on_startup = on_startup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if path == "/metrics" and method == "GET":
+            body = self.metrics.render().encode()
+            await _send(send, Response(200, {"content-type": "text/plain; version=0.0.4"}, body))
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        body_or_none = await _read_body(receive, self._max_body)
+        if body_or_none is None:
+            err = PayloadTooLarge(f"request body above the limit of {self._max_body} bytes")
+            await _send(send, Response.error(err))
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        request = Request(method=method, path=path, headers=headers, query=query, body=body_or_none)
+        response = await self.gateway.handle(request)
+        await _send(send, response)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self._on_startup is not None:
+                    await asyncio.to_thread(self._on_startup)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it grows past ``limit`` (no unbounded buffering)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if response.stream is None:
+        await send({"type": "http.response.body", "body": response.body})
+        return
+    stream = response.stream
+    try:
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+def create_app() -> LocalApp:
+    """uvicorn factory: every worker process builds its own gateway on the shared SQLite file."""
+    settings = LocalSettings.from_env()
+    gateway, metrics, backends = build_gateway(settings)
+
+    def startup() -> None:
+        if settings.preload:
+            for spec in DEFAULT_MODELS:
+                backends.warm(spec.backend)
+
+    return LocalApp(gateway, metrics, startup)

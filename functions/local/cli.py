@@ -1,0 +1,144 @@
+"""The ``textnlp`` command: serve the API, manage tenants and keys, read usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from core.auth import api_keys
+from core.clock import SystemClock, new_id
+from core.domain import ALL_SCOPES, Tenant
+
+
+def _store(data_dir: str):  # type: ignore[no-untyped-def]
+    from functions.local.bootstrap import open_store
+
+    return open_store(Path(data_dir))
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from functions.local.bootstrap import open_store, seed
+
+    os.environ["TEXTNLP_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    store = open_store(Path(args.data_dir))
+    created = seed(store, os.environ.get("TEXTNLP_ADMIN_KEY"))
+    store.close()
+    if created:
+        print("Created the first admin key (shown once, keep it safe):", flush=True)
+        print(f"  {created}", flush=True)
+    else:
+        print("Admin key: the one printed on first start, or TEXTNLP_ADMIN_KEY.", flush=True)
+    print(f"TextNLP listening on http://{args.host}:{args.port}  (OpenAI base URL: http://{args.host}:{args.port}/v1)", flush=True)
+    uvicorn.run(
+        "functions.local.asgi:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+    )
+    return 0
+
+
+def tenants(args: argparse.Namespace) -> int:
+    store = _store(args.data_dir)
+    if args.action == "create":
+        tenant = Tenant(id=new_id("ten", 8), name=args.name, created_at=SystemClock().now())
+        store.put_tenant(tenant)
+        print(json.dumps({"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at}))
+    else:
+        for t in sorted(store.list_tenants(), key=lambda t: t.created_at):
+            print(json.dumps({"id": t.id, "name": t.name, "created_at": t.created_at}))
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    store = _store(args.data_dir)
+    now = SystemClock().now()
+    if args.action == "create":
+        if store.get_tenant(args.tenant) is None:
+            print(f"no such tenant: {args.tenant}", file=sys.stderr)
+            return 2
+        scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip())
+        plaintext, record = api_keys.mint(args.tenant, args.name, scopes, now)
+        store.put_key(record)
+        print(json.dumps({"id": record.id, "tenant_id": record.tenant_id, "scopes": sorted(scopes), "key": plaintext}))
+    elif args.action == "list":
+        for k in sorted(store.list_keys(args.tenant), key=lambda k: k.created_at):
+            print(json.dumps({"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "prefix": k.prefix,
+                              "revoked_at": k.revoked_at}))
+    else:
+        record = store.get_key(args.key_id)
+        if record is None:
+            print(f"no such key: {args.key_id}", file=sys.stderr)
+            return 2
+        store.put_key(api_keys.revoked(record, now))
+        print(json.dumps({"id": record.id, "revoked": True}))
+    return 0
+
+
+def usage(args: argparse.Namespace) -> int:
+    store = _store(args.data_dir)
+    rows = store.daily_usage(args.tenant, args.start, args.end)
+    for row in rows:
+        print(json.dumps({"tenant_id": row.tenant_id, "day": row.day, "model": row.model, "requests": row.requests,
+                          "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+                          "cached_requests": row.cached_requests, "cost": row.cost}))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="textnlp", description="TextNLP local runtime")
+    p.add_argument("--data-dir", default=os.environ.get("TEXTNLP_DATA_DIR", ".textnlp"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--data-dir", default=argparse.SUPPRESS)
+    s.set_defaults(func=serve)
+
+    t = sub.add_parser("tenants", help="create or list tenants")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tc = tsub.add_parser("create")
+    tc.add_argument("name")
+    tsub.add_parser("list")
+    t.set_defaults(func=tenants)
+
+    k = sub.add_parser("keys", help="create, list or revoke API keys")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--name", default="default")
+    kc.add_argument("--scopes", default="generate,embed", help=f"comma-separated, of {sorted(ALL_SCOPES)}")
+    kl = ksub.add_parser("list")
+    kl.add_argument("--tenant", required=True)
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("key_id")
+    k.set_defaults(func=keys)
+
+    u = sub.add_parser("usage", help="daily usage per tenant and model")
+    u.add_argument("--tenant", default=None)
+    u.add_argument("--start", default="1970-01-01")
+    u.add_argument("--end", default="9999-12-31")
+    u.set_defaults(func=usage)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
