@@ -15,7 +15,7 @@ from core.auth.tokens import TokenService
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import Principal
-from core.errors import APIError, InvalidRequest, PayloadTooLarge
+from core.errors import APIError, InvalidRequest, PayloadTooLarge, Unauthorized
 from core.generation import GenerationService
 from core.http import Request, Response
 from core.limits import LimitEnforcer
@@ -30,6 +30,8 @@ from core.tenants import TenantDirectory
 
 M = TypeVar("M", bound=BaseModel)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Pydantic names the member of a union it tried (``prompt.str``, ``stop.list[str][0]``); callers sent ``prompt``.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|bytes|none)$|\[")
 
 
 @dataclass
@@ -41,7 +43,8 @@ class RequestContext:
 
     @property
     def caller(self) -> Principal:
-        assert self.principal is not None, "route is public"
+        if self.principal is None:
+            raise Unauthorized("this route needs credentials")
         return self.principal
 
     def body(self, model: type[M]) -> M:
@@ -57,7 +60,9 @@ def parse_body(model: type[M], raw: bytes) -> M:
         err = exc.errors(include_url=False)[0]
         if err["type"] == "json_invalid":
             raise InvalidRequest(f"malformed JSON: {err['msg']}", code="invalid_json") from None
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        loc = "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"] if not _UNION_MEMBER.search(str(p))
+        ).lstrip(".")
         message = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"{loc}: {message}" if loc else message, param=loc or None, code="invalid_value") from None
 
@@ -87,7 +92,11 @@ class Gateway:
         self.registry = ModelRegistry(store, self.clock, self.settings.model_cache_ttl_s)
         self.limits = LimitEnforcer(store, self.clock, self.metrics)
         self.cache = ResponseCache(
-            store, self.clock, self.metrics, self.settings.cache_ttl_s, self.settings.cache_l1_size,
+            store,
+            self.clock,
+            self.metrics,
+            self.settings.cache_ttl_s,
+            self.settings.cache_l1_size,
             enabled=self.settings.cache_enabled,
         )
         self.model_router = ModelRouter(self.registry, backends, self.metrics)
@@ -135,11 +144,16 @@ class Gateway:
         return response
 
     def _observe(
-        self, request: Request, route: Route | None, principal: Principal | None, response: Response,
-        started: float, correlation_id: str,
+        self,
+        request: Request,
+        route: Route | None,
+        principal: Principal | None,
+        response: Response,
+        started: float,
+        correlation_id: str,
     ) -> None:
         elapsed = time.perf_counter() - started
-        path = route.path if route else "unmatched"
+        path = route.template if route else "unmatched"
         status = str(response.status)
         self.metrics.incr("requests_total", route=path, status=status)
         self.metrics.observe("request_latency_seconds", elapsed, route=path)

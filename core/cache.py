@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,9 +19,7 @@ V = TypeVar("V")
 class TTLCache(Generic[K, V]):
     """A thread-safe LRU whose entries also expire after ``ttl_s`` seconds."""
 
-    def __init__(
-        self, maxsize: int, ttl_s: float, clock: Clock, on_evict: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, maxsize: int, ttl_s: float, clock: Clock, on_evict: Callable[[], None] | None = None) -> None:
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._maxsize = maxsize
         self._ttl = ttl_s
@@ -71,6 +70,11 @@ def cache_key(tenant_id: str, model: str, kind: str, params: dict[str, Any], pay
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# An L2 value starts with a marker and its expiry time, so that the L1 copy of an L2 hit expires with it.
+_EXPIRY = struct.Struct("<4sd")
+_MARKER = b"tnc1"
+
+
 class ResponseCache:
     """Deterministic responses and embeddings, looked up in L1 then L2."""
 
@@ -99,10 +103,13 @@ class ResponseCache:
         if found and value is not None:
             self._metrics.incr("cache_hits_total", model=model, layer="l1")
             return value
-        value = self._store.cache_get(key, self._clock.now())
-        if value is not None:
+        now = self._clock.now()
+        stored = self._store.cache_get(key, now)
+        if stored is not None and stored.startswith(_MARKER) and len(stored) >= _EXPIRY.size:
+            _, expires_at = _EXPIRY.unpack_from(stored)
+            value = stored[_EXPIRY.size :]
             self._metrics.incr("cache_hits_total", model=model, layer="l2")
-            self._l1.put(key, value)
+            self._l1.put(key, value, ttl_s=min(self._ttl, expires_at - now))
             return value
         self._metrics.incr("cache_misses_total", model=model)
         return None
@@ -110,5 +117,6 @@ class ResponseCache:
     def put(self, key: str, value: bytes) -> None:
         if not self.enabled:
             return
+        expires_at = self._clock.now() + self._ttl
         self._l1.put(key, value)
-        self._store.cache_put(key, value, self._clock.now() + self._ttl)
+        self._store.cache_put(key, _EXPIRY.pack(_MARKER, expires_at) + value, expires_at)

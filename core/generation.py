@@ -126,20 +126,37 @@ class GenerationService:
         key = None
         if params.deterministic:
             key = cache_key(
-                ctx.principal.tenant_id, spec.id, ctx.endpoint, _params_dict(params, n), [_prompt_json(p) for p in prompts]
+                ctx.principal.tenant_id,
+                _model_key(spec),
+                ctx.endpoint,
+                _params_dict(params, n),
+                [_prompt_json(p) for p in prompts],
             )
             hit = self._cache.get(key, spec.id)
             if hit is not None:
                 generations = [Generation(**g) for g in json.loads(hit)]
                 self._limits.settle(reservation, 0)
                 self._meter.record(
-                    request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
-                    prompt_tokens=0, completion_tokens=0, cached=True, latency_ms=_ms(started), status=200,
+                    request_id=ctx.request_id,
+                    principal=ctx.principal,
+                    model=spec,
+                    endpoint=ctx.endpoint,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cached=True,
+                    latency_ms=_ms(started),
+                    status=200,
                 )
                 return Completed(generations, spec, True, reservation.headers)
         try:
-            calls = [self._router.generate(spec, p, params) for p in prompts for _ in range(n)]
-            results = await asyncio.gather(*calls)
+            # A TaskGroup cancels the sibling calls as soon as one fails: nothing runs uncharged.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._router.generate(spec, p, params)) for p in prompts for _ in range(n)]
+            results = [t.result() for t in tasks]
+        except BaseExceptionGroup as group_error:
+            first = group_error.exceptions[0]
+            self._fail(ctx, spec, reservation, started, first)
+            raise first from None
         except BaseException as exc:
             self._fail(ctx, spec, reservation, started, exc)
             raise
@@ -148,21 +165,36 @@ class GenerationService:
         done = Completed(generations, served_by, False, reservation.headers)
         self._limits.settle(reservation, done.prompt_tokens + done.completion_tokens)
         self._meter.record(
-            request_id=ctx.request_id, principal=ctx.principal, model=served_by, endpoint=ctx.endpoint,
-            prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, cached=False,
-            latency_ms=_ms(started), status=200,
+            request_id=ctx.request_id,
+            principal=ctx.principal,
+            model=served_by,
+            endpoint=ctx.endpoint,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            cached=False,
+            latency_ms=_ms(started),
+            status=200,
         )
         if key is not None:
             self._cache.put(key, json.dumps([_generation_json(g) for g in generations]).encode())
         return done
 
-    def _fail(self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, exc: BaseException) -> None:
+    def _fail(
+        self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, exc: BaseException
+    ) -> None:
         """A failed call is charged nothing; its usage record says how it ended."""
         self._limits.settle(reservation, 0, refund_request=False)
         status = exc.status if isinstance(exc, APIError) else 499 if isinstance(exc, asyncio.CancelledError) else 500
         self._meter.record(
-            request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
-            prompt_tokens=0, completion_tokens=0, cached=False, latency_ms=_ms(started), status=status,
+            request_id=ctx.request_id,
+            principal=ctx.principal,
+            model=spec,
+            endpoint=ctx.endpoint,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached=False,
+            latency_ms=_ms(started),
+            status=status,
         )
 
     async def stream(self, ctx: CallContext, spec: ModelSpec, prompt: Prompt, params: GenerationParams) -> Streamed:
@@ -179,7 +211,9 @@ class GenerationService:
             self._fail(ctx, spec, reservation, started, exc)
             raise
         exact_prompt = bound if self._counter and self._counter.count(spec.backend, prompt) is not None else 0
-        return Streamed(reservation.headers, self._metered(ctx, spec, reservation, started, first, events, exact_prompt))
+        return Streamed(
+            reservation.headers, self._metered(ctx, spec, reservation, started, first, events, exact_prompt)
+        )
 
     async def _metered(
         self,
@@ -218,9 +252,15 @@ class GenerationService:
                 prompt_tokens = completion_tokens = 0
             self._limits.settle(reservation, prompt_tokens + completion_tokens)
             self._meter.record(
-                request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached=False,
-                latency_ms=_ms(started), status=status,
+                request_id=ctx.request_id,
+                principal=ctx.principal,
+                model=spec,
+                endpoint=ctx.endpoint,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached=False,
+                latency_ms=_ms(started),
+                status=status,
             )
             await _aclose(events)
 
@@ -230,14 +270,21 @@ class GenerationService:
         started = time.perf_counter()
         bound = sum(prompt_upper_bound(Prompt(text=t), spec.context_length) for t in inputs)
         reservation = self._reserve(ctx, bound)
-        key = cache_key(ctx.principal.tenant_id, spec.id, "embeddings", {}, inputs)
+        key = cache_key(ctx.principal.tenant_id, _model_key(spec), "embeddings", {}, inputs)
         hit = self._cache.get(key, spec.id)
         if hit is not None:
             data = json.loads(hit)
             self._limits.settle(reservation, 0)
             self._meter.record(
-                request_id=ctx.request_id, principal=ctx.principal, model=spec, endpoint=ctx.endpoint,
-                prompt_tokens=0, completion_tokens=0, cached=True, latency_ms=_ms(started), status=200,
+                request_id=ctx.request_id,
+                principal=ctx.principal,
+                model=spec,
+                endpoint=ctx.endpoint,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cached=True,
+                latency_ms=_ms(started),
+                status=200,
             )
             return Embedded(Embeddings(**data), True, reservation.headers)
         try:
@@ -247,9 +294,15 @@ class GenerationService:
             raise
         self._limits.settle(reservation, result.prompt_tokens)
         self._meter.record(
-            request_id=ctx.request_id, principal=ctx.principal, model=served_by, endpoint=ctx.endpoint,
-            prompt_tokens=result.prompt_tokens, completion_tokens=0, cached=False,
-            latency_ms=_ms(started), status=200,
+            request_id=ctx.request_id,
+            principal=ctx.principal,
+            model=served_by,
+            endpoint=ctx.endpoint,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=0,
+            cached=False,
+            latency_ms=_ms(started),
+            status=200,
         )
         self._cache.put(
             key,
@@ -260,14 +313,23 @@ class GenerationService:
         return Embedded(result, False, reservation.headers)
 
 
+def _model_key(spec: ModelSpec) -> str:
+    """A model's identity for caching: re-pointing or re-versioning a model starts a fresh cache."""
+    return f"{spec.id}@{spec.version}#{json.dumps(spec.backend, sort_keys=True, default=str)}"
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _params_dict(params: GenerationParams, n: int) -> dict[str, object]:
     return {
-        "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
-        "stop": list(params.stop), "seed": params.seed, "n": n,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop),
+        "seed": params.seed,
+        "n": n,
     }
 
 
@@ -279,8 +341,10 @@ def _prompt_json(prompt: Prompt) -> object:
 
 def _generation_json(g: Generation) -> dict[str, object]:
     return {
-        "text": g.text, "finish_reason": g.finish_reason,
-        "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+        "text": g.text,
+        "finish_reason": g.finish_reason,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
     }
 
 

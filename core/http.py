@@ -51,8 +51,7 @@ class Response:
 
     @classmethod
     def error(cls, err: APIError) -> Response:
-        resp = cls(status=err.status, headers={"content-type": JSON, **err.headers}, body=_dumps(err.body()))
-        return resp
+        return cls(status=err.status, headers={"content-type": JSON, **err.headers}, body=_dumps(err.body()))
 
     @classmethod
     def sse(cls, events: AsyncIterator[bytes]) -> Response:

@@ -1,7 +1,8 @@
 """Rate limits and quotas by reserve-then-settle, one conditional write per counter item.
 
 A request's counters live in two items per tenant: the current minute (requests and tokens of
-the tenant and of each key) and the current quota period (tokens of the tenant and of each key).
+the tenant and of each key) and the current month (quota tokens of the tenant and of each key; a
+daily quota's field is named after its day, so tenant and key may count over different periods).
 Reserving writes the minute item, then the period item, each with one conditional add that checks
 every limit in it; if the period item refuses, the minute reservation is undone. No interleaving
 of concurrent requests can push a counter past its limit, because each check-and-add is atomic.
@@ -42,6 +43,7 @@ class Reservation:
     key_id: str
     minute_expires_at: float = 0.0
     period_expires_at: float = 0.0
+    period_fields: tuple[str, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
 
@@ -54,6 +56,11 @@ class _Plan:
     expires_at: float
 
 
+def _quota_field(name: str, period: str, now: float) -> str:
+    """A monthly counter keeps its name; a daily one is suffixed with its day (``used@2026-09-21``)."""
+    return name if period == "month" else f"{name}@{period_bounds(now, period)[0]}"
+
+
 class LimitEnforcer:
     def __init__(self, counters: CounterStore, clock: Clock, metrics: Metrics) -> None:
         self._counters = counters
@@ -62,7 +69,9 @@ class LimitEnforcer:
 
     def _minute_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan | None:
         t, k = tenant.limits, key.limits
-        if all(v is None for v in (t.requests_per_minute, t.tokens_per_minute, k.requests_per_minute, k.tokens_per_minute)):
+        if all(
+            v is None for v in (t.requests_per_minute, t.tokens_per_minute, k.requests_per_minute, k.tokens_per_minute)
+        ):
             return None
         window = int(now // MINUTE)
         kid = key.id
@@ -83,14 +92,17 @@ class LimitEnforcer:
         t, k = tenant.limits, key.limits
         if t.token_quota is None and k.token_quota is None:
             return None
-        # A key's quota follows its own period; the tenant's period decides the item.
-        period_id, ends = period_bounds(now, t.quota_period if t.token_quota is not None else k.quota_period)
+        # A day lies within its month: the month's item holds every quota counter of the tenant and its
+        # keys, each in its own period (a key's quota follows its own period, not the tenant's).
+        month, ends = period_bounds(now, "month")
+        tenant_field = _quota_field("used", t.quota_period, now)
+        key_field = _quota_field(f"used|{key.id}", k.quota_period, now)
         limits = {}
         if t.token_quota is not None:
-            limits["used"] = t.token_quota
+            limits[tenant_field] = t.token_quota
         if k.token_quota is not None:
-            limits[f"used|{key.id}"] = k.token_quota
-        return _Plan(f"q|{tenant.id}|{period_id}", {"used": tokens, f"used|{key.id}": tokens}, limits, ends + 86_400)
+            limits[key_field] = k.token_quota
+        return _Plan(f"q|{tenant.id}|{month}", {tenant_field: tokens, key_field: tokens}, limits, ends + 86_400)
 
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
         """Reserve one request and ``tokens`` tokens against every limit, or raise 429."""
@@ -98,30 +110,36 @@ class LimitEnforcer:
         minute = self._minute_plan(tenant, key, tokens, now)
         period = self._period_plan(tenant, key, tokens, now)
         reservation = Reservation(tokens, None, None, key.id)
+        minute_values: dict[str, int] = {}
         if minute is not None:
-            ok, values = self._counters.try_add(minute.item, minute.increments, minute.limits, minute.expires_at)
+            ok, minute_values = self._counters.try_add(minute.item, minute.increments, minute.limits, minute.expires_at)
             if not ok:
-                self._refuse_rate(minute, values, tokens, now, tenant.limits, key.limits)
+                self._refuse_rate(minute, minute_values, tokens, now, tenant.limits, key.limits)
             reservation.minute_item = minute.item
             reservation.minute_expires_at = minute.expires_at
-            reservation.headers = self._rate_headers(minute, values, now)
+            reservation.headers = self._rate_headers(minute, minute_values, now)
         if period is not None:
             ok, values = self._counters.try_add(period.item, period.increments, period.limits, period.expires_at)
             if not ok:
                 if minute is not None:
-                    self._counters.add(
-                        minute.item, {f: -v for f, v in minute.increments.items()}, minute.expires_at
-                    )
+                    undo = {f: -v for f, v in minute.increments.items()}
+                    self._counters.add(minute.item, undo, minute.expires_at)
+                    # The refusal reports the minute as the undo left it.
+                    after = {f: v + undo.get(f, 0) for f, v in minute_values.items()}
+                    reservation.headers = self._rate_headers(minute, after, now)
                 self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
                 used = max(values.get(f, 0) - lim for f, lim in period.limits.items())
+                over = [f for f, lim in period.limits.items() if values.get(f, 0) + tokens > lim]
+                resets = max(period_bounds(now, "day" if "@" in f else "month")[1] for f in over or period.limits)
                 raise QuotaExceeded(
                     f"token quota exhausted for this period: this request needs up to {tokens} tokens "
                     f"and the quota would be exceeded by {used + tokens}; lower max_tokens or wait for "
                     "the next period",
-                    headers=reservation.headers,
+                    headers={**reservation.headers, "retry-after": str(max(1, math.ceil(resets - now)))},
                 )
             reservation.period_item = period.item
             reservation.period_expires_at = period.expires_at
+            reservation.period_fields = tuple(period.increments)
         return reservation
 
     def settle(self, reservation: Reservation, used_tokens: int, *, refund_request: bool = False) -> None:
@@ -139,7 +157,7 @@ class LimitEnforcer:
             self._counters.add(reservation.minute_item, deltas, reservation.minute_expires_at)
         if reservation.period_item is not None and delta:
             self._counters.add(
-                reservation.period_item, {"used": delta, f"used|{kid}": delta}, reservation.period_expires_at
+                reservation.period_item, dict.fromkeys(reservation.period_fields, delta), reservation.period_expires_at
             )
 
     def _refuse_rate(

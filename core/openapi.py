@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from core.router import Router
 
@@ -38,7 +38,7 @@ def build_openapi(router: Router) -> dict[str, Any]:
     for route in router.routes:
         op: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": re.sub(r"[^a-zA-Z0-9]+", "_", f"{route.method}_{route.path}").strip("_").lower(),
+            "operationId": re.sub(r"[^a-zA-Z0-9]+", "_", f"{route.method}_{route.template}").strip("_").lower(),
             "tags": list(route.tags),
             "responses": {
                 "default": {
@@ -49,7 +49,9 @@ def build_openapi(router: Router) -> dict[str, Any]:
         }
         ok: dict[str, Any] = {"description": "OK"}
         if route.response is not None:
-            mode = "validation" if any(r.body is route.response for r in router.routes) else "serialization"
+            mode: JsonSchemaMode = (
+                "validation" if any(r.body is route.response for r in router.routes) else "serialization"
+            )
             ok["content"] = {"application/json": {"schema": refs[(route.response, mode)]}}
         op["responses"]["200"] = ok
         if route.body is not None:
@@ -59,7 +61,7 @@ def build_openapi(router: Router) -> dict[str, Any]:
             }
         params = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"\{([a-z_]+)\}", route.path)
+            for name in re.findall(r"\{([a-z_]+)\}", route.template)
         ] + [
             {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": doc}
             for name, doc in route.query.items()
@@ -70,7 +72,7 @@ def build_openapi(router: Router) -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
             if route.scope:
                 op["x-required-scope"] = str(route.scope)
-        paths.setdefault(route.path, {})[route.method.lower()] = op
+        paths.setdefault(route.template, {})[route.method.lower()] = op
     components = dict(schema.get("$defs", {}))
     components["Error"] = _ERROR_SCHEMA
     return {
@@ -79,6 +81,8 @@ def build_openapi(router: Router) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API key or access token"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "API key or access token"}
+            },
         },
     }

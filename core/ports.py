@@ -62,9 +62,7 @@ class UsageStore(Protocol):
 
     def get_usage(self, request_id: str) -> UsageRecord | None: ...
 
-    def list_usage(
-        self, tenant_id: str | None, start: float, end: float, limit: int = 1000
-    ) -> list[UsageRecord]: ...
+    def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]: ...
 
     def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         """Aggregates per tenant, day and model, days given as ``YYYY-MM-DD`` (inclusive)."""

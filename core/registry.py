@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.cache import TTLCache
 from core.domain import ModelSpec
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.ports import Clock, ModelStore
 
 
@@ -27,10 +27,10 @@ class ModelRegistry:
         if spec is None:
             raise NotFound(f"the model '{model_id}' does not exist", param="model", code="model_not_found")
         if kind is not None and spec.kind != kind:
-            raise NotFound(
+            raise InvalidRequest(
                 f"the model '{model_id}' is an {spec.kind} model and cannot serve this endpoint",
                 param="model",
-                code="model_not_found",
+                code="model_not_supported",
             )
         return spec
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from core.app import RequestContext
 
 Handler = Callable[["RequestContext"], Awaitable[Response]]
-_PARAM = re.compile(r"\{([a-z_]+)\}")
+# ``{name}`` matches one path segment; ``{name:path}`` also matches slashes (model ids such as ``org/model``).
+_PARAM = re.compile(r"\{([a-z_]+)(:path)?\}")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,12 @@ class Route:
     query: dict[str, str] = field(default_factory=dict)
 
     def pattern(self) -> re.Pattern[str]:
-        return re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", self.path) + "$")
+        return re.compile("^" + _PARAM.sub(lambda m: f"(?P<{m[1]}>{'.+' if m[2] else '[^/]+'})", self.path) + "$")
+
+    @property
+    def template(self) -> str:
+        """The path as OpenAPI writes it: ``/v1/models/{model_id}``."""
+        return _PARAM.sub(r"{\1}", self.path)
 
 
 class Router:
@@ -55,7 +61,9 @@ class Router:
                 return
         self._dynamic.append((route.pattern(), {route.method: route}))
 
-    def route(self, method: str, path: str, *, scope: str | None, summary: str, **kw: Any) -> Callable[[Handler], Handler]:
+    def route(
+        self, method: str, path: str, *, scope: str | None, summary: str, **kw: Any
+    ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
             self.add(Route(method, path, handler, scope, summary, **kw))
             return handler

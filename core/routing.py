@@ -62,13 +62,10 @@ class ModelRouter:
                 except BackendError as exc:
                     last = exc
                 finally:
-                    self._metrics.observe(
-                        "backend_latency_seconds", time.perf_counter() - started, model=candidate.id
-                    )
+                    self._metrics.observe("backend_latency_seconds", time.perf_counter() - started, model=candidate.id)
                 await self._after_failure(candidate, last, attempt)
             # This route is exhausted on a retryable error: the next fallback takes over.
-        assert last is not None
-        raise last
+        raise last or BackendError("no route could serve this model", status=502)
 
     async def _after_failure(self, candidate: ModelSpec, error: BackendError, attempt: int) -> None:
         """Count the failure; re-raise what retrying cannot fix; back off before the next try."""
@@ -112,8 +109,7 @@ class ModelRouter:
                 async for event in events:
                     yield event
                 return
-        assert last is not None
-        raise last
+        raise last or BackendError("no route could serve this model", status=502)
 
 
 async def _aclose(events: AsyncIterator[StreamEvent]) -> None:

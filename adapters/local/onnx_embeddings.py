@@ -38,8 +38,7 @@ def find_package_file(package: str, relative: str) -> Path:
         if path.is_file():
             return path
     raise BackendError(
-        f"the embedding model file {relative} of package {package} is not installed "
-        "(pip install 'textnlp[local]')",
+        f"the embedding model file {relative} of package {package} is not installed (pip install 'textnlp[local]')",
         status=503,
         code="model_unavailable",
     )
@@ -83,21 +82,18 @@ class OnnxMiniLMBackend:
         started = time.perf_counter()
         model = Path(self._model_path) if self._model_path else find_package_file(MODEL_PACKAGE, MODEL_FILE)
         vocab = (
-            Path(self._tokenizer_path)
-            if self._tokenizer_path
-            else find_package_file(TOKENIZER_PACKAGE, TOKENIZER_FILE)
+            Path(self._tokenizer_path) if self._tokenizer_path else find_package_file(TOKENIZER_PACKAGE, TOKENIZER_FILE)
         )
         tokenizer = Tokenizer.from_file(str(vocab))
         # The shipped tokenizer.json pads every input to a fixed 128; pad per batch instead.
+        # "[PAD]" is a vocabulary entry, not a password (hence the linters' exemptions).
         tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a vocabulary entry
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106  # nosec B106
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, min(2, os.cpu_count() or 1))
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(
-            str(model), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
         names = frozenset(i.name for i in session.get_inputs())
         self.load_seconds = time.perf_counter() - started
         return _Loaded(session, tokenizer, names)
@@ -142,9 +138,7 @@ class OnnxMiniLMBackend:
         encodings = self.load().tokenizer.encode_batch(texts)
         return sum(sum(e.attention_mask) for e in encodings)
 
-    async def generate(
-        self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
-    ) -> Generation:
+    async def generate(self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams) -> Generation:
         _cannot_generate()
 
     async def stream(

@@ -25,16 +25,25 @@ def tenant_out(t: Tenant) -> TenantOut:
 
 def key_out(k: ApiKeyRecord, plaintext: str | None = None) -> KeyOut:
     return KeyOut(
-        id=k.id, tenant_id=k.tenant_id, name=k.name, scopes=sorted(k.scopes), prefix=k.prefix,
-        created_at=k.created_at, expires_at=k.expires_at, revoked_at=k.revoked_at,
-        limits=LimitsOut(**_limits_dict(k.limits)), key=plaintext,
+        id=k.id,
+        tenant_id=k.tenant_id,
+        name=k.name,
+        scopes=sorted(k.scopes),
+        prefix=k.prefix,
+        created_at=k.created_at,
+        expires_at=k.expires_at,
+        revoked_at=k.revoked_at,
+        limits=LimitsOut(**_limits_dict(k.limits)),
+        key=plaintext,
     )
 
 
 def _limits_dict(limits: Limits) -> dict[str, object]:
     return {
-        "requests_per_minute": limits.requests_per_minute, "tokens_per_minute": limits.tokens_per_minute,
-        "token_quota": limits.token_quota, "quota_period": limits.quota_period,
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "token_quota": limits.token_quota,
+        "quota_period": limits.quota_period,
     }
 
 
@@ -58,8 +67,16 @@ def spec_from(body: ModelIn, created_at: float) -> ModelSpec:
     return ModelSpec(created_at=created_at, **data)
 
 
-def register(router: Router) -> None:  # noqa: C901 - one registration per route
-    @router.route("POST", "/admin/tenants", scope=ADMIN, summary="Create a tenant", body=TenantCreate, response=TenantOut, tags=("admin",))
+def register(router: Router) -> None:
+    @router.route(
+        "POST",
+        "/admin/tenants",
+        scope=ADMIN,
+        summary="Create a tenant",
+        body=TenantCreate,
+        response=TenantOut,
+        tags=("admin",),
+    )
     async def create_tenant(ctx: RequestContext) -> Response:
         body = ctx.body(TenantCreate)
         tenant = Tenant(id=new_id("ten", 8), name=body.name, created_at=ctx.gateway.clock.now())
@@ -71,18 +88,41 @@ def register(router: Router) -> None:  # noqa: C901 - one registration per route
         tenants = sorted(ctx.gateway.store.list_tenants(), key=lambda t: t.created_at)
         return Response.json({"object": "list", "data": [tenant_out(t).model_dump() for t in tenants]})
 
-    @router.route("GET", "/admin/tenants/{tenant_id}", scope=ADMIN, summary="Describe a tenant", response=TenantOut, tags=("admin",))
+    @router.route(
+        "GET",
+        "/admin/tenants/{tenant_id}",
+        scope=ADMIN,
+        summary="Describe a tenant",
+        response=TenantOut,
+        tags=("admin",),
+    )
     async def get_tenant(ctx: RequestContext) -> Response:
         return Response.json(tenant_out(_tenant(ctx)))
 
-    @router.route("PUT", "/admin/tenants/{tenant_id}/limits", scope=ADMIN, summary="Set a tenant's limits", body=LimitsIn, response=TenantOut, tags=("admin",))
+    @router.route(
+        "PUT",
+        "/admin/tenants/{tenant_id}/limits",
+        scope=ADMIN,
+        summary="Set a tenant's limits",
+        body=LimitsIn,
+        response=TenantOut,
+        tags=("admin",),
+    )
     async def tenant_limits(ctx: RequestContext) -> Response:
         tenant = replace(_tenant(ctx), limits=Limits(**ctx.body(LimitsIn).model_dump()))
         ctx.gateway.store.put_tenant(tenant)
         ctx.gateway.tenants.forget(tenant.id)
         return Response.json(tenant_out(tenant))
 
-    @router.route("POST", "/admin/tenants/{tenant_id}/keys", scope=ADMIN, summary="Create an API key (shown once)", body=KeyCreate, response=KeyOut, tags=("admin",))
+    @router.route(
+        "POST",
+        "/admin/tenants/{tenant_id}/keys",
+        scope=ADMIN,
+        summary="Create an API key (shown once)",
+        body=KeyCreate,
+        response=KeyOut,
+        tags=("admin",),
+    )
     async def create_key(ctx: RequestContext) -> Response:
         tenant = _tenant(ctx)
         body = ctx.body(KeyCreate)
@@ -93,12 +133,20 @@ def register(router: Router) -> None:  # noqa: C901 - one registration per route
         ctx.gateway.store.put_key(record)
         return Response.json(key_out(record, plaintext), status=201)
 
-    @router.route("GET", "/admin/tenants/{tenant_id}/keys", scope=ADMIN, summary="List a tenant's keys (never the secrets)", tags=("admin",))
+    @router.route(
+        "GET",
+        "/admin/tenants/{tenant_id}/keys",
+        scope=ADMIN,
+        summary="List a tenant's keys (never the secrets)",
+        tags=("admin",),
+    )
     async def list_keys(ctx: RequestContext) -> Response:
         keys = sorted(ctx.gateway.store.list_keys(_tenant(ctx).id), key=lambda k: k.created_at)
         return Response.json({"object": "list", "data": [key_out(k).model_dump() for k in keys]})
 
-    @router.route("DELETE", "/admin/keys/{key_id}", scope=ADMIN, summary="Revoke a key", response=KeyOut, tags=("admin",))
+    @router.route(
+        "DELETE", "/admin/keys/{key_id}", scope=ADMIN, summary="Revoke a key", response=KeyOut, tags=("admin",)
+    )
     async def revoke_key(ctx: RequestContext) -> Response:
         key = _key(ctx)
         if key.revoked_at is None:
@@ -107,20 +155,47 @@ def register(router: Router) -> None:  # noqa: C901 - one registration per route
         ctx.gateway.auth.forget(key.id)
         return Response.json(key_out(key))
 
-    @router.route("PUT", "/admin/keys/{key_id}/limits", scope=ADMIN, summary="Set a key's limits", body=LimitsIn, response=KeyOut, tags=("admin",))
+    @router.route(
+        "PUT",
+        "/admin/keys/{key_id}/limits",
+        scope=ADMIN,
+        summary="Set a key's limits",
+        body=LimitsIn,
+        response=KeyOut,
+        tags=("admin",),
+    )
     async def key_limits(ctx: RequestContext) -> Response:
         key = replace(_key(ctx), limits=Limits(**ctx.body(LimitsIn).model_dump()))
         ctx.gateway.store.put_key(key)
         ctx.gateway.auth.forget(key.id)
         return Response.json(key_out(key))
 
-    @router.route("GET", "/admin/usage", scope=ADMIN, summary="Usage across tenants", tags=("admin",),
-                  query={"tenant": "tenant id", "start": "YYYY-MM-DD", "end": "YYYY-MM-DD", "group_by": "day|model|day,model|none"})
+    @router.route(
+        "GET",
+        "/admin/usage",
+        scope=ADMIN,
+        summary="Usage across tenants",
+        tags=("admin",),
+        query={
+            "tenant": "tenant id",
+            "start": "YYYY-MM-DD",
+            "end": "YYYY-MM-DD",
+            "group_by": "day|model|day,model|none",
+        },
+    )
     async def all_usage(ctx: RequestContext) -> Response:
         tenant = ctx.request.query.get("tenant") or None
         return Response.json(usage_report(ctx, tenant))
 
-    @router.route("POST", "/admin/models", scope=ADMIN, summary="Register a model", body=ModelIn, response=ModelCard, tags=("admin",))
+    @router.route(
+        "POST",
+        "/admin/models",
+        scope=ADMIN,
+        summary="Register a model",
+        body=ModelIn,
+        response=ModelCard,
+        tags=("admin",),
+    )
     async def create_model(ctx: RequestContext) -> Response:
         body = ctx.body(ModelIn)
         if ctx.gateway.registry.find(body.id) is not None:
@@ -129,7 +204,15 @@ def register(router: Router) -> None:  # noqa: C901 - one registration per route
         ctx.gateway.registry.put(spec)
         return Response.json(card(spec), status=201)
 
-    @router.route("PUT", "/admin/models/{model_id}", scope=ADMIN, summary="Replace a model's entry", body=ModelUpdate, response=ModelCard, tags=("admin",))
+    @router.route(
+        "PUT",
+        "/admin/models/{model_id:path}",
+        scope=ADMIN,
+        summary="Replace a model's entry",
+        body=ModelUpdate,
+        response=ModelCard,
+        tags=("admin",),
+    )
     async def update_model(ctx: RequestContext) -> Response:
         model_id = ctx.request.path_params["model_id"]
         body = ctx.body(ModelUpdate)
@@ -141,14 +224,16 @@ def register(router: Router) -> None:  # noqa: C901 - one registration per route
         ctx.gateway.registry.put(spec)
         return Response.json(card(spec))
 
-    @router.route("DELETE", "/admin/models/{model_id}", scope=ADMIN, summary="Remove a model", tags=("admin",))
+    @router.route("DELETE", "/admin/models/{model_id:path}", scope=ADMIN, summary="Remove a model", tags=("admin",))
     async def delete_model(ctx: RequestContext) -> Response:
         model_id = ctx.request.path_params["model_id"]
         if not ctx.gateway.registry.delete(model_id):
             raise NotFound(f"the model '{model_id}' does not exist", param="model_id", code="model_not_found")
         return Response.json({"id": model_id, "object": "model", "deleted": True})
 
-    @router.route("POST", "/admin/signing-keys/rotate", scope=ADMIN, summary="Rotate the token signing key", tags=("admin",))
+    @router.route(
+        "POST", "/admin/signing-keys/rotate", scope=ADMIN, summary="Rotate the token signing key", tags=("admin",)
+    )
     async def rotate(ctx: RequestContext) -> Response:
         key = ctx.gateway.tokens.rotate()
         return Response.json({"kid": key.kid, "created_at": key.created_at})

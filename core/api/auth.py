@@ -11,8 +11,13 @@ from core.schemas.admin import TokenRequest, TokenResponse
 
 def register(router: Router) -> None:
     @router.route(
-        "POST", "/auth/token", scope=None, summary="Exchange an API key for a short-lived RS256 access token",
-        body=TokenRequest, response=TokenResponse, tags=("auth",),
+        "POST",
+        "/auth/token",
+        scope=None,
+        summary="Exchange an API key for a short-lived RS256 access token",
+        body=TokenRequest,
+        response=TokenResponse,
+        tags=("auth",),
     )
     async def token(ctx: RequestContext) -> Response:
         principal = ctx.caller
@@ -29,7 +34,14 @@ def register(router: Router) -> None:
         jwt, ttl = ctx.gateway.tokens.issue(principal, scopes)
         return Response.json(TokenResponse(access_token=jwt, expires_in=ttl))
 
-    @router.route("GET", "/.well-known/jwks.json", scope=None, summary="Public keys of the access tokens", public=True, tags=("auth",))
+    @router.route(
+        "GET",
+        "/.well-known/jwks.json",
+        scope=None,
+        summary="Public keys of the access tokens",
+        public=True,
+        tags=("auth",),
+    )
     async def jwks(ctx: RequestContext) -> Response:
         response = Response.json(ctx.gateway.tokens.jwks())
         response.headers["cache-control"] = "public, max-age=300"

@@ -20,8 +20,13 @@ def _base64(vector: list[float]) -> str:
 
 def register(router: Router) -> None:
     @router.route(
-        "POST", "/v1/embeddings", scope=Scope.EMBED, summary="Embed one or more texts",
-        body=EmbeddingRequest, response=EmbeddingResponse, tags=("embeddings",),
+        "POST",
+        "/v1/embeddings",
+        scope=Scope.EMBED,
+        summary="Embed one or more texts",
+        body=EmbeddingRequest,
+        response=EmbeddingResponse,
+        tags=("embeddings",),
     )
     async def embeddings(ctx: RequestContext) -> Response:
         body = ctx.body(EmbeddingRequest)

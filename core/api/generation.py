@@ -44,7 +44,9 @@ def _call(ctx: RequestContext, endpoint: str) -> CallContext:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
 
 
 def _with_headers(response: Response, headers: dict[str, str], cached: bool | None = None) -> Response:
@@ -58,9 +60,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _sse_events(
-    streamed: Streamed, chunk: Any, include_usage: bool
-) -> AsyncIterator[bytes]:
+async def _sse_events(streamed: Streamed, chunk: Any, include_usage: bool) -> AsyncIterator[bytes]:
     """Server-sent events; an error after the first byte becomes an error event, then the stream ends."""
     try:
         async for event in streamed.events:
@@ -76,18 +76,30 @@ async def _sse_events(
                     yield _sse(final)
     except APIError as exc:
         yield _sse(exc.body())
+    finally:
+        # A client that goes away closes this generator; settle now rather than whenever it is collected.
+        closer = getattr(streamed.events, "aclose", None)
+        if closer is not None:
+            await closer()
     yield b"data: [DONE]\n\n"
 
 
 def register(router: Router) -> None:
     @router.route(
-        "POST", "/v1/generate", scope=Scope.GENERATE, summary="Generate text for one or more prompts (native)",
-        body=GenerateRequest, response=GenerateResponse, tags=("generation",),
+        "POST",
+        "/v1/generate",
+        scope=Scope.GENERATE,
+        summary="Generate text for one or more prompts (native)",
+        body=GenerateRequest,
+        response=GenerateResponse,
+        tags=("generation",),
     )
     async def generate(ctx: RequestContext) -> Response:
         body = ctx.body(GenerateRequest)
         if body.stream:
-            raise InvalidRequest("/v1/generate does not stream; use /v1/completions or /v1/chat/completions", param="stream")
+            raise InvalidRequest(
+                "/v1/generate does not stream; use /v1/completions or /v1/chat/completions", param="stream"
+            )
         spec, params = _params(ctx, body, body.max_tokens)
         prompts = body.prompts()
         done = await ctx.gateway.generation.complete(
@@ -98,14 +110,23 @@ def register(router: Router) -> None:
             for i, g in enumerate(done.generations)
         ]
         out = GenerateResponse(
-            id=f"gen-{ctx.request.request_id}", created=int(ctx.gateway.clock.now()), model=done.model.id,
-            results=results, usage=_usage(done.prompt_tokens, done.completion_tokens), cached=done.cached,
+            id=f"gen-{ctx.request.request_id}",
+            created=int(ctx.gateway.clock.now()),
+            model=done.model.id,
+            results=results,
+            usage=_usage(done.prompt_tokens, done.completion_tokens),
+            cached=done.cached,
         )
         return _with_headers(Response.json(out), done.headers, done.cached)
 
     @router.route(
-        "POST", "/v1/completions", scope=Scope.GENERATE, summary="OpenAI-compatible text completion",
-        body=CompletionRequest, response=CompletionResponse, tags=("generation",),
+        "POST",
+        "/v1/completions",
+        scope=Scope.GENERATE,
+        summary="OpenAI-compatible text completion",
+        body=CompletionRequest,
+        response=CompletionResponse,
+        tags=("generation",),
     )
     async def completions(ctx: RequestContext) -> Response:
         body = ctx.body(CompletionRequest)
@@ -116,11 +137,16 @@ def register(router: Router) -> None:
         if body.stream:
             if len(prompts) != 1 or body.n != 1:
                 raise InvalidRequest("streaming supports one prompt and n=1", param="stream")
-            streamed = await ctx.gateway.generation.stream(_call(ctx, "completions"), spec, Prompt(text=prompts[0]), params)
+            streamed = await ctx.gateway.generation.stream(
+                _call(ctx, "completions"), spec, Prompt(text=prompts[0]), params
+            )
 
             def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
                 return {
-                    "id": rid, "object": "text_completion", "created": created, "model": spec.id,
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": spec.id,
                     "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}],
                 }
 
@@ -130,18 +156,29 @@ def register(router: Router) -> None:
             _call(ctx, "completions"), spec, [Prompt(text=p) for p in prompts], params, body.n
         )
         choices = [
-            CompletionChoice(index=i, text=(prompts[i // body.n] if body.echo else "") + g.text, finish_reason=g.finish_reason)
+            CompletionChoice(
+                index=i, text=(prompts[i // body.n] if body.echo else "") + g.text, finish_reason=g.finish_reason
+            )
             for i, g in enumerate(done.generations)
         ]
         out = CompletionResponse(
-            id=rid, created=created, model=done.model.id, choices=choices,
-            usage=_usage(done.prompt_tokens, done.completion_tokens), cached=done.cached,
+            id=rid,
+            created=created,
+            model=done.model.id,
+            choices=choices,
+            usage=_usage(done.prompt_tokens, done.completion_tokens),
+            cached=done.cached,
         )
         return _with_headers(Response.json(out), done.headers, done.cached)
 
     @router.route(
-        "POST", "/v1/chat/completions", scope=Scope.GENERATE, summary="OpenAI-compatible chat completion (stream: true for SSE)",
-        body=ChatCompletionRequest, response=ChatCompletionResponse, tags=("generation",),
+        "POST",
+        "/v1/chat/completions",
+        scope=Scope.GENERATE,
+        summary="OpenAI-compatible chat completion (stream: true for SSE)",
+        body=ChatCompletionRequest,
+        response=ChatCompletionResponse,
+        tags=("generation",),
     )
     async def chat(ctx: RequestContext) -> Response:
         body = ctx.body(ChatCompletionRequest)
@@ -161,7 +198,10 @@ def register(router: Router) -> None:
                     delta["role"] = "assistant"
                     first[0] = False
                 return {
-                    "id": rid, "object": "chat.completion.chunk", "created": created, "model": spec.id,
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": spec.id,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
                 }
 
@@ -173,7 +213,11 @@ def register(router: Router) -> None:
             for i, g in enumerate(done.generations)
         ]
         out = ChatCompletionResponse(
-            id=rid, created=created, model=done.model.id, choices=choices,
-            usage=_usage(done.prompt_tokens, done.completion_tokens), cached=done.cached,
+            id=rid,
+            created=created,
+            model=done.model.id,
+            choices=choices,
+            usage=_usage(done.prompt_tokens, done.completion_tokens),
+            cached=done.cached,
         )
         return _with_headers(Response.json(out), done.headers, done.cached)

@@ -30,6 +30,13 @@ def register(router: Router) -> None:
     async def list_models(ctx: RequestContext) -> Response:
         return Response.json(ModelList(data=[card(m) for m in ctx.gateway.registry.all()]))
 
-    @router.route("GET", "/v1/models/{model_id}", scope=None, summary="Describe a model", response=ModelCard, tags=("models",))
+    @router.route(
+        "GET",
+        "/v1/models/{model_id:path}",
+        scope=None,
+        summary="Describe a model",
+        response=ModelCard,
+        tags=("models",),
+    )
     async def get_model(ctx: RequestContext) -> Response:
         return Response.json(card(ctx.gateway.registry.get(ctx.request.path_params["model_id"])))

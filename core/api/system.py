@@ -12,7 +12,9 @@ def register(router: Router) -> None:
     async def health(ctx: RequestContext) -> Response:
         return Response.json({"status": "ok"})
 
-    @router.route("GET", "/openapi.json", scope=None, summary="This API's OpenAPI 3.1 document", public=True, tags=("system",))
+    @router.route(
+        "GET", "/openapi.json", scope=None, summary="This API's OpenAPI 3.1 document", public=True, tags=("system",)
+    )
     async def openapi(ctx: RequestContext) -> Response:
         from core.openapi import build_openapi
 

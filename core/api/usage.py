@@ -73,7 +73,13 @@ def usage_report(ctx: RequestContext, tenant_id: str | None) -> dict[str, Any]:
 
 
 def register(router: Router) -> None:
-    @router.route("GET", "/v1/usage", scope=None, summary="Usage of the caller's own tenant", tags=("usage",),
-                  query={"start": "YYYY-MM-DD", "end": "YYYY-MM-DD", "group_by": "day|model|day,model|none"})
+    @router.route(
+        "GET",
+        "/v1/usage",
+        scope=None,
+        summary="Usage of the caller's own tenant",
+        tags=("usage",),
+        query={"start": "YYYY-MM-DD", "end": "YYYY-MM-DD", "group_by": "day|model|day,model|none"},
+    )
     async def own_usage(ctx: RequestContext) -> Response:
         return Response.json(usage_report(ctx, ctx.caller.tenant_id))

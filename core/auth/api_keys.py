@@ -31,9 +31,7 @@ def parse_key(presented: str) -> str:
     return "key_" + hash_secret(presented)[:16]
 
 
-def imported(
-    plaintext: str, tenant_id: str, name: str, scopes: frozenset[str], now: float
-) -> ApiKeyRecord:
+def imported(plaintext: str, tenant_id: str, name: str, scopes: frozenset[str], now: float) -> ApiKeyRecord:
     """A record for a key chosen by an operator rather than minted here."""
     if len(plaintext) < 20:
         raise InvalidRequest("an imported key needs at least 20 characters", param="key")

@@ -16,9 +16,7 @@ class Authenticator:
     so a revocation made in another process takes effect within that time (at once in this one).
     """
 
-    def __init__(
-        self, keys: KeyStore, tokens: TokenService, clock: Clock, key_cache_ttl_s: float = 5.0
-    ) -> None:
+    def __init__(self, keys: KeyStore, tokens: TokenService, clock: Clock, key_cache_ttl_s: float = 5.0) -> None:
         self._keys = keys
         self._tokens = tokens
         self._clock = clock

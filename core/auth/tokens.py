@@ -46,7 +46,8 @@ def _b64(n: int) -> str:
 
 def public_jwk(key: SigningKey) -> dict[str, str]:
     public = serialization.load_pem_public_key(key.public_pem)
-    assert isinstance(public, rsa.RSAPublicKey)
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise TypeError(f"signing key {key.kid} is not an RSA key")
     numbers = public.public_numbers()
     return {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": key.kid, "n": _b64(numbers.n), "e": _b64(numbers.e)}
 

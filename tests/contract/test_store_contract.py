@@ -225,9 +225,7 @@ def test_try_add_refreshes_expiry_of_the_whole_item(store: Store, clock: FakeClo
     assert store.read("w") == {"a": 1, "b": 1}
 
 
-def test_many_counter_writes_purge_expired_items_without_losing_live_ones(
-    store: Store, clock: FakeClock
-) -> None:
+def test_many_counter_writes_purge_expired_items_without_losing_live_ones(store: Store, clock: FakeClock) -> None:
     for i in range(300):
         store.try_add(f"old{i}", {"n": 1}, {}, T0 + 1)
     clock.now = T0 + 2

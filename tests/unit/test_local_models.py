@@ -11,7 +11,15 @@ import pytest
 from adapters.local.llama_backend import LlamaCppBackend
 from adapters.local.onnx_embeddings import OnnxMiniLMBackend
 from core.errors import BackendError
-from core.inference import ChatMessage, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
+from core.inference import (
+    ChatMessage,
+    Generation,
+    GenerationParams,
+    Prompt,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+)
 
 pytestmark = pytest.mark.model
 
@@ -157,6 +165,23 @@ def test_closing_a_stream_stops_generation(llm: LlamaCppBackend) -> None:
     assert generated < 20
     out = asyncio.run(llm.generate(ROUTE, FRANCE, GenerationParams(max_tokens=8, temperature=0)))
     assert "Paris" in out.text
+
+
+def test_concurrent_requests_queue_for_the_one_worker(llm: LlamaCppBackend) -> None:
+    prompts = [Prompt(text=f"The number {n} is") for n in range(3)] + [COLORS]
+    params = GenerationParams(max_tokens=12, temperature=0)
+
+    async def together() -> list[Generation]:
+        return list(await asyncio.gather(*(llm.generate(ROUTE, p, params) for p in prompts)))
+
+    alone = [asyncio.run(llm.generate(ROUTE, p, params)) for p in prompts]
+    assert asyncio.run(together()) == alone
+
+
+def test_empty_prompt_is_400(llm: LlamaCppBackend) -> None:
+    with pytest.raises(BackendError) as caught:
+        asyncio.run(llm.generate(ROUTE, Prompt(text=""), GREEDY))
+    assert caught.value.status == 400
 
 
 def test_llama_cannot_embed(llm: LlamaCppBackend) -> None:

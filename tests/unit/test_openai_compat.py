@@ -158,9 +158,7 @@ def test_conservative_usage_counts_bytes_and_chat_markup() -> None:
 
 
 def test_route_parsing() -> None:
-    route = OpenAIRoute.parse(
-        {"base_url": "http://h:1/v1/", "model": "m", "timeout_s": 5, "api_key_env": "K"}
-    )
+    route = OpenAIRoute.parse({"base_url": "http://h:1/v1/", "model": "m", "timeout_s": 5, "api_key_env": "K"})
     assert route == OpenAIRoute("http://h:1/v1", "m", "K", 5.0)
     with pytest.raises(BackendError) as caught:
         OpenAIRoute.parse({"base_url": "http://h/v1"})
@@ -208,9 +206,7 @@ def route_to(base_url: str) -> dict[str, Any]:
     return {"type": "openai", "base_url": base_url, "model": "fake-model", "timeout_s": 5}
 
 
-def with_backend(
-    call: Callable[[OpenAICompatBackend], Any], backend: OpenAICompatBackend | None = None
-) -> Any:
+def with_backend(call: Callable[[OpenAICompatBackend], Any], backend: OpenAICompatBackend | None = None) -> Any:
     async def body() -> Any:
         used = backend or OpenAICompatBackend()
         try:
