@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from adapters.local.prometheus import PrometheusMetrics
 from core.app import Gateway
+from core.clock import new_id
 from core.errors import PayloadTooLarge
 from core.http import Request, Response
 from functions.local.bootstrap import DEFAULT_MODELS, LocalSettings, build_gateway
@@ -20,7 +23,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class LocalApp:
-    def __init__(self, gateway: Gateway, metrics: PrometheusMetrics, on_startup: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, metrics: PrometheusMetrics, on_startup: Callable[[], None] | None = None
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
         self._max_body = gateway.settings.max_body_bytes
@@ -34,20 +39,26 @@ class LocalApp:
             return
         method: str = scope["method"]
         path: str = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if path == "/metrics" and method == "GET":
             body = self.metrics.render().encode()
-            await _send(send, Response(200, {"content-type": "text/plain; version=0.0.4"}, body))
+            response = Response(200, {"content-type": "text/plain; version=0.0.4"}, body)
+            response.headers["x-request-id"] = _correlation_id(headers)
+            await _send(send, response)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         body_or_none = await _read_body(receive, self._max_body)
         if body_or_none is None:
+            # Answered here, before the gateway sees the request: it still gets a request id and is counted.
             err = PayloadTooLarge(f"request body above the limit of {self._max_body} bytes")
-            await _send(send, Response.error(err))
+            response = Response.error(err)
+            response.headers["x-request-id"] = _correlation_id(headers)
+            self.metrics.incr("requests_total", route="unmatched", status=str(err.status))
+            await _send(send, response)
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         request = Request(method=method, path=path, headers=headers, query=query, body=body_or_none)
         response = await self.gateway.handle(request)
-        await _send(send, response)
+        await _send(send, response, receive)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -59,6 +70,15 @@ class LocalApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# The rule core.app.Gateway applies: a caller's sane x-request-id is echoed, anything else replaced.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _correlation_id(headers: dict[str, str]) -> str:
+    caller = headers.get("x-request-id", "")
+    return caller if _SANE_REQUEST_ID.match(caller) else new_id("req")
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -79,21 +99,48 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _send(send: Send, response: Response) -> None:
+async def _send(send: Send, response: Response, receive: Receive | None = None) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})
         return
     stream = response.stream
+    # uvicorn's send() silently does nothing once the client is gone, so a stream would run to its
+    # end (the model generating, the tenant charged) for nobody. Watch for the disconnect instead and
+    # cancel the stream: the backend stops and metering charges only what was produced.
+    gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+    step: asyncio.Future[bytes] | None = None
     try:
-        async for chunk in stream:
+        iterator = aiter(stream)
+        while True:
+            step = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait({step} if gone is None else {step, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return  # the client left: the finally clause cancels the pending step
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     finally:
+        if gone is not None:
+            gone.cancel()
+        if step is not None and not step.done():
+            # Cancelling the pending step cancels the generator where it waits (the backend call).
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await step
         closer = getattr(stream, "aclose", None)
         if closer is not None:
             await closer()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away (the request body was read before the response)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app() -> LocalApp:

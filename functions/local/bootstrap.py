@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adapters.local.prometheus import PrometheusMetrics
@@ -87,7 +87,7 @@ def seed(store: Store, admin_key: str | None = None) -> str | None:
     now = SystemClock().now()
     for spec in DEFAULT_MODELS:
         if store.get_model(spec.id) is None:
-            store.put_model(ModelSpec(**{**_spec_fields(spec), "created_at": now}))
+            store.put_model(replace(spec, created_at=now))
     if store.get_tenant(ADMIN_TENANT) is None:
         store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
     if admin_key:
@@ -100,10 +100,6 @@ def seed(store: Store, admin_key: str | None = None) -> str | None:
     plaintext, record = api_keys.mint(ADMIN_TENANT, "admin", frozenset(ALL_SCOPES), now)
     store.put_key(record)
     return plaintext
-
-
-def _spec_fields(spec: ModelSpec) -> dict[str, object]:
-    return {f: getattr(spec, f) for f in spec.__slots__}
 
 
 def build_gateway(settings: LocalSettings) -> tuple[Gateway, PrometheusMetrics, LocalBackends]:

@@ -33,7 +33,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"  {created}", flush=True)
     else:
         print("Admin key: the one printed on first start, or TEXTNLP_ADMIN_KEY.", flush=True)
-    print(f"TextNLP listening on http://{args.host}:{args.port}  (OpenAI base URL: http://{args.host}:{args.port}/v1)", flush=True)
+    print(
+        f"TextNLP listening on http://{args.host}:{args.port}  (OpenAI base URL: http://{args.host}:{args.port}/v1)",
+        flush=True,
+    )
     uvicorn.run(
         "functions.local.asgi:create_app",
         factory=True,
@@ -73,8 +76,17 @@ def keys(args: argparse.Namespace) -> int:
         print(json.dumps({"id": record.id, "tenant_id": record.tenant_id, "scopes": sorted(scopes), "key": plaintext}))
     elif args.action == "list":
         for k in sorted(store.list_keys(args.tenant), key=lambda k: k.created_at):
-            print(json.dumps({"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "prefix": k.prefix,
-                              "revoked_at": k.revoked_at}))
+            print(
+                json.dumps(
+                    {
+                        "id": k.id,
+                        "name": k.name,
+                        "scopes": sorted(k.scopes),
+                        "prefix": k.prefix,
+                        "revoked_at": k.revoked_at,
+                    }
+                )
+            )
     else:
         record = store.get_key(args.key_id)
         if record is None:
@@ -89,9 +101,20 @@ def usage(args: argparse.Namespace) -> int:
     store = _store(args.data_dir)
     rows = store.daily_usage(args.tenant, args.start, args.end)
     for row in rows:
-        print(json.dumps({"tenant_id": row.tenant_id, "day": row.day, "model": row.model, "requests": row.requests,
-                          "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-                          "cached_requests": row.cached_requests, "cost": row.cost}))
+        print(
+            json.dumps(
+                {
+                    "tenant_id": row.tenant_id,
+                    "day": row.day,
+                    "model": row.model,
+                    "requests": row.requests,
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "cached_requests": row.cached_requests,
+                    "cost": row.cost,
+                }
+            )
+        )
     return 0
 
 
