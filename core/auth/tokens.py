@@ -66,6 +66,9 @@ class TokenService:
         self._lock = threading.Lock()
         self._keys: dict[str, SigningKey] = {}
         self._loaded_at = 0.0
+        self._forced_at = 0.0
+        # Parsing a PEM and validating the RSA key costs ~50 ms: do it once per key and process.
+        self._parsed: dict[tuple[str, bool], Any] = {}
 
     def _refresh(self, force: bool = False) -> None:
         now = self._clock.now()
@@ -74,6 +77,26 @@ class TokenService:
         with self._lock:
             self._keys = {k.kid: k for k in self._store.list_signing_keys()}
             self._loaded_at = now
+
+    def _refresh_for_unknown_kid(self) -> None:
+        """Another instance may have rotated; look again, but at most once a second (a stream of
+        tokens with made-up kids must not turn into a stream of store reads)."""
+        now = self._clock.now()
+        if now - self._forced_at >= 1.0:
+            self._forced_at = now
+            self._refresh(force=True)
+
+    def _private_key(self, key: SigningKey) -> Any:
+        parsed = self._parsed.get((key.kid, True))
+        if parsed is None:
+            parsed = self._parsed[(key.kid, True)] = serialization.load_pem_private_key(key.private_pem, None)
+        return parsed
+
+    def _public_key(self, key: SigningKey) -> Any:
+        parsed = self._parsed.get((key.kid, False))
+        if parsed is None:
+            parsed = self._parsed[(key.kid, False)] = serialization.load_pem_public_key(key.public_pem)
+        return parsed
 
     def _live(self, key: SigningKey, now: float) -> bool:
         return key.retired_at is None or now < key.retired_at + self.settings.ttl_s + self.settings.leeway_s
@@ -117,7 +140,7 @@ class TokenService:
             "exp": now + self.settings.ttl_s,
             "jti": new_id("jti", 8),
         }
-        token = jwt.encode(claims, key.private_pem, algorithm="RS256", headers={"kid": key.kid})
+        token = jwt.encode(claims, self._private_key(key), algorithm="RS256", headers={"kid": key.kid})
         return token, self.settings.ttl_s
 
     def verify(self, token: str) -> Principal:
@@ -131,14 +154,14 @@ class TokenService:
         self._refresh()
         key = self._keys.get(kid)
         if key is None:
-            self._refresh(force=True)
+            self._refresh_for_unknown_kid()
             key = self._keys.get(kid)
         if key is None or not self._live(key, self._clock.now()):
             raise Unauthorized("access token signed by an unknown key", code="invalid_token")
         try:
             claims = jwt.decode(
                 token,
-                key.public_pem,
+                self._public_key(key),
                 algorithms=["RS256"],
                 audience=self.settings.audience,
                 issuer=self.settings.issuer,

@@ -101,6 +101,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 async def _send(send: Send, response: Response, receive: Receive | None = None) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    if response.stream is None:
+        headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})

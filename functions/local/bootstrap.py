@@ -19,6 +19,7 @@ from core.settings import GatewaySettings
 from functions.local.backends import LocalBackends
 
 ADMIN_TENANT = "ten_admin"
+ENV_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY)"
 
 DEFAULT_MODELS = (
     ModelSpec(
@@ -91,7 +92,11 @@ def seed(store: Store, admin_key: str | None = None) -> str | None:
     if store.get_tenant(ADMIN_TENANT) is None:
         store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
     if admin_key:
-        record = api_keys.imported(admin_key, ADMIN_TENANT, "admin (TEXTNLP_ADMIN_KEY)", frozenset(ALL_SCOPES), now)
+        record = api_keys.imported(admin_key, ADMIN_TENANT, ENV_ADMIN_KEY_NAME, frozenset(ALL_SCOPES), now)
+        # A changed TEXTNLP_ADMIN_KEY replaces the previous one: the old key must stop working.
+        for old in store.list_keys(ADMIN_TENANT):
+            if old.name == ENV_ADMIN_KEY_NAME and old.id != record.id and old.revoked_at is None:
+                store.put_key(api_keys.revoked(old, now))
         if store.get_key(record.id) is None:
             store.put_key(record)
         return None

@@ -349,3 +349,34 @@ def test_rotation_requires_admin(harness: Harness) -> None:
     resp = harness.call("POST", "/admin/signing-keys/rotate")
     assert resp.status == 403
     assert harness.store.list_signing_keys() == []
+
+
+def test_made_up_kids_do_not_turn_into_store_reads() -> None:
+    """A flood of tokens naming unknown kids reloads the signing keys at most once a second."""
+    import jwt as pyjwt
+
+    from tests.fakes import make_harness
+
+    h = make_harness()
+    h.call("POST", "/auth/token", "")  # creates the signing key
+    reads = 0
+    original = h.store.list_signing_keys
+
+    def counting() -> list:  # type: ignore[type-arg]
+        nonlocal reads
+        reads += 1
+        return original()
+
+    h.store.list_signing_keys = counting  # type: ignore[method-assign]
+    forged = pyjwt.encode(
+        {"sub": "x"}, "secret-of-at-least-32-bytes-long!!", algorithm="HS256", headers={"kid": "nope"}
+    )
+    forged = forged.replace(
+        forged.split(".")[0], pyjwt.utils.base64url_encode(b'{"alg":"RS256","kid":"nope"}').decode()
+    )
+    for _ in range(50):
+        assert h.call("GET", "/v1/models", key=forged).status == 401
+    assert reads <= 1
+    h.clock.advance(1.5)
+    h.call("GET", "/v1/models", key=forged)
+    assert reads <= 2
