@@ -178,9 +178,7 @@ class FakeOpenAI:
             events.append({**head, "choices": [], "usage": usage})
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         for event in events:
-            await send(
-                {"type": "http.response.body", "body": b"data: " + _dumps(event) + b"\n\n", "more_body": True}
-            )
+            await send({"type": "http.response.body", "body": b"data: " + _dumps(event) + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     async def _embeddings(self, body: Message, send: Send) -> None:
@@ -207,8 +205,10 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _respond(send: Send, status: int, data: object) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
-    await send({"type": "http.response.body", "body": _dumps(data)})
+    body = _dumps(data)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _config(app: FakeOpenAI, host: str, port: int) -> uvicorn.Config:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
+from urllib.parse import urlsplit
 
-import httpx
-
+from adapters.openai_compat.http11 import ConnectionPool, HTTPTimeout, HTTPTransportError
 from core.errors import BackendError, BackendTimeout
 from core.inference import (
     Embeddings,
@@ -23,6 +24,9 @@ from core.inference import (
     TextDelta,
 )
 
+if TYPE_CHECKING:  # httpx is imported on first use: most routes never need it (~160 ms to import)
+    import httpx
+
 Usage = tuple[int, int]
 UsageFallback = Callable[[Prompt, str], Usage]
 
@@ -33,6 +37,12 @@ CHAT_TOKENS_PER_REPLY = 16
 DEFAULT_TIMEOUT_S = 60.0
 _CONNECT_TIMEOUT_S = 10.0
 _MAX_MESSAGE_CHARS = 500
+# After ``data: [DONE]``, how long to wait for the end of the body so the connection can be reused.
+_DRAIN_GRACE_S = 0.1
+# "httpx" sends every call through httpx; "auto" (default) uses the built-in HTTP/1.1 pool for
+# plain-http base URLs without a proxy and httpx for the rest (https, proxies, credentials in the URL).
+CLIENT_ENV = "TEXTNLP_OPENAI_HTTP_CLIENT"
+_PROXY_ENV = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def conservative_usage(prompt: Prompt, text: str) -> Usage:
@@ -75,9 +85,7 @@ class Reply:
     usage: Usage | None
 
 
-def to_chat_payload(
-    model: str, prompt: Prompt, params: GenerationParams, *, stream: bool = False
-) -> dict[str, Any]:
+def to_chat_payload(model: str, prompt: Prompt, params: GenerationParams, *, stream: bool = False) -> dict[str, Any]:
     messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
     return _with_params({"model": model, "messages": messages}, params, stream)
 
@@ -206,9 +214,7 @@ def error_for_status(status: int, body: bytes, headers: Mapping[str, str] | None
         return BackendTimeout()
     if status in (401, 403, 404) or status < 400:
         return _misconfigured(f"the model backend refused the gateway ({status}): {message}")
-    return BackendError(
-        message, status=400, retryable=False, type="invalid_request_error", code="backend_rejected"
-    )
+    return BackendError(message, status=400, retryable=False, type="invalid_request_error", code="backend_rejected")
 
 
 def _first_choice(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -245,23 +251,32 @@ def _misconfigured(detail: str) -> BackendError:
 
 
 class OpenAICompatBackend:
-    """Calls ``{base_url}/chat/completions``, ``/completions`` and ``/embeddings``; never logs text."""
+    """Calls ``{base_url}/chat/completions``, ``/completions`` and ``/embeddings``; never logs text.
+
+    Plain ``http://`` servers (vLLM, TGI, llama.cpp, Ollama on the local network) go through a small
+    keep-alive HTTP/1.1 pool (``http11``), an order of magnitude cheaper per call than httpx;
+    ``https://``, proxied routes and a ``client`` passed in use httpx.
+    """
 
     def __init__(
         self,
         client: httpx.AsyncClient | None = None,
         api_key: str | None = None,
         usage_fallback: UsageFallback | None = None,
+        http_client: str | None = None,
     ) -> None:
         self._given = client
         self._owned: httpx.AsyncClient | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ConnectionPool | None = None
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
         self._api_key = api_key
         self._usage_fallback = usage_fallback or conservative_usage
+        choice = http_client or os.environ.get(CLIENT_ENV, "auto")
+        self._fast_ok = client is None and choice != "httpx"
+        self._targets: dict[str, _Target | None] = {}
 
-    async def generate(
-        self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
-    ) -> Generation:
+    async def generate(self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams) -> Generation:
         cfg = OpenAIRoute.parse(route)
         body = await self._post(cfg, *_request(cfg.model, prompt, params, stream=False))
         reply = from_chat_response(body) if prompt.is_chat else from_completion_response(body)
@@ -276,28 +291,26 @@ class OpenAICompatBackend:
         pieces: list[str] = []
         reason: FinishReason = "stop"
         usage: Usage | None = None
+        target = self._target(cfg.base_url)
+        if target is not None:
+            lines = self._fast_lines(target, cfg, path, payload)
+        else:
+            lines = self._httpx_lines(cfg, path, payload)
         try:
-            async with self._http().stream(
-                "POST", cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
-            ) as response:
-                if response.status_code >= 300:
-                    raise error_for_status(response.status_code, await response.aread(), response.headers)
-                async for line in response.aiter_lines():
-                    data = sse_data(line)
-                    if not data:
-                        continue
-                    if data == "[DONE]":
-                        break
-                    chunk = from_stream_chunk(_decode(data))
-                    reason = chunk.finish_reason or reason
-                    usage = chunk.usage or usage
-                    if chunk.text:
-                        pieces.append(chunk.text)
-                        yield TextDelta(chunk.text)
-        except httpx.TimeoutException:
-            raise BackendTimeout() from None
-        except httpx.TransportError as exc:
-            raise _unreachable(exc) from None
+            async for line in lines:
+                data = sse_data(line)
+                if not data:
+                    continue
+                if data == "[DONE]":
+                    break
+                chunk = from_stream_chunk(_decode(data))
+                reason = chunk.finish_reason or reason
+                usage = chunk.usage or usage
+                if chunk.text:
+                    pieces.append(chunk.text)
+                    yield TextDelta(chunk.text)
+        finally:
+            await lines.aclose()
         usage = usage or self._fallback(prompt, "".join(pieces), params)
         yield StreamEnd(reason, usage[0], usage[1])
 
@@ -310,7 +323,12 @@ class OpenAICompatBackend:
         return Embeddings(vectors, tokens, len(vectors[0]) if vectors else 0)
 
     async def aclose(self) -> None:
-        """Close the client this backend created (a client passed in belongs to the caller)."""
+        """Close the clients this backend created for this loop (a client passed in is the caller's)."""
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            if self._pool is pool:
+                self._pool = None
+            await pool.aclose()
         client, self._owned = self._owned, None
         if client is not None:
             await client.aclose()
@@ -320,7 +338,98 @@ class OpenAICompatBackend:
         prompt_tokens, completion_tokens = self._usage_fallback(prompt, text)
         return prompt_tokens, min(completion_tokens, params.max_tokens)
 
+    # -- transport: the built-in HTTP/1.1 pool ---------------------------------------------------------
+
+    def _target(self, base_url: str) -> _Target | None:
+        """Where the built-in client sends requests for ``base_url``; None when httpx must."""
+        if not self._fast_ok:
+            return None
+        try:
+            return self._targets[base_url]
+        except KeyError:
+            target = self._targets[base_url] = _Target.of(base_url)
+            return target
+
+    def _fast_pool(self) -> ConnectionPool:
+        # One pool per event loop (connections belong to their loop); the last one used is at hand.
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        if pool is not None and pool.loop is loop:
+            return pool
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = ConnectionPool(max_keepalive=32)
+        self._pool = pool
+        return pool
+
     async def _post(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        target = self._target(cfg.base_url)
+        if target is None:
+            return await self._httpx_post(cfg, path, payload)
+        headers = self._headers(cfg)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "application/json"
+        try:
+            response = await self._fast_pool().request(
+                "POST",
+                target.host,
+                target.port,
+                target.prefix + path,
+                headers,
+                _json_bytes(payload),
+                read_timeout=cfg.timeout_s,
+                connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
+            )
+            content = await response.read()
+        except HTTPTimeout:
+            raise BackendTimeout() from None
+        except HTTPTransportError as exc:
+            raise _unreachable(exc.kind) from None
+        if response.status_code >= 300:
+            raise error_for_status(response.status_code, content, response.headers)
+        return _decode(content)
+
+    async def _fast_lines(
+        self, target: _Target, cfg: OpenAIRoute, path: str, payload: dict[str, Any]
+    ) -> AsyncGenerator[str, None]:
+        headers = self._headers(cfg)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream"
+        try:
+            response = await self._fast_pool().request(
+                "POST",
+                target.host,
+                target.port,
+                target.prefix + path,
+                headers,
+                _json_bytes(payload),
+                read_timeout=cfg.timeout_s,
+                connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
+            )
+        except HTTPTimeout:
+            raise BackendTimeout() from None
+        except HTTPTransportError as exc:
+            raise _unreachable(exc.kind) from None
+        try:
+            if response.status_code >= 300:
+                raise error_for_status(response.status_code, await response.read(), response.headers)
+            async for line in response.iter_lines():
+                if sse_data(line) == "[DONE]":
+                    # The body should end right here: read its end so the connection is reused.
+                    await response.drain(min(cfg.timeout_s, _DRAIN_GRACE_S))
+                yield line
+        except HTTPTimeout:
+            raise BackendTimeout() from None
+        except HTTPTransportError as exc:
+            raise _unreachable(exc.kind) from None
+        finally:
+            response.close()
+
+    # -- transport: httpx --------------------------------------------------------------------------------
+
+    async def _httpx_post(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
         try:
             response = await self._http().post(
                 cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
@@ -328,10 +437,26 @@ class OpenAICompatBackend:
         except httpx.TimeoutException:
             raise BackendTimeout() from None
         except httpx.TransportError as exc:
-            raise _unreachable(exc) from None
+            raise _unreachable(type(exc).__name__) from None
         if response.status_code >= 300:
             raise error_for_status(response.status_code, response.content, response.headers)
         return _decode(response.content)
+
+    async def _httpx_lines(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> AsyncGenerator[str, None]:
+        import httpx
+
+        try:
+            async with self._http().stream(
+                "POST", cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
+            ) as response:
+                if response.status_code >= 300:
+                    raise error_for_status(response.status_code, await response.aread(), response.headers)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TimeoutException:
+            raise BackendTimeout() from None
+        except httpx.TransportError as exc:
+            raise _unreachable(type(exc).__name__) from None
 
     def _headers(self, cfg: OpenAIRoute) -> dict[str, str]:
         key = self._api_key
@@ -342,8 +467,11 @@ class OpenAICompatBackend:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _http(self) -> httpx.AsyncClient:
+        """The httpx client: the one passed in, else one per event loop, created on first use."""
         if self._given is not None:
             return self._given
+        import httpx
+
         # One keep-alive client per event loop: a pool's connections cannot outlive their loop.
         loop = asyncio.get_running_loop()
         if self._owned is None or self._owned_loop is not loop:
@@ -352,17 +480,43 @@ class OpenAICompatBackend:
         return self._owned
 
 
-def _request(
-    model: str, prompt: Prompt, params: GenerationParams, *, stream: bool
-) -> tuple[str, dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class _Target:
+    host: str
+    port: int
+    prefix: str
+
+    @classmethod
+    def of(cls, base_url: str) -> _Target | None:
+        """A plain-http URL the built-in client can serve; None for https, proxies, credentials."""
+        try:
+            parts = urlsplit(base_url)
+            port = parts.port or 80
+        except ValueError:
+            return None
+        if parts.scheme != "http" or not parts.hostname or parts.username or parts.query or parts.fragment:
+            return None
+        if any(os.environ.get(name) for name in _PROXY_ENV):
+            return None  # httpx applies the proxy settings (and NO_PROXY)
+        return cls(parts.hostname, port, parts.path.rstrip("/"))
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    # As httpx encodes ``json=``: compact, UTF-8, no NaN.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _request(model: str, prompt: Prompt, params: GenerationParams, *, stream: bool) -> tuple[str, dict[str, Any]]:
     if prompt.is_chat:
         return "/chat/completions", to_chat_payload(model, prompt, params, stream=stream)
     return "/completions", to_completion_payload(model, prompt, params, stream=stream)
 
 
 def _timeout(cfg: OpenAIRoute) -> httpx.Timeout:
+    import httpx
+
     return httpx.Timeout(cfg.timeout_s, connect=min(cfg.timeout_s, _CONNECT_TIMEOUT_S))
 
 
-def _unreachable(exc: httpx.TransportError) -> BackendError:
-    return BackendError(f"the model backend is unreachable: {type(exc).__name__}", status=502, retryable=True)
+def _unreachable(kind: str) -> BackendError:
+    return BackendError(f"the model backend is unreachable: {kind}", status=502, retryable=True)
