@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "Installing (the first time, pip compiles llama-cpp-python: ~15 min on 2 cores; it is cached after)"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/no-deps.txt
-	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev,aws,infra]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -38,7 +38,7 @@ security: $(STAMP)
 	$(BIN)/bandit -q -c pyproject.toml -r core adapters functions
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -m "not model and not e2e"
+	$(BIN)/pytest -q -m "not model and not e2e and not infra"
 
 coverage: $(STAMP)
 	$(BIN)/pytest -q --cov --cov-report=term

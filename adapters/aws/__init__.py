@@ -1,0 +1,1 @@
+"""SageMaker, S3, Secrets Manager and CloudWatch EMF adapters: boto3 clients created lazily."""

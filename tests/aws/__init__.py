@@ -1,0 +1,1 @@
+"""Tests of the AWS adapters against moto and a local SageMaker runtime server."""
