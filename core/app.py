@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -12,16 +14,19 @@ from pydantic import BaseModel, ValidationError
 
 from core.auth.authenticator import Authenticator, require
 from core.auth.tokens import TokenService
+from core.batch.execute import Sleep
+from core.batch.runner import BatchRunner, RunnerSettings
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import Principal
-from core.errors import APIError, InvalidRequest, PayloadTooLarge, Unauthorized
+from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.generation import GenerationService
 from core.http import Request, Response
+from core.jobs import InProcessJobQueue
 from core.limits import LimitEnforcer
 from core.metering import Meter
 from core.observability import LOGGER_NAME, NullMetrics, log_event
-from core.ports import BackendResolver, Clock, Metrics, Store, TokenCounter
+from core.ports import BackendResolver, BlobStore, Clock, JobQueue, Metrics, Store, TokenCounter
 from core.registry import ModelRegistry
 from core.router import Route, Router
 from core.routing import ModelRouter
@@ -80,6 +85,9 @@ class Gateway:
         metrics: Metrics | None = None,
         token_counter: TokenCounter | None = None,
         router: Router | None = None,
+        blobs: BlobStore | None = None,
+        jobs: JobQueue | None = None,
+        batch_settings: RunnerSettings | None = None,
     ) -> None:
         self.settings = settings or GatewaySettings()
         self.clock = clock or SystemClock()
@@ -115,6 +123,70 @@ class Gateway:
 
             router = build_router()
         self.router = router
+        # Files and batches: their content in a bucket, their runs on a job queue (in-process by default).
+        self.blobs = blobs
+        self.batch_settings = batch_settings or RunnerSettings()
+        self.batch_sleep: Sleep = asyncio.sleep
+        self.jobs: JobQueue = jobs if jobs is not None else InProcessJobQueue()
+        if isinstance(self.jobs, InProcessJobQueue):
+            self.jobs.bind(self.run_job)
+
+    def require_blobs(self) -> BlobStore:
+        if self.blobs is None:
+            raise ServiceUnavailable("file storage is not configured on this deployment", code="no_blob_store")
+        return self.blobs
+
+    def batch_runner(self, blobs: BlobStore | None = None, settings: RunnerSettings | None = None) -> BatchRunner:
+        """A runner of batches whose files live in ``blobs`` (the gateway's own by default)."""
+        return BatchRunner(
+            self.store,
+            blobs or self.require_blobs(),
+            self.call_route,
+            clock=self.clock,
+            metrics=self.metrics,
+            settings=settings or self.batch_settings,
+            sleep=self.batch_sleep,
+        )
+
+    async def run_job(self, kind: str, job_id: str) -> None:
+        """The consumer of the job queue (an in-process task here; an SQS/Pub/Sub handler in the clouds)."""
+        if kind != "batch":
+            raise ValueError(f"unknown job kind: {kind!r}")
+        await self.batch_runner().run(job_id)
+
+    async def stop_jobs(self) -> None:
+        """At shutdown: stop the in-process jobs; each records where it stopped and resumes when run again."""
+        if isinstance(self.jobs, InProcessJobQueue):
+            await self.jobs.cancel_all()
+
+    async def call_route(self, principal: Principal, request: Request) -> Response:
+        """Call a route in-process as ``principal`` (a batch line): the same handler and rules as over HTTP.
+
+        Errors are raised (``APIError``), not turned into responses, so the caller can tell them apart.
+        """
+        route = self.router.match(request)
+        if route.scope is not None:
+            require(principal, route.scope)
+        return await route.handler(RequestContext(request, route, principal, self))
+
+    def max_body_for(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> int:
+        """The body limit of the route a request goes to: runtimes stop reading past it (413).
+
+        A route's larger limit (uploads) is granted only to a request whose credential is valid, so
+        that nobody can make a runtime buffer 100 MB without a key.
+        """
+        default = self.settings.max_body_bytes
+        try:
+            route = self.router.match(Request(method, path))
+        except APIError:
+            return default
+        if route.max_body_bytes is None or route.max_body_bytes <= default:
+            return route.max_body_bytes or default
+        try:
+            self.auth.authenticate(Request(method, path, headers or {}))
+        except APIError:
+            return default
+        return route.max_body_bytes
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -125,8 +197,9 @@ class Gateway:
         principal: Principal | None = None
         try:
             route = self.router.match(request)
-            if len(request.body) > self.settings.max_body_bytes:
-                raise PayloadTooLarge(f"request body above the limit of {self.settings.max_body_bytes} bytes")
+            limit = route.max_body_bytes or self.settings.max_body_bytes
+            if len(request.body) > limit:
+                raise PayloadTooLarge(f"request body above the limit of {limit} bytes")
             if not route.public:
                 principal = self.auth.authenticate(request)
                 if route.scope is not None:

@@ -147,3 +147,14 @@ class SigningKey:
     public_pem: bytes
     created_at: float
     retired_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A JSON document owned by one tenant; ``version`` starts at 1 and grows with each write."""
+
+    id: str
+    owner: str
+    body: dict[str, Any]
+    version: int = 0
+    updated_at: float = 0.0

@@ -45,6 +45,11 @@ def configure_logging(level: str = "INFO") -> logging.Logger:
         logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # Our lines carry their own fields; skip the frame walk and thread/process lookups per record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     return logger
 
 

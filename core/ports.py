@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from core.domain import (
     ApiKeyRecord,
+    Document,
     ModelSpec,
     SigningKey,
     Tenant,
@@ -85,7 +86,38 @@ class SigningKeyStore(Protocol):
     def list_signing_keys(self) -> list[SigningKey]: ...
 
 
-class Store(TenantStore, KeyStore, CounterStore, UsageStore, CacheStore, ModelStore, SigningKeyStore, Protocol):
+class DocumentStore(Protocol):
+    """Versioned JSON documents in collections: files, batches, batch line results, fine-tune jobs.
+
+    Every write is on ONE document and may be conditional: ``if_absent`` (create only) or
+    ``if_version`` (optimistic concurrency: replace only the version read). All three document
+    databases do this natively (DynamoDB conditions, Firestore preconditions, Cosmos etags).
+    Listing is by collection (and owner), ordered by document id, paged with ``after``.
+    """
+
+    def put_document(
+        self,
+        collection: str,
+        doc: Document,
+        *,
+        if_absent: bool = False,
+        if_version: int | None = None,
+    ) -> Document | None:
+        """Write ``doc`` (its version is ignored) and return it with its new version, or None if a
+        condition failed."""
+
+    def get_document(self, collection: str, doc_id: str) -> Document | None: ...
+
+    def list_documents(
+        self, collection: str, owner: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[Document]: ...
+
+    def delete_document(self, collection: str, doc_id: str) -> bool: ...
+
+
+class Store(
+    TenantStore, KeyStore, CounterStore, UsageStore, CacheStore, ModelStore, SigningKeyStore, DocumentStore, Protocol
+):
     """Everything the gateway keeps. One adapter per database implements all roles."""
 
 
@@ -119,8 +151,37 @@ class TokenCounter(Protocol):
 
 
 class BlobStore(Protocol):
-    def read_lines(self, key: str) -> AsyncIterator[bytes]: ...
+    """Objects in a bucket (or a folder): batch input and output files, uploaded files."""
+
+    def read_lines(self, key: str, max_line_bytes: int | None = None) -> AsyncIterator[bytes]:
+        """The object's lines without their newline, streamed (memory does not grow with the object).
+
+        With ``max_line_bytes``, a longer line is yielded cut to ``max_line_bytes + 1`` bytes (so the
+        reader can tell it was too long) and the rest of it is skipped, never held in memory.
+        A missing object raises ``FileNotFoundError`` on first iteration.
+        """
+
     def write_object(self, key: str, data: bytes) -> None: ...
+
+    def write_lines(self, key: str, lines: Iterable[bytes]) -> int:
+        """Write the lines (newline-terminated) as one object, streamed; returns the bytes written."""
+
+    def read_object(self, key: str) -> bytes: ...
+
+    def delete_object(self, key: str) -> bool: ...
+
+    def object_version(self, key: str) -> str | None:
+        """An identifier of the object's current content (S3 version id, GCS generation, etag), or None."""
+
+
+class JobQueue(Protocol):
+    """Runs long jobs (batches) outside the request that created them: an in-process task, SQS, Pub/Sub.
+
+    ``submit`` only enqueues; the consumer calls ``Gateway.run_job(kind, job_id)``. Delivery may be
+    repeated, so jobs are idempotent (a batch resumes where it stopped and charges no line twice).
+    """
+
+    def submit(self, kind: str, job_id: str) -> None: ...
 
 
 class Metrics(Protocol):
@@ -130,3 +191,10 @@ class Metrics(Protocol):
 
 class Clock(Protocol):
     def now(self) -> float: ...
+
+
+@runtime_checkable
+class LogProbScorer(Protocol):
+    """An optional backend capability: the log-probability of each token of a text given its prefix."""
+
+    async def token_logprobs(self, route: Mapping[str, Any], text: str) -> list[float]: ...

@@ -32,6 +32,8 @@ class Route:
     public: bool = False
     tags: tuple[str, ...] = ()
     query: dict[str, str] = field(default_factory=dict)
+    # A route that takes uploads allows a larger body than the gateway's JSON limit.
+    max_body_bytes: int | None = None
 
     def pattern(self) -> re.Pattern[str]:
         return re.compile("^" + _PARAM.sub(lambda m: f"(?P<{m[1]}>{'.+' if m[2] else '[^/]+'})", self.path) + "$")
@@ -69,6 +71,10 @@ class Router:
             return handler
 
         return decorate
+
+    def largest_body(self, default: int) -> int:
+        """The largest body any route accepts: what a runtime may buffer before the gateway sees it."""
+        return max([default, *(r.max_body_bytes for r in self.routes if r.max_body_bytes is not None)])
 
     def match(self, request: Request) -> Route:
         path = request.path.rstrip("/") or "/"

@@ -11,7 +11,7 @@ from typing import TypeVar
 from core.domain import ModelSpec
 from core.errors import BackendError, BackendTimeout
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent
-from core.ports import BackendResolver, Metrics
+from core.ports import BackendResolver, InferenceBackend, Metrics
 from core.registry import ModelRegistry
 
 T = TypeVar("T")
@@ -46,6 +46,10 @@ class ModelRouter:
                 chain.append(fallback)
         return chain
 
+    def backend(self, spec: ModelSpec) -> InferenceBackend:
+        """The backend that serves this model's own route (for optional capabilities such as scoring)."""
+        return self._backends.backend_for(spec.backend)
+
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
         return float(self._rng() * min(self._cap, self._base * (2**attempt)))
@@ -56,7 +60,9 @@ class ModelRouter:
             for attempt in range(candidate.max_retries + 1):
                 started = time.perf_counter()
                 try:
-                    return await asyncio.wait_for(call(candidate), timeout=candidate.timeout_s), candidate
+                    async with asyncio.timeout(candidate.timeout_s):
+                        result = await call(candidate)
+                    return result, candidate
                 except TimeoutError:
                     last = BackendTimeout()
                 except BackendError as exc:
@@ -97,7 +103,8 @@ class ModelRouter:
             for attempt in range(candidate.max_retries + 1):
                 events = self._backends.backend_for(candidate.backend).stream(candidate.backend, prompt, params)
                 try:
-                    first = await asyncio.wait_for(anext(events), timeout=candidate.timeout_s)
+                    async with asyncio.timeout(candidate.timeout_s):
+                        first = await anext(events)
                 except StopAsyncIteration:
                     return
                 except (TimeoutError, BackendError) as exc:

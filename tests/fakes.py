@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.local.memory_blobs import MemoryBlobStore
 from adapters.local.memory_store import MemoryStore
 from core.app import Gateway
 from core.auth import api_keys
@@ -100,6 +101,27 @@ EMB = ModelSpec(
 
 
 @dataclass
+class DeferredJobQueue:
+    """A JobQueue that only records submissions; ``Harness.run_jobs`` runs them (Harness.call ends its loop)."""
+
+    submitted: list[tuple[str, str]] = field(default_factory=list)
+
+    def submit(self, kind: str, job_id: str) -> None:
+        self.submitted.append((kind, job_id))
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
+    """A ``multipart/form-data`` body as HTTP clients write it (``files``: name -> (filename, content))."""
+    out = b""
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    for name, (filename, content) in files.items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        out += head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@dataclass
 class Harness:
     """A gateway on an in-memory store with fake backends, a fixed clock and ready-made keys."""
 
@@ -111,6 +133,8 @@ class Harness:
     key: str
     admin_key: str
     resolver: Resolver | None = None
+    blobs: MemoryBlobStore = field(default_factory=MemoryBlobStore)
+    jobs: DeferredJobQueue = field(default_factory=DeferredJobQueue)
 
     def call(
         self,
@@ -166,6 +190,23 @@ class Harness:
 
         return asyncio.run(go())
 
+    def upload(
+        self, content: bytes, purpose: str = "batch", filename: str = "input.jsonl", key: str | None = None
+    ) -> Response:
+        """``POST /v1/files`` with a multipart body, as the openai SDK sends it."""
+        body = multipart({"purpose": purpose}, {"file": (filename, content)})
+        headers = {"content-type": "multipart/form-data; boundary=b0undary"}
+        return self.call("POST", "/v1/files", body, key=key, headers=headers)
+
+    def run_jobs(self) -> int:
+        """Run every submitted job (and those they submit) to its end; returns how many ran."""
+        ran = 0
+        while self.jobs.submitted:
+            kind, job_id = self.jobs.submitted.pop(0)
+            asyncio.run(self.gateway.run_job(kind, job_id))
+            ran += 1
+        return ran
+
     def add_model(self, spec: ModelSpec, backend: Any | None = None) -> None:
         """Register a model; ``backend`` serves ``spec.backend["name"]``."""
         self.store.put_model(spec)
@@ -199,12 +240,19 @@ def make_harness(
     store.put_model(GEN)
     store.put_model(EMB)
     resolver = Resolver({"gen": backend, "emb": backend})
-    gateway = Gateway(store, resolver, settings=settings, clock=clock, token_counter=token_counter)
+    blobs, jobs = MemoryBlobStore(), DeferredJobQueue()
+    gateway = Gateway(
+        store, resolver, settings=settings, clock=clock, token_counter=token_counter, blobs=blobs, jobs=jobs
+    )
 
     async def no_sleep(_: float) -> None:
         return None
 
+    async def clock_sleep(seconds: float) -> None:
+        clock.advance(seconds)  # a batch waiting out a rate limit moves the fixed clock instead of waiting
+
     gateway.model_router._sleep = no_sleep
+    gateway.batch_sleep = clock_sleep
     admin = Tenant(id="ten_admin", name="admin", created_at=clock.now())
     store.put_tenant(admin)
     admin_key, admin_record = api_keys.mint(admin.id, "admin", frozenset(ALL_SCOPES), clock.now())
@@ -213,7 +261,7 @@ def make_harness(
     store.put_tenant(tenant)
     key, record = api_keys.mint(tenant.id, "k", frozenset({"generate", "embed"}), clock.now())
     store.put_key(record)
-    return Harness(gateway, store, clock, backend, tenant, key, admin_key, resolver)
+    return Harness(gateway, store, clock, backend, tenant, key, admin_key, resolver, blobs, jobs)
 
 
 def json_of(response: Response) -> Any:

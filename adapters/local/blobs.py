@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 _READ_HINT = 64 * 1024  # bytes of whole lines read per step; one long line is still read whole
+
+
+def _read_step(handle: BinaryIO, max_line_bytes: int | None) -> list[bytes]:
+    """About ``_READ_HINT`` bytes of whole lines; an over-long line is cut and its rest skipped."""
+    if max_line_bytes is None:
+        return [_strip_eol(line) for line in handle.readlines(_READ_HINT)]
+    lines: list[bytes] = []
+    size = 0
+    while size < _READ_HINT:
+        line = handle.readline(max_line_bytes + 2)  # room for the longest allowed line and its CRLF
+        if not line:
+            break
+        size += len(line)
+        if not line.endswith(b"\n") and len(line) == max_line_bytes + 2:
+            while (rest := handle.readline(_READ_HINT)) and not rest.endswith(b"\n"):
+                pass
+        lines.append(_strip_eol(line)[: max_line_bytes + 1])
+    return lines
 
 
 def _strip_eol(line: bytes) -> bytes:
@@ -44,22 +63,23 @@ class FileBlobStore:
             raise ValueError(f"blob key escapes the root: {key!r}")
         return path
 
-    def read_lines(self, key: str) -> AsyncIterator[bytes]:
+    def read_lines(self, key: str, max_line_bytes: int | None = None) -> AsyncIterator[bytes]:
         """Stream the object's lines without their line ending (``\\n`` or ``\\r\\n``).
 
         The key is checked at once; a missing object raises FileNotFoundError on first iteration.
+        A line longer than ``max_line_bytes`` comes cut to ``max_line_bytes + 1`` bytes, the rest skipped.
         """
-        return self._lines(self.path_for(key))
+        return self._lines(self.path_for(key), max_line_bytes)
 
-    async def _lines(self, path: Path) -> AsyncIterator[bytes]:
+    async def _lines(self, path: Path, max_line_bytes: int | None) -> AsyncIterator[bytes]:
         handle: BinaryIO = await asyncio.to_thread(path.open, "rb")
         try:
             while True:
-                lines = await asyncio.to_thread(handle.readlines, _READ_HINT)
+                lines = await asyncio.to_thread(_read_step, handle, max_line_bytes)
                 if not lines:
                     return
                 for line in lines:
-                    yield _strip_eol(line)
+                    yield line
         finally:
             handle.close()
 
@@ -78,3 +98,49 @@ class FileBlobStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def write_lines(self, key: str, lines: Iterable[bytes]) -> int:
+        """Write the lines, each ended by ``\\n``, as one object (atomically); returns its size."""
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for line in lines:
+                    out.write(line)
+                    out.write(b"\n")
+                    size += len(line) + 1
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return size
+
+    def read_object(self, key: str) -> bytes:
+        return self.path_for(key).read_bytes()
+
+    def delete_object(self, key: str) -> bool:
+        try:
+            self.path_for(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def object_version(self, key: str) -> str | None:
+        """``<size>-<mtime ns>-<sha256 prefix>`` of the file, or None when there is none."""
+        return file_version(self.path_for(key))
+
+
+def file_version(path: Path) -> str | None:
+    """A file's version: its size, modification time and the SHA-256 of its content."""
+    try:
+        with path.open("rb") as handle:
+            stat = os.fstat(handle.fileno())
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return f"{stat.st_size}-{stat.st_mtime_ns}-{digest[:32]}"

@@ -266,6 +266,61 @@ class LlamaCppBackend:
         finally:
             cancel.set()  # consumer gone (aclose, cancellation) or done: stop generating
 
+    async def token_logprobs(self, route: Mapping[str, Any], text: str) -> list[float]:
+        """Log-probability of each token of ``text`` given its prefix (``core.ports.LogProbScorer``).
+
+        Every position's logits are needed, so scoring has its own ``Llama`` with ``logits_all=True``,
+        created on first use on the worker thread (and kept in the instance's ``__dict__``, which only
+        that thread touches) with a context of at most 512 tokens: its logits buffer is n_ctx x vocab
+        floats, 100 MB for SmolLM2 at 512. The text is conditioned on the model's BOS or, where the model
+        adds none (SmolLM2), on its ``<|endoftext|>`` document separator, so the first token is scored
+        too. Longer texts are scored in windows overlapping by half: each token sees >= 256 of prefix.
+        """
+        if not text:
+            return []
+
+        def score() -> list[float]:
+            import llama_cpp
+            import numpy as np
+
+            llama: Any = self.__dict__.get("_scoring_llama")
+            if llama is None:
+                llama = llama_cpp.Llama(
+                    model_path=self._model_path or default_model_path(),
+                    n_ctx=min(self._n_ctx, 512),
+                    n_threads=self._n_threads,
+                    logits_all=True,
+                    verbose=False,
+                )
+                self.__dict__["_scoring_llama"] = llama
+            tokens: list[int] = llama.tokenize(text.encode(), add_bos=True, special=False)
+            bos = llama.token_bos()
+            if not tokens or tokens[0] != bos:
+                separator = llama.tokenize(b"<|endoftext|>", add_bos=False, special=True)
+                prefix = separator[0] if len(separator) == 1 else bos
+                tokens = [prefix, *tokens] if prefix >= 0 else tokens
+            width = int(llama.n_ctx())
+            out: list[float] = []
+            start, done = 0, 1
+            try:
+                while done < len(tokens):
+                    end = min(start + width, len(tokens))
+                    llama.reset()
+                    llama.eval(tokens[start:end])
+                    # Row r of the logits predicts token start + r + 1.
+                    rows = np.asarray(llama.scores[done - start - 1 : end - start - 1], dtype=np.float64)
+                    top = rows.max(axis=1, keepdims=True)
+                    log_norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+                    targets = np.asarray(tokens[done:end])
+                    out.extend((rows[np.arange(len(targets)), targets] - log_norm).tolist())
+                    done, start = end, end - width // 2
+            except (RuntimeError, ValueError) as exc:
+                llama.reset()
+                raise BackendError(f"local model could not score the text: {exc}", status=500) from exc
+            return out
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, score)
+
     async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings:
         raise BackendError(
             "model cannot embed: it is a text generation model",

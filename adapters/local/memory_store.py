@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from adapters.local.memory_documents import MemoryDocuments
 from core.domain import ApiKeyRecord, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
 
 _PURGE_EVERY = 1024
@@ -52,7 +53,7 @@ class _State:
     signing_keys: dict[str, SigningKey] = field(default_factory=dict)
 
 
-class MemoryStore:
+class MemoryStore(MemoryDocuments):
     """Every Store role in dictionaries behind one lock.
 
     Counter items expire when ``expires_at < now``; cache entries when ``expires_at <= now``.
@@ -60,6 +61,7 @@ class MemoryStore:
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
         self._clock = clock
         self._lock = threading.Lock()
         self._s = _State()
@@ -105,9 +107,7 @@ class MemoryStore:
     def _wrote(self, now: float) -> None:
         self._writes += 1
         if self._writes % _PURGE_EVERY == 0:
-            expired = [
-                k for k, c in self._s.counters.items() if c.expires_at is not None and c.expires_at < now
-            ]
+            expired = [k for k, c in self._s.counters.items() if c.expires_at is not None and c.expires_at < now]
             for k in expired:
                 del self._s.counters[k]
             for k in [k for k, e in self._s.cache.items() if e.expires_at <= now]:
@@ -178,9 +178,7 @@ class MemoryStore:
         with self._lock:
             return self._s.usage.get(request_id)
 
-    def list_usage(
-        self, tenant_id: str | None, start: float, end: float, limit: int = 1000
-    ) -> list[UsageRecord]:
+    def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
         """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
         with self._lock:
             found = [

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapters.local.sqlite_documents import DOCUMENT_SCHEMA, SQLiteDocuments
 from core.domain import (
     ApiKeyRecord,
     Limits,
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY, private_pem BLOB NOT NULL, public_pem BLOB NOT NULL,
     created_at REAL NOT NULL, retired_at REAL);
 """
-_SCHEMA_STATEMENTS = tuple(s.strip() for s in _SCHEMA.split(";") if s.strip())
+_SCHEMA_STATEMENTS = (*(s.strip() for s in _SCHEMA.split(";") if s.strip()), *DOCUMENT_SCHEMA)
 
 _PUT_KEY = (
     "INSERT OR REPLACE INTO api_keys (id, tenant_id, name, key_hash, scopes, created_at, expires_at,"
@@ -109,7 +110,7 @@ def _model_from(row: sqlite3.Row) -> ModelSpec:
     return ModelSpec(**data)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteDocuments):
     """Every Store role in one SQLite file (WAL), one connection per thread and process.
 
     Each read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, which serialises writers
@@ -134,9 +135,7 @@ class SQLiteStore:
         if conn is not None and self._local.pid == pid:
             return conn
         # First use in this thread, or in a forked child (never reuse a parent's connection).
-        conn = sqlite3.connect(
-            self._path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self._path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._set_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.row_factory = sqlite3.Row
@@ -239,9 +238,7 @@ class SQLiteStore:
     @staticmethod
     def _live(conn: sqlite3.Connection, item: str, now: float) -> tuple[dict[str, int], float | None] | None:
         """The item's fields and expiry, or None when absent or expired (an expired item is deleted)."""
-        rows = conn.execute(
-            "SELECT field, value, expires_at FROM counters WHERE item = ?", (item,)
-        ).fetchall()
+        rows = conn.execute("SELECT field, value, expires_at FROM counters WHERE item = ?", (item,)).fetchall()
         if not rows:
             return None
         if any(r[2] is not None and r[2] < now for r in rows):
@@ -250,9 +247,7 @@ class SQLiteStore:
         return {r[0]: r[1] for r in rows}, rows[0][2]
 
     @staticmethod
-    def _write_values(
-        conn: sqlite3.Connection, item: str, values: Mapping[str, int], expires_at: float | None
-    ) -> None:
+    def _write_values(conn: sqlite3.Connection, item: str, values: Mapping[str, int], expires_at: float | None) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO counters (item, field, value, expires_at) VALUES (?, ?, ?, ?)",
             [(item, name, value, expires_at) for name, value in values.items()],
@@ -317,9 +312,7 @@ class SQLiteStore:
         row = self._one("SELECT * FROM usage WHERE request_id = ?", request_id)
         return _usage_from(row) if row is not None else None
 
-    def list_usage(
-        self, tenant_id: str | None, start: float, end: float, limit: int = 1000
-    ) -> list[UsageRecord]:
+    def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
         """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
         rows = self._all_rows(
             "SELECT * FROM usage WHERE created_at >= ? AND created_at < ? AND (? IS NULL OR tenant_id = ?)"

@@ -6,9 +6,9 @@ from core.router import Router
 
 
 def build_router() -> Router:
-    from core.api import admin, auth, embeddings, generation, models, system, usage
+    from core.api import admin, auth, batches, embeddings, files, generation, models, system, usage, validate
 
     router = Router()
-    for module in (system, auth, models, generation, embeddings, usage, admin):
+    for module in (system, auth, models, generation, embeddings, validate, files, batches, usage, admin):
         module.register(router)
     return router

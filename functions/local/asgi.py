@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,6 +15,7 @@ from core.app import Gateway
 from core.clock import new_id
 from core.errors import PayloadTooLarge
 from core.http import Request, Response
+from functions.local.batch_trigger import BatchTrigger, start_batch_trigger
 from functions.local.bootstrap import DEFAULT_MODELS, LocalSettings, build_gateway
 
 Scope = MutableMapping[str, Any]
@@ -24,12 +26,17 @@ Send = Callable[[Message], Awaitable[None]]
 
 class LocalApp:
     def __init__(
-        self, gateway: Gateway, metrics: PrometheusMetrics, on_startup: Callable[[], None] | None = None
+        self,
+        gateway: Gateway,
+        metrics: PrometheusMetrics,
+        on_startup: Callable[[], None] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.gateway = gateway
         self.metrics = metrics
-        self._max_body = gateway.settings.max_body_bytes
         self._on_startup = on_startup
+        self._data_dir = data_dir
+        self._trigger: BatchTrigger | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -46,10 +53,11 @@ class LocalApp:
             response.headers["x-request-id"] = _correlation_id(headers)
             await _send(send, response)
             return
-        body_or_none = await _read_body(receive, self._max_body)
+        limit = self.gateway.max_body_for(method, path, headers)
+        body_or_none = await _read_body(receive, limit)
         if body_or_none is None:
             # Answered here, before the gateway sees the request: it still gets a request id and is counted.
-            err = PayloadTooLarge(f"request body above the limit of {self._max_body} bytes")
+            err = PayloadTooLarge(f"request body above the limit of {limit} bytes")
             response = Response.error(err)
             response.headers["x-request-id"] = _correlation_id(headers)
             self.metrics.incr("requests_total", route="unmatched", status=str(err.status))
@@ -66,8 +74,13 @@ class LocalApp:
             if message["type"] == "lifespan.startup":
                 if self._on_startup is not None:
                     await asyncio.to_thread(self._on_startup)
+                if self._data_dir is not None:
+                    self._trigger = start_batch_trigger(self.gateway, self._data_dir)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._trigger is not None:
+                    await self._trigger.stop()
+                await self.gateway.stop_jobs()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -155,4 +168,4 @@ def create_app() -> LocalApp:
             for spec in DEFAULT_MODELS:
                 backends.warm(spec.backend)
 
-    return LocalApp(gateway, metrics, startup)
+    return LocalApp(gateway, metrics, startup, settings.data_dir)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from adapters.local.blobs import FileBlobStore
 from adapters.local.prometheus import PrometheusMetrics
 from adapters.local.sqlite_store import SQLiteStore
 from core.app import Gateway
@@ -112,7 +113,14 @@ def build_gateway(settings: LocalSettings) -> tuple[Gateway, PrometheusMetrics, 
     store = open_store(settings.data_dir)
     metrics = PrometheusMetrics()
     backends = LocalBackends(n_ctx=settings.n_ctx)
-    gateway = Gateway(store, backends, settings=settings.gateway, metrics=metrics, token_counter=backends)
+    gateway = Gateway(
+        store,
+        backends,
+        settings=settings.gateway,
+        metrics=metrics,
+        token_counter=backends,
+        blobs=FileBlobStore(settings.data_dir),
+    )
     return gateway, metrics, backends
 
 

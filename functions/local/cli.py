@@ -154,10 +154,31 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--start", default="1970-01-01")
     u.add_argument("--end", default="9999-12-31")
     u.set_defaults(func=usage)
+
+    v = sub.add_parser(
+        "validate", help="score generated text (the /v1/validate metrics) from JSONL files", add_help=False
+    )
+    v.add_argument("args", nargs=argparse.REMAINDER)
+    v.set_defaults(func=validate)
+
+    from functions.local import batch_cli
+
+    batch_cli.add_parser(sub)
     return p
 
 
+def validate(args: argparse.Namespace) -> int:
+    from functions.local.validate_cli import run
+
+    return run(args.args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["validate"]:  # its own parser, --help included
+        from functions.local.validate_cli import run
+
+        return run(argv[1:])
     args = parser().parse_args(argv)
     code: int = args.func(args)
     return code
