@@ -158,3 +158,13 @@ class Document:
     body: dict[str, Any]
     version: int = 0
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CounterChange:
+    """Increments to the fields of one counter item; ``limits`` caps fields when the change is conditional."""
+
+    item: str
+    increments: dict[str, int]
+    limits: dict[str, int] = field(default_factory=dict)
+    expires_at: float | None = None

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.cache import ResponseCache, cache_key
 from core.domain import ApiKeyRecord, ModelSpec, Principal
@@ -135,7 +136,6 @@ class GenerationService:
     ) -> Completed:
         started = time.perf_counter()
         bounds = self._bounds(spec, prompts, params.max_tokens)
-        reservation = self._reserve(ctx, n * (sum(bounds) + len(prompts) * params.max_tokens))
         key = None
         if params.deterministic:
             key = cache_key(
@@ -147,9 +147,12 @@ class GenerationService:
             )
             hit = self._cache.get(key, spec.id)
             if hit is not None:
+                # A cached answer costs no tokens: it is counted against the request rate only.
+                reservation = self._reserve(ctx, 0)
                 generations = [Generation(**g) for g in json.loads(hit)]
-                self._limits.settle(reservation, 0)
-                self._meter.record(
+                self._record(
+                    reservation,
+                    0,
                     request_id=ctx.request_id,
                     principal=ctx.principal,
                     model=spec,
@@ -161,6 +164,7 @@ class GenerationService:
                     status=200,
                 )
                 return Completed(generations, spec, True, reservation.headers)
+        reservation = self._reserve(ctx, n * (sum(bounds) + len(prompts) * params.max_tokens))
         try:
             if len(prompts) * n == 1:
                 # One call is awaited in place: a task costs event-loop round trips (batches ran at 68% of the
@@ -183,8 +187,9 @@ class GenerationService:
         generations = [g for g, _ in results]
         served_by = results[0][1]
         done = Completed(generations, served_by, False, reservation.headers)
-        self._limits.settle(reservation, done.prompt_tokens + done.completion_tokens)
-        self._meter.record(
+        self._record(
+            reservation,
+            done.prompt_tokens + done.completion_tokens,
             request_id=ctx.request_id,
             principal=ctx.principal,
             model=served_by,
@@ -199,13 +204,20 @@ class GenerationService:
             self._cache.put(key, json.dumps([_generation_json(g) for g in generations]).encode())
         return done
 
+    def _record(self, reservation: Reservation, used_tokens: int, **fields: Any) -> None:
+        """Settle the reservation and write the usage record in one store write; a request id already
+        recorded was charged before, so this attempt's whole reservation is released instead."""
+        if not self._meter.record(settle=self._limits.settlement(reservation, used_tokens), **fields):
+            self._limits.release(reservation)
+
     def _fail(
         self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, exc: BaseException
     ) -> None:
         """A failed call is charged nothing; its usage record says how it ended."""
-        self._limits.settle(reservation, 0, refund_request=False)
         status = exc.status if isinstance(exc, APIError) else 499 if isinstance(exc, asyncio.CancelledError) else 500
-        self._meter.record(
+        self._record(
+            reservation,
+            0,
             request_id=ctx.request_id,
             principal=ctx.principal,
             model=spec,
@@ -270,8 +282,9 @@ class GenerationService:
                 prompt_tokens, completion_tokens = known_prompt_tokens, deltas
             else:
                 prompt_tokens = completion_tokens = 0
-            self._limits.settle(reservation, prompt_tokens + completion_tokens)
-            self._meter.record(
+            self._record(
+                reservation,
+                prompt_tokens + completion_tokens,
                 request_id=ctx.request_id,
                 principal=ctx.principal,
                 model=spec,
@@ -289,13 +302,14 @@ class GenerationService:
     async def embed(self, ctx: CallContext, spec: ModelSpec, inputs: list[str]) -> Embedded:
         started = time.perf_counter()
         bound = sum(prompt_upper_bound(Prompt(text=t), spec.context_length) for t in inputs)
-        reservation = self._reserve(ctx, bound)
         key = cache_key(ctx.principal.tenant_id, _model_key(spec), "embeddings", {}, inputs)
         hit = self._cache.get(key, spec.id)
         if hit is not None:
+            reservation = self._reserve(ctx, 0)  # a cached answer counts against the request rate only
             data = json.loads(hit)
-            self._limits.settle(reservation, 0)
-            self._meter.record(
+            self._record(
+                reservation,
+                0,
                 request_id=ctx.request_id,
                 principal=ctx.principal,
                 model=spec,
@@ -307,13 +321,15 @@ class GenerationService:
                 status=200,
             )
             return Embedded(Embeddings(**data), True, reservation.headers)
+        reservation = self._reserve(ctx, bound)
         try:
             result, served_by = await self._router.embed(spec, inputs)
         except BaseException as exc:
             self._fail(ctx, spec, reservation, started, exc)
             raise
-        self._limits.settle(reservation, result.prompt_tokens)
-        self._meter.record(
+        self._record(
+            reservation,
+            result.prompt_tokens,
             request_id=ctx.request_id,
             principal=ctx.principal,
             model=served_by,

@@ -3,8 +3,8 @@
 A request's counters live in two items per tenant: the current minute (requests and tokens of
 the tenant and of each key) and the current month (quota tokens of the tenant and of each key; a
 daily quota's field is named after its day, so tenant and key may count over different periods).
-Reserving writes the minute item, then the period item, each with one conditional add that checks
-every limit in it; if the period item refuses, the minute reservation is undone. No interleaving
+Reserving is ONE atomic conditional write over both items (``CounterStore.try_add_all``) that checks
+every limit in them; settling is written together with the request's usage record. No interleaving
 of concurrent requests can push a counter past its limit, because each check-and-add is atomic.
 """
 
@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from core.domain import ApiKeyRecord, Limits, Tenant
+from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant
 from core.errors import QuotaExceeded, RateLimited
 from core.ports import Clock, CounterStore, Metrics
 
@@ -105,60 +105,111 @@ class LimitEnforcer:
         return _Plan(f"q|{tenant.id}|{month}", {tenant_field: tokens, key_field: tokens}, limits, ends + 86_400)
 
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
-        """Reserve one request and ``tokens`` tokens against every limit, or raise 429."""
+        """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise 429."""
         now = self._clock.now()
         minute = self._minute_plan(tenant, key, tokens, now)
-        period = self._period_plan(tenant, key, tokens, now)
+        # A request that costs no tokens (a cache hit) counts against the request rate only.
+        period = self._period_plan(tenant, key, tokens, now) if tokens else None
+        plans = [p for p in (minute, period) if p is not None]
         reservation = Reservation(tokens, None, None, key.id)
-        minute_values: dict[str, int] = {}
-        if minute is not None:
-            ok, minute_values = self._counters.try_add(minute.item, minute.increments, minute.limits, minute.expires_at)
-            if not ok:
+        if not plans:
+            return reservation
+        ok, seen = self._counters.try_add_all(
+            [CounterChange(p.item, p.increments, p.limits, p.expires_at) for p in plans]
+        )
+        minute_values = seen[0] if minute is not None else {}
+        if not ok:
+            if minute is not None and _violates(minute, minute_values):
                 self._refuse_rate(minute, minute_values, tokens, now, tenant.limits, key.limits)
+            if period is None:
+                raise RuntimeError("the counter store refused a reservation no limit refuses")
+            self._refuse_quota(period, seen[-1], tokens, now, tenant, minute, minute_values)
+        if minute is not None:
             reservation.minute_item = minute.item
             reservation.minute_expires_at = minute.expires_at
             reservation.headers = self._rate_headers(minute, minute_values, now)
         if period is not None:
-            ok, values = self._counters.try_add(period.item, period.increments, period.limits, period.expires_at)
-            if not ok:
-                if minute is not None:
-                    undo = {f: -v for f, v in minute.increments.items()}
-                    self._counters.add(minute.item, undo, minute.expires_at)
-                    # The refusal reports the minute as the undo left it.
-                    after = {f: v + undo.get(f, 0) for f, v in minute_values.items()}
-                    reservation.headers = self._rate_headers(minute, after, now)
-                self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
-                used = max(values.get(f, 0) - lim for f, lim in period.limits.items())
-                over = [f for f, lim in period.limits.items() if values.get(f, 0) + tokens > lim]
-                resets = max(period_bounds(now, "day" if "@" in f else "month")[1] for f in over or period.limits)
-                raise QuotaExceeded(
-                    f"token quota exhausted for this period: this request needs up to {tokens} tokens "
-                    f"and the quota would be exceeded by {used + tokens}; lower max_tokens or wait for "
-                    "the next period",
-                    headers={**reservation.headers, "retry-after": str(max(1, math.ceil(resets - now)))},
-                )
             reservation.period_item = period.item
             reservation.period_expires_at = period.expires_at
             reservation.period_fields = tuple(period.increments)
         return reservation
 
-    def settle(self, reservation: Reservation, used_tokens: int, *, refund_request: bool = False) -> None:
-        """Return the unused part of the reservation. A failed call settles with ``used_tokens=0``."""
+    def _refuse_quota(
+        self,
+        period: _Plan,
+        values: dict[str, int],
+        tokens: int,
+        now: float,
+        tenant: Tenant,
+        minute: _Plan | None,
+        minute_values: dict[str, int],
+    ) -> None:
+        self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
+        headers = self._rate_headers(minute, minute_values, now) if minute is not None else {}
+        used = max(values.get(f, 0) - lim for f, lim in period.limits.items())
+        over = [f for f, lim in period.limits.items() if values.get(f, 0) + tokens > lim]
+        resets = max(period_bounds(now, "day" if "@" in f else "month")[1] for f in over or period.limits)
+        raise QuotaExceeded(
+            f"token quota exhausted for this period: this request needs up to {tokens} tokens "
+            f"and the quota would be exceeded by {used + tokens}; lower max_tokens or wait for "
+            "the next period",
+            headers={**headers, "retry-after": str(max(1, math.ceil(resets - now)))},
+        )
+
+    def settlement(self, reservation: Reservation, used_tokens: int) -> list[CounterChange]:
+        """The counter changes that return the unused part of a reservation (written with the usage record).
+
+        A failed call settles with ``used_tokens=0``. A reservation settles once; later calls return nothing.
+        """
         if reservation.settled:
-            return
+            return []
         reservation.settled = True
         used_tokens = max(0, min(used_tokens, reservation.tokens))
         delta = used_tokens - reservation.tokens
+        if not delta:
+            return []
+        changes = []
         kid = reservation.key_id
-        if reservation.minute_item is not None and (delta or refund_request):
-            deltas = {"tok": delta, f"tok|{kid}": delta}
-            if refund_request:
-                deltas.update({"req": -1, f"req|{kid}": -1})
-            self._counters.add(reservation.minute_item, deltas, reservation.minute_expires_at)
-        if reservation.period_item is not None and delta:
-            self._counters.add(
-                reservation.period_item, dict.fromkeys(reservation.period_fields, delta), reservation.period_expires_at
+        if reservation.minute_item is not None:
+            changes.append(
+                CounterChange(
+                    reservation.minute_item,
+                    {"tok": delta, f"tok|{kid}": delta},
+                    expires_at=reservation.minute_expires_at,
+                )
             )
+        if reservation.period_item is not None:
+            changes.append(
+                CounterChange(
+                    reservation.period_item,
+                    dict.fromkeys(reservation.period_fields, delta),
+                    expires_at=reservation.period_expires_at,
+                )
+            )
+        return changes
+
+    def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Settle now, on its own (callers that write no usage record with it)."""
+        for change in self.settlement(reservation, used_tokens):
+            self._counters.add(change.item, change.increments, change.expires_at)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a whole reservation, the request included: it was charged under another attempt."""
+        kid = reservation.key_id
+        tokens = reservation.tokens
+        if reservation.minute_item is not None:
+            self._counters.add(
+                reservation.minute_item,
+                {"req": -1, f"req|{kid}": -1, "tok": -tokens, f"tok|{kid}": -tokens},
+                reservation.minute_expires_at,
+            )
+        if reservation.period_item is not None and tokens:
+            self._counters.add(
+                reservation.period_item,
+                dict.fromkeys(reservation.period_fields, -tokens),
+                reservation.period_expires_at,
+            )
+        reservation.settled = True
 
     def _refuse_rate(
         self, plan: _Plan, values: dict[str, int], tokens: int, now: float, tenant: Limits, key: Limits
@@ -193,3 +244,7 @@ class LimitEnforcer:
             headers[f"x-ratelimit-remaining-{what}"] = str(max(0, remaining))
             headers[f"x-ratelimit-reset-{what}"] = reset
         return headers
+
+
+def _violates(plan: _Plan, values: dict[str, int]) -> bool:
+    return any(values.get(f, 0) + plan.increments[f] > lim for f, lim in plan.limits.items())

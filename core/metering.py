@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from core.domain import ModelSpec, Principal, UsageRecord
+from collections.abc import Sequence
+
+from core.domain import CounterChange, ModelSpec, Principal, UsageRecord
 from core.ports import Clock, Metrics, UsageStore
 
 
@@ -24,8 +26,12 @@ class Meter:
         cached: bool,
         latency_ms: float,
         status: int,
-    ) -> UsageRecord:
-        """Write what this request was charged. A retry of the same request id writes nothing new."""
+        settle: Sequence[CounterChange] = (),
+    ) -> bool:
+        """Write what this request was charged, with its settlement, in one store write.
+
+        Returns False when the request id was already recorded: nothing new was written.
+        """
         record = UsageRecord(
             request_id=request_id,
             tenant_id=principal.tenant_id,
@@ -40,10 +46,11 @@ class Meter:
             created_at=self._clock.now(),
             cost=0.0 if cached else model.cost(prompt_tokens, completion_tokens),
         )
-        if self._usage.record_usage(record):
-            dims = {"model": model.id, "tenant": principal.tenant_id}
-            if prompt_tokens:
-                self._metrics.incr("prompt_tokens_total", prompt_tokens, **dims)
-            if completion_tokens:
-                self._metrics.incr("tokens_generated_total", completion_tokens, **dims)
-        return record
+        if not self._usage.record_usage(record, settle):
+            return False
+        dims = {"model": model.id, "tenant": principal.tenant_id}
+        if prompt_tokens:
+            self._metrics.incr("prompt_tokens_total", prompt_tokens, **dims)
+        if completion_tokens:
+            self._metrics.incr("tokens_generated_total", completion_tokens, **dims)
+        return True

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from core.domain import (
     ApiKeyRecord,
+    CounterChange,
     Document,
     ModelSpec,
     SigningKey,
@@ -47,6 +48,14 @@ class CounterStore(Protocol):
         expires_at: float,
     ) -> tuple[bool, dict[str, int]]: ...
 
+    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        """``try_add`` over several items as ONE atomic write: all apply or none does.
+
+        Returns the values of each item after the write, or as seen when refused. DynamoDB does it with
+        TransactWriteItems, Firestore with a transaction; a store that cannot (Cosmos across partitions)
+        adds one item after the other and undoes the first when the second refuses.
+        """
+
     def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
         """Unconditional add (settling a reservation, undoing one). Missing fields count as 0.
 
@@ -58,8 +67,12 @@ class CounterStore(Protocol):
 
 
 class UsageStore(Protocol):
-    def record_usage(self, record: UsageRecord) -> bool:
-        """Write the record and add it to its daily aggregate; False if the request id exists."""
+    def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
+        """Write the record, add it to its daily aggregate and apply ``settle`` (unconditional counter adds)
+        in one atomic write; False, and nothing written, if the request id exists.
+
+        Settling with the record makes a request's charge final exactly once, whatever retries happen.
+        """
 
     def get_usage(self, request_id: str) -> UsageRecord | None: ...
 

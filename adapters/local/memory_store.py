@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from adapters.local.memory_documents import MemoryDocuments
-from core.domain import ApiKeyRecord, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
+from core.domain import ApiKeyRecord, CounterChange, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
 
 _PURGE_EVERY = 1024
 
@@ -121,34 +121,45 @@ class MemoryStore(MemoryDocuments):
         expires_at: float,
     ) -> tuple[bool, dict[str, int]]:
         """Add every increment if every limited field stays <= its limit; else write nothing."""
+        ok, values = self.try_add_all([CounterChange(item, dict(increments), dict(limits), expires_at)])
+        return ok, values[0]
+
+    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        """``try_add`` over several items under one lock: all apply, or nothing is written."""
         now = self._clock()
         with self._lock:
-            counters = self._live(item, now)
-            values = counters.values if counters is not None else {}
-            for name, limit in limits.items():
-                if values.get(name, 0) + increments.get(name, 0) > limit:
-                    return False, dict(values)
-            if counters is None:
-                counters = _Counters({}, expires_at)
-                self._s.counters[item] = counters
-            else:
-                counters.expires_at = expires_at
-            for name, inc in increments.items():
-                counters.values[name] = counters.values.get(name, 0) + inc
+            live = [self._live(c.item, now) for c in changes]
+            seen = [dict(c.values) if c is not None else {} for c in live]
+            for change, values in zip(changes, seen, strict=True):
+                for name, limit in change.limits.items():
+                    if values.get(name, 0) + change.increments.get(name, 0) > limit:
+                        return False, seen
+            after = []
+            for change, counters in zip(changes, live, strict=True):
+                if counters is None:
+                    counters = self._s.counters[change.item] = _Counters({}, change.expires_at)
+                else:
+                    counters.expires_at = change.expires_at
+                for name, inc in change.increments.items():
+                    counters.values[name] = counters.values.get(name, 0) + inc
+                after.append(dict(counters.values))
             self._wrote(now)
-            return True, dict(counters.values)
+            return True, after
 
     def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
         """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``."""
         now = self._clock()
         with self._lock:
-            counters = self._live(item, now)
-            if counters is None:
-                counters = _Counters({}, expires_at)
-                self._s.counters[item] = counters
-            for name, delta in deltas.items():
-                counters.values[name] = counters.values.get(name, 0) + delta
+            self._add_locked(item, deltas, expires_at, now)
             self._wrote(now)
+
+    def _add_locked(self, item: str, deltas: Mapping[str, int], expires_at: float | None, now: float) -> None:
+        counters = self._live(item, now)
+        if counters is None:
+            counters = _Counters({}, expires_at)
+            self._s.counters[item] = counters
+        for name, delta in deltas.items():
+            counters.values[name] = counters.values.get(name, 0) + delta
 
     def read(self, item: str) -> dict[str, int]:
         now = self._clock()
@@ -158,11 +169,14 @@ class MemoryStore(MemoryDocuments):
 
     # -- usage --------------------------------------------------------------------------------------
 
-    def record_usage(self, record: UsageRecord) -> bool:
+    def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
         group = (record.tenant_id, utc_day(record.created_at), record.model)
+        now = self._clock()
         with self._lock:
             if record.request_id in self._s.usage:
                 return False
+            for change in settle:
+                self._add_locked(change.item, change.increments, change.expires_at, now)
             self._s.usage[record.request_id] = record
             daily = self._s.daily.get(group)
             if daily is None:

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 from adapters.local.sqlite_documents import DOCUMENT_SCHEMA, SQLiteDocuments
 from core.domain import (
     ApiKeyRecord,
+    CounterChange,
     Limits,
     ModelSpec,
     SigningKey,
@@ -98,6 +99,23 @@ def _tenant_from(row: sqlite3.Row) -> Tenant:
 def _key_from(row: sqlite3.Row) -> ApiKeyRecord:
     scopes = frozenset(json.loads(row["scopes"]))
     return ApiKeyRecord(**{**dict(row), "scopes": scopes, "limits": Limits(**json.loads(row["limits"]))})
+
+
+def _usage_row(r: UsageRecord) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "tenant_id": r.tenant_id,
+        "key_id": r.key_id,
+        "model": r.model,
+        "endpoint": r.endpoint,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cached": int(r.cached),
+        "latency_ms": r.latency_ms,
+        "status": r.status,
+        "created_at": r.created_at,
+        "cost": r.cost,
+    }
 
 
 def _usage_from(row: sqlite3.Row) -> UsageRecord:
@@ -261,30 +279,44 @@ class SQLiteStore(SQLiteDocuments):
         expires_at: float,
     ) -> tuple[bool, dict[str, int]]:
         """Add every increment if every limited field stays <= its limit; else write nothing."""
+        ok, values = self.try_add_all([CounterChange(item, dict(increments), dict(limits), expires_at)])
+        return ok, values[0]
+
+    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        """``try_add`` over several items in one transaction: all apply, or nothing is written."""
         now = self._clock()
         with self._tx() as conn:
-            live = self._live(conn, item, now)
-            values = live[0] if live is not None else {}
-            for name, limit in limits.items():
-                if values.get(name, 0) + increments.get(name, 0) > limit:
-                    return False, values
-            for name, inc in increments.items():
-                values[name] = values.get(name, 0) + inc
-            self._write_values(conn, item, values, expires_at)
+            seen = []
+            for change in changes:
+                live = self._live(conn, change.item, now)
+                seen.append(live[0] if live is not None else {})
+            for change, values in zip(changes, seen, strict=True):
+                for name, limit in change.limits.items():
+                    if values.get(name, 0) + change.increments.get(name, 0) > limit:
+                        return False, seen
+            for change, values in zip(changes, seen, strict=True):
+                for name, inc in change.increments.items():
+                    values[name] = values.get(name, 0) + inc
+                self._write_values(conn, change.item, values, change.expires_at)
         self._wrote()
-        return True, values
+        return True, seen
 
     def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
         """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``."""
         now = self._clock()
         with self._tx() as conn:
-            live = self._live(conn, item, now)
-            values: dict[str, int] = {}
-            if live is not None:
-                values, expires_at = live
-            changed = {name: values.get(name, 0) + delta for name, delta in deltas.items()}
-            self._write_values(conn, item, changed, expires_at)
+            self._add_in(conn, item, deltas, expires_at, now)
         self._wrote()
+
+    def _add_in(
+        self, conn: sqlite3.Connection, item: str, deltas: Mapping[str, int], expires_at: float | None, now: float
+    ) -> None:
+        live = self._live(conn, item, now)
+        values: dict[str, int] = {}
+        if live is not None:
+            values, expires_at = live
+        changed = {name: values.get(name, 0) + delta for name, delta in deltas.items()}
+        self._write_values(conn, item, changed, expires_at)
 
     def read(self, item: str) -> dict[str, int]:
         now = self._clock()
@@ -298,14 +330,17 @@ class SQLiteStore(SQLiteDocuments):
 
     # -- usage --------------------------------------------------------------------------------------
 
-    def record_usage(self, record: UsageRecord) -> bool:
+    def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
         r = record
+        now = self._clock()
         with self._tx() as conn:
-            if conn.execute(_PUT_USAGE, dataclasses.asdict(r)).rowcount != 1:
+            if conn.execute(_PUT_USAGE, _usage_row(r)).rowcount != 1:
                 return False
             day = _utc_day(r.created_at)
             aggregate = (r.prompt_tokens, r.completion_tokens, int(r.cached), r.cost)
             conn.execute(_ADD_DAILY, (r.tenant_id, day, r.model, *aggregate))
+            for change in settle:
+                self._add_in(conn, change.item, change.increments, change.expires_at, now)
         return True
 
     def get_usage(self, request_id: str) -> UsageRecord | None:

@@ -99,8 +99,8 @@ async def _fluency(
         raise
     finally:
         charged = used if status == 200 else 0
-        gateway.limits.settle(reservation, charged)
-        gateway.meter.record(
+        recorded = gateway.meter.record(
+            settle=gateway.limits.settlement(reservation, charged),
             request_id=f"{ctx.request.request_id}:fluency",
             principal=principal,
             model=spec,
@@ -111,6 +111,8 @@ async def _fluency(
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             status=status,
         )
+        if not recorded:
+            gateway.limits.release(reservation)
     return fluency(logprobs), used
 
 

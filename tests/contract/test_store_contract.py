@@ -14,6 +14,7 @@ from adapters.local.sqlite_store import SQLiteStore
 from core.domain import (
     ALL_SCOPES,
     ApiKeyRecord,
+    CounterChange,
     Limits,
     ModelSpec,
     SigningKey,
@@ -239,6 +240,46 @@ def test_many_counter_writes_purge_expired_items_without_losing_live_ones(store:
 
 
 # -- usage ------------------------------------------------------------------------------------------
+
+
+def test_try_add_all_applies_every_item_or_none(store: Store) -> None:
+    far = T0 + 3600
+    ok, values = store.try_add_all(
+        [
+            CounterChange("m", {"req": 1, "tok": 40}, {"req": 2}, far),
+            CounterChange("q", {"used": 40}, {"used": 100}, far),
+        ]
+    )
+    assert ok
+    assert values == [{"req": 1, "tok": 40}, {"used": 40}]
+    # The second item refuses: the first must not change either, and both are reported as seen.
+    ok, values = store.try_add_all(
+        [
+            CounterChange("m", {"req": 1, "tok": 70}, {"req": 2}, far),
+            CounterChange("q", {"used": 70}, {"used": 100}, far),
+        ]
+    )
+    assert not ok
+    assert values == [{"req": 1, "tok": 40}, {"used": 40}]
+    assert store.read("m") == {"req": 1, "tok": 40}
+    assert store.read("q") == {"used": 40}
+    # The first item refuses: nothing is written to the second.
+    ok, _ = store.try_add_all(
+        [CounterChange("m", {"req": 5}, {"req": 2}, far), CounterChange("q", {"used": 1}, {"used": 100}, far)]
+    )
+    assert not ok
+    assert store.read("q") == {"used": 40}
+
+
+def test_record_usage_settles_counters_in_the_same_write_and_only_once(store: Store) -> None:
+    far = T0 + 3600
+    store.try_add_all([CounterChange("q", {"used": 100}, {"used": 1000}, far)])
+    settle = [CounterChange("q", {"used": -60}, expires_at=far)]
+    assert store.record_usage(_usage("r1"), settle) is True
+    assert store.read("q") == {"used": 40}
+    # A duplicate of the same request id writes nothing: no second settlement.
+    assert store.record_usage(_usage("r1"), settle) is False
+    assert store.read("q") == {"used": 40}
 
 
 def test_record_usage_is_idempotent(store: Store) -> None:
