@@ -20,13 +20,24 @@ from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import Principal
 from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from core.fine_tuning.service import FineTuningService
 from core.generation import GenerationService
 from core.http import Request, Response
 from core.jobs import InProcessJobQueue
 from core.limits import LimitEnforcer
 from core.metering import Meter
 from core.observability import LOGGER_NAME, NullMetrics, log_event
-from core.ports import BackendResolver, BlobStore, Clock, JobQueue, Metrics, Store, TokenCounter
+from core.ports import (
+    BackendResolver,
+    BlobStore,
+    Clock,
+    FineTuner,
+    JobQueue,
+    Metrics,
+    SigningKeyStore,
+    Store,
+    TokenCounter,
+)
 from core.registry import ModelRegistry
 from core.router import Route, Router
 from core.routing import ModelRouter
@@ -88,13 +99,16 @@ class Gateway:
         blobs: BlobStore | None = None,
         jobs: JobQueue | None = None,
         batch_settings: RunnerSettings | None = None,
+        fine_tuner: FineTuner | None = None,
+        signing_keys: SigningKeyStore | None = None,
     ) -> None:
         self.settings = settings or GatewaySettings()
         self.clock = clock or SystemClock()
         self.metrics = metrics or NullMetrics()
         self.store = store
         self.log = logging.getLogger(LOGGER_NAME)
-        self.tokens = TokenService(store, self.clock, self.settings.tokens)
+        # Signing keys may live apart from the rest (Secrets Manager on AWS); the store keeps them otherwise.
+        self.tokens = TokenService(signing_keys or store, self.clock, self.settings.tokens)
         self.auth = Authenticator(store, self.tokens, self.clock, self.settings.key_cache_ttl_s)
         self.tenants = TenantDirectory(store, self.clock, self.settings.tenant_cache_ttl_s)
         self.registry = ModelRegistry(store, self.clock, self.settings.model_cache_ttl_s)
@@ -130,6 +144,8 @@ class Gateway:
         self.jobs: JobQueue = jobs if jobs is not None else InProcessJobQueue()
         if isinstance(self.jobs, InProcessJobQueue):
             self.jobs.bind(self.run_job)
+        # Fine-tune jobs: trained by the tuner (none: POST /v1/fine_tuning/jobs answers fine_tuning_unavailable).
+        self.fine_tuning = FineTuningService(store, self.registry, self.clock, fine_tuner)
 
     def require_blobs(self) -> BlobStore:
         if self.blobs is None:

@@ -15,6 +15,7 @@ from core.domain import (
     UsageAggregate,
     UsageRecord,
 )
+from core.fine_tuning.job import FineTuneJob, TunerStatus
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent
 
 
@@ -195,6 +196,30 @@ class JobQueue(Protocol):
     """
 
     def submit(self, kind: str, job_id: str) -> None: ...
+
+
+class FineTuner(Protocol):
+    """Trains models away from the gateway: SageMaker training jobs (Vertex AI and Azure ML jobs to come).
+
+    Calls are blocking control-plane calls (the service runs them in a thread). Errors are ``APIError``s
+    (``BackendError`` for the backend's failures). ``training_key`` / ``validation_key`` are BlobStore keys.
+    """
+
+    @property
+    def name(self) -> str:
+        """Recorded on each job (``backend``): only the tuner of that name is asked about it."""
+
+    def check(self, job: FineTuneJob) -> None:
+        """Raise (``FineTuningUnavailable``, ``InvalidRequest``) if this tuner cannot train ``job``; nothing
+        is recorded yet when this is called."""
+
+    def start(self, job: FineTuneJob, training_key: str, validation_key: str | None) -> str:
+        """Start training; returns the backend's id of the run. Starting the same job twice is harmless."""
+
+    def status(self, job: FineTuneJob) -> TunerStatus: ...
+
+    def cancel(self, job: FineTuneJob) -> None:
+        """Stop the run; a run that already ended is no error."""
 
 
 class Metrics(Protocol):

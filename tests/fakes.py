@@ -14,10 +14,11 @@ from core.app import Gateway
 from core.auth import api_keys
 from core.clock import FixedClock
 from core.domain import ALL_SCOPES, Limits, ModelSpec, Tenant, UsageRecord
-from core.errors import BackendError
+from core.errors import APIError, BackendError
+from core.fine_tuning.job import FineTuneJob, TunerStatus
 from core.http import Request, Response
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
-from core.ports import TokenCounter
+from core.ports import FineTuner, TokenCounter
 from core.settings import GatewaySettings
 
 
@@ -108,6 +109,48 @@ class DeferredJobQueue:
 
     def submit(self, kind: str, job_id: str) -> None:
         self.submitted.append((kind, job_id))
+
+
+@dataclass
+class FakeFineTuner:
+    """A scriptable FineTuner: each ``status`` call answers the next of ``script`` (the last one repeats).
+
+    ``check_error``, ``start_error``, ``status_error``, ``cancel_error`` are raised by those calls; every
+    call is recorded.
+    """
+
+    script: list[TunerStatus] = field(default_factory=list)
+    start_error: BaseException | None = None
+    check_error: APIError | None = None
+    status_error: BaseException | None = None
+    cancel_error: BaseException | None = None
+    name: str = "fake"
+    started: list[tuple[str, str, str | None]] = field(default_factory=list)
+    polls: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    def check(self, job: FineTuneJob) -> None:
+        if self.check_error is not None:
+            raise self.check_error
+
+    def start(self, job: FineTuneJob, training_key: str, validation_key: str | None) -> str:
+        if self.start_error is not None:
+            raise self.start_error
+        self.started.append((job.id, training_key, validation_key))
+        return f"fake-run-{job.id}"
+
+    def status(self, job: FineTuneJob) -> TunerStatus:
+        self.polls.append(job.id)
+        if self.status_error is not None:
+            raise self.status_error
+        if not self.script:
+            return TunerStatus("queued")
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+    def cancel(self, job: FineTuneJob) -> None:
+        if self.cancel_error is not None:
+            raise self.cancel_error
+        self.cancelled.append(job.id)
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
@@ -233,6 +276,7 @@ def make_harness(
     settings: GatewaySettings | None = None,
     backend: FakeBackend | None = None,
     token_counter: TokenCounter | None = None,
+    fine_tuner: FineTuner | None = None,
 ) -> Harness:
     clock = FixedClock()
     store = MemoryStore(clock=clock.now)
@@ -242,7 +286,14 @@ def make_harness(
     resolver = Resolver({"gen": backend, "emb": backend})
     blobs, jobs = MemoryBlobStore(), DeferredJobQueue()
     gateway = Gateway(
-        store, resolver, settings=settings, clock=clock, token_counter=token_counter, blobs=blobs, jobs=jobs
+        store,
+        resolver,
+        settings=settings,
+        clock=clock,
+        token_counter=token_counter,
+        blobs=blobs,
+        jobs=jobs,
+        fine_tuner=fine_tuner,
     )
 
     async def no_sleep(_: float) -> None:
@@ -279,3 +330,14 @@ def error_of(response: Response) -> dict[str, Any]:
     assert isinstance(error["message"], str)
     assert error["message"]
     return error
+
+
+def training_jsonl(count: int = 10, kind: str = "chat") -> bytes:
+    """A fine-tune file of ``count`` examples: chat (``messages``) or ``prompt``/``completion`` lines."""
+    rows: list[dict[str, Any]] = [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        if kind == "chat"
+        else {"prompt": f"question {i}", "completion": f"answer {i}"}
+        for i in range(count)
+    ]
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)

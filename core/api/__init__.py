@@ -6,9 +6,21 @@ from core.router import Router
 
 
 def build_router() -> Router:
-    from core.api import admin, auth, batches, embeddings, files, generation, models, system, usage, validate
+    from core.api import (
+        admin,
+        auth,
+        batches,
+        embeddings,
+        files,
+        fine_tuning,
+        generation,
+        models,
+        system,
+        usage,
+        validate,
+    )
 
     router = Router()
-    for module in (system, auth, models, generation, embeddings, validate, files, batches, usage, admin):
+    for module in (system, auth, models, generation, embeddings, validate, files, batches, fine_tuning, usage, admin):
         module.register(router)
     return router

@@ -27,7 +27,7 @@ from core.schemas.openai import (
 
 
 def _params(ctx: RequestContext, body: SamplingFields, max_tokens: int | None) -> tuple[Any, GenerationParams]:
-    spec = ctx.gateway.registry.get(body.model, kind="generation")
+    spec = ctx.gateway.registry.get(body.model, kind="generation", tenant=ctx.caller.tenant_id)
     service = ctx.gateway.generation
     params = GenerationParams(
         max_tokens=service.max_tokens(spec, max_tokens),

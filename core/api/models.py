@@ -28,7 +28,7 @@ def card(spec: ModelSpec) -> ModelCard:
 def register(router: Router) -> None:
     @router.route("GET", "/v1/models", scope=None, summary="List models", response=ModelList, tags=("models",))
     async def list_models(ctx: RequestContext) -> Response:
-        return Response.json(ModelList(data=[card(m) for m in ctx.gateway.registry.all()]))
+        return Response.json(ModelList(data=[card(m) for m in ctx.gateway.registry.all(ctx.caller.tenant_id)]))
 
     @router.route(
         "GET",
@@ -39,4 +39,5 @@ def register(router: Router) -> None:
         tags=("models",),
     )
     async def get_model(ctx: RequestContext) -> Response:
-        return Response.json(card(ctx.gateway.registry.get(ctx.request.path_params["model_id"])))
+        spec = ctx.gateway.registry.get(ctx.request.path_params["model_id"], tenant=ctx.caller.tenant_id)
+        return Response.json(card(spec))

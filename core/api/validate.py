@@ -32,7 +32,7 @@ ENDPOINT = "validate"
 async def _embedding_similarity(
     ctx: RequestContext, model: str, inputs: Inputs, headers: dict[str, str]
 ) -> tuple[MetricResult, int]:
-    spec = ctx.gateway.registry.get(model, kind="embedding")
+    spec = ctx.gateway.registry.get(model, kind="embedding", tenant=ctx.caller.tenant_id)
     references = inputs.refs()
     texts = list(dict.fromkeys([*inputs.candidates, *(r for refs in references for r in refs)]))
     call = CallContext(ctx.caller, f"{ctx.request.request_id}:embed", ENDPOINT)
@@ -46,7 +46,7 @@ async def _embedding_similarity(
 
 
 def _scorer(ctx: RequestContext, model: str) -> tuple[ModelSpec, LogProbScorer]:
-    spec = ctx.gateway.registry.get(model, kind="generation")
+    spec = ctx.gateway.registry.get(model, kind="generation", tenant=ctx.caller.tenant_id)
     backend = ctx.gateway.model_router.backend(spec)
     if not isinstance(backend, LogProbScorer):
         raise InvalidRequest(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adapters.local.blobs import FileBlobStore
+from adapters.local.fine_tuner import UnavailableFineTuner
 from adapters.local.prometheus import PrometheusMetrics
 from adapters.local.sqlite_store import SQLiteStore
 from core.app import Gateway
@@ -120,6 +121,7 @@ def build_gateway(settings: LocalSettings) -> tuple[Gateway, PrometheusMetrics, 
         metrics=metrics,
         token_counter=backends,
         blobs=FileBlobStore(settings.data_dir),
+        fine_tuner=UnavailableFineTuner(),  # says plainly that training runs on the cloud backends
     )
     return gateway, metrics, backends
 

@@ -1,0 +1,228 @@
+"""DynamoDBStore: every Store role on ONE DynamoDB table, through pynamodb (layout in dynamodb_models).
+
+Counters, usage and documents live in their own modules (``dynamodb_counters``, ``dynamodb_usage``,
+``dynamodb_documents``); this one holds tenants, API keys, the response cache, models and signing keys.
+Each access is a GetItem, a Query or one write; the only GSI reads are listings (tenants, a tenant's
+keys, the all-tenant usage reports and an owner's documents), which DynamoDB serves eventually consistent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from botocore.client import BaseClient
+from pynamodb.connection import Connection
+
+from adapters.aws.dynamodb_counters import DynamoDBCounters
+from adapters.aws.dynamodb_documents import DynamoDBDocuments
+from adapters.aws.dynamodb_models import (
+    CacheItem,
+    KeyItem,
+    ModelItem,
+    SigningKeyItem,
+    TenantItem,
+    sortable,
+    ttl_seconds,
+)
+from adapters.aws.dynamodb_table import DynamoDBTable, Item, connect
+from adapters.aws.dynamodb_usage import DynamoDBUsage
+from core.domain import ApiKeyRecord, Limits, ModelSpec, SigningKey, Tenant
+
+TENANT_SK = "TENANT"
+KEY_SK = "KEY"
+CACHE_SK = "CACHE"
+MODELS_PK = "MODELS"
+SIGNING_KEYS_PK = "SIGNING_KEYS"
+MAX_CACHE_VALUE = 390_000  # bytes: an item holds 400 KB, names and keys included
+_MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec))
+
+
+def _limits(limits: Limits) -> dict[str, Any]:
+    return dataclasses.asdict(limits)
+
+
+def _tenant_from(item: Item) -> Tenant:
+    t = TenantItem.from_raw_data(item)
+    return Tenant(id=t.id, name=t.name, created_at=float(t.created_at), limits=Limits(**t.limits))
+
+
+def _key_from(item: Item) -> ApiKeyRecord:
+    k = KeyItem.from_raw_data(item)
+    return ApiKeyRecord(
+        id=k.id,
+        tenant_id=k.tenant_id,
+        name=k.name,
+        key_hash=k.key_hash,
+        scopes=frozenset(k.scopes),
+        created_at=float(k.created_at),
+        expires_at=float(k.key_expires_at) if k.key_expires_at is not None else None,
+        revoked_at=float(k.revoked_at) if k.revoked_at is not None else None,
+        limits=Limits(**k.limits),
+        prefix=k.prefix,
+    )
+
+
+def _model_from(item: Item) -> ModelSpec:
+    data: dict[str, Any] = {
+        k: v for k, v in json.loads(ModelItem.from_raw_data(item).spec).items() if k in _MODEL_FIELDS
+    }
+    data["fallbacks"] = tuple(data.get("fallbacks", ()))
+    return ModelSpec(**data)
+
+
+def _signing_key_from(item: Item) -> SigningKey:
+    s = SigningKeyItem.from_raw_data(item)
+    retired = float(s.retired_at) if s.retired_at is not None else None
+    return SigningKey(s.kid, bytes(s.private_pem), bytes(s.public_pem), float(s.created_at), retired)
+
+
+class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
+    """The gateway's Store on the DynamoDB table ``table_name`` (created by the CDK stack).
+
+    ``connection`` is the pynamodb Connection (one botocore client) to use; without one, a Connection
+    on ``host`` / ``region`` with standard-mode retries (``max_attempts``) is made, its client created on
+    first use. ``clock`` gives "now" for counter expiry (the protocol passes no time to counters).
+    IAM: dynamodb:GetItem, PutItem, UpdateItem, DeleteItem, Query (table and ``index/gsi1``) on the table;
+    TransactWriteItems is authorised by the PutItem/UpdateItem it contains.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        connection: Connection | None = None,
+        *,
+        host: str | None = None,
+        region: str | None = None,
+        max_attempts: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._table = DynamoDBTable(table_name, connection or connect(host, region, max_attempts=max_attempts))
+        self._clock = clock
+
+    @property
+    def table_name(self) -> str:
+        return self._table.name
+
+    @property
+    def connection(self) -> Connection:
+        return self._table.connection
+
+    @property
+    def client(self) -> BaseClient:
+        """The botocore client every call goes through (``client.meta.events`` to observe the calls)."""
+        client: BaseClient = self._table.connection.client
+        return client
+
+    def close(self) -> None:
+        """Close the client's connection pool (present so every store can be closed alike)."""
+        self.client.close()
+
+    # -- tenants and keys ---------------------------------------------------------------------------
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        item = TenantItem(
+            pk=f"T#{tenant.id}",
+            sk=TENANT_SK,
+            gsi1pk="TENANTS",
+            gsi1sk=f"{sortable(tenant.created_at)}#{tenant.id}",
+            id=tenant.id,
+            name=tenant.name,
+            created_at=tenant.created_at,
+            limits=_limits(tenant.limits),
+        )
+        self._table.put(item.serialize())
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        found = self._table.get(f"T#{tenant_id}", TENANT_SK)
+        return _tenant_from(found) if found is not None else None
+
+    def list_tenants(self) -> list[Tenant]:
+        tenants = [_tenant_from(item) for item in self._table.query("TENANTS", index=True)]
+        return sorted(tenants, key=lambda t: (t.created_at, t.id))
+
+    def put_key(self, key: ApiKeyRecord) -> None:
+        item = KeyItem(
+            pk=f"K#{key.id}",
+            sk=KEY_SK,
+            gsi1pk=f"T#{key.tenant_id}#KEYS",
+            gsi1sk=f"{sortable(key.created_at)}#{key.id}",
+            id=key.id,
+            tenant_id=key.tenant_id,
+            name=key.name,
+            key_hash=key.key_hash,
+            scopes=sorted(key.scopes),
+            created_at=key.created_at,
+            key_expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+            limits=_limits(key.limits),
+            prefix=key.prefix,
+        )
+        self._table.put(item.serialize())
+
+    def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        found = self._table.get(f"K#{key_id}", KEY_SK)
+        return _key_from(found) if found is not None else None
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        keys = [_key_from(item) for item in self._table.query(f"T#{tenant_id}#KEYS", index=True)]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    # -- cache --------------------------------------------------------------------------------------
+
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        # An eventually consistent read: an entry written a moment ago may be missed, which is a miss.
+        found = self._table.get(f"CACHE#{key}", CACHE_SK, consistent=False)
+        if found is None:
+            return None
+        entry = CacheItem.from_raw_data(found)
+        # DynamoDB's TTL deletes late: an entry is expired at its exact expiry, whatever the sweeper did.
+        return bytes(entry.value) if float(entry.valid_until) > now else None
+
+    def cache_put(self, key: str, value: bytes, expires_at: float) -> None:
+        """Store an entry; one too big for a DynamoDB item (400 KB) is not kept: a cache may forget."""
+        if len(value) > MAX_CACHE_VALUE:
+            return
+        item = CacheItem(
+            pk=f"CACHE#{key}",
+            sk=CACHE_SK,
+            value=bytes(value),
+            valid_until=expires_at,
+            expires_at=ttl_seconds(expires_at),
+        )
+        self._table.put(item.serialize())
+
+    # -- models and signing keys --------------------------------------------------------------------
+
+    def put_model(self, spec: ModelSpec) -> None:
+        document = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+        self._table.put(ModelItem(pk=MODELS_PK, sk=spec.id, spec=document).serialize())
+
+    def get_model(self, model_id: str) -> ModelSpec | None:
+        found = self._table.get(MODELS_PK, model_id)
+        return _model_from(found) if found is not None else None
+
+    def list_models(self) -> list[ModelSpec]:
+        return [_model_from(item) for item in self._table.query(MODELS_PK)]
+
+    def delete_model(self, model_id: str) -> bool:
+        return self._table.delete(MODELS_PK, model_id)
+
+    def put_signing_key(self, key: SigningKey) -> None:
+        item = SigningKeyItem(
+            pk=SIGNING_KEYS_PK,
+            sk=key.kid,
+            kid=key.kid,
+            private_pem=key.private_pem,
+            public_pem=key.public_pem,
+            created_at=key.created_at,
+            retired_at=key.retired_at,
+        )
+        self._table.put(item.serialize())
+
+    def list_signing_keys(self) -> list[SigningKey]:
+        keys = [_signing_key_from(item) for item in self._table.query(SIGNING_KEYS_PK)]
+        return sorted(keys, key=lambda k: (k.created_at, k.kid))

@@ -1,0 +1,1 @@
+"""AWS Lambda entry points: the HTTP API (``api.handler``) and the batch consumer (``batch.handler``)."""

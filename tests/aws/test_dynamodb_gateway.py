@@ -1,0 +1,118 @@
+"""The gateway on DynamoDBStore (moto): how many DynamoDB calls one generation costs, and 503 on throttling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from adapters.aws.dynamodb import DynamoDBStore
+from core.app import Gateway
+from core.auth import api_keys
+from core.clock import FixedClock
+from core.domain import Limits, Tenant
+from core.http import Request, Response
+from tests.aws.test_dynamodb_store import atomic_moto_url, dynamodb_store, dynamodb_url, record_calls
+from tests.aws.test_dynamodb_throttling import throttle
+from tests.fakes import GEN, FakeBackend, Resolver
+
+pytestmark = pytest.mark.aws
+__all__ = ["atomic_moto_url", "dynamodb_url"]  # fixtures used here, defined with the store tests
+LIMITS = Limits(requests_per_minute=100, tokens_per_minute=100_000, token_quota=1_000_000)
+
+
+@dataclass
+class Setup:
+    gateway: Gateway
+    store: DynamoDBStore
+    key: str
+    tenant: Tenant
+
+    def generate(self, prompt: str, **fields: Any) -> Response:
+        body = json.dumps({"model": GEN.id, "prompt": prompt, "max_tokens": 16, **fields}).encode()
+        headers = {"authorization": f"Bearer {self.key}"}
+        return asyncio.run(self.gateway.handle(Request("POST", "/v1/generate", headers, {}, body)))
+
+
+@pytest.fixture
+def setup(dynamodb_url: str) -> Iterator[Setup]:
+    clock = FixedClock()
+    store = dynamodb_store(dynamodb_url, clock.now, max_attempts=5)
+    store.put_model(GEN)
+    tenant = Tenant("ten_a", "a", clock.now(), LIMITS)  # rpm + tpm + quota: both counter items
+    store.put_tenant(tenant)
+    key, record = api_keys.mint(tenant.id, "k", frozenset({"generate"}), clock.now(), limits=Limits(100, 50_000))
+    store.put_key(record)
+    backend = FakeBackend()
+    gateway = Gateway(store, Resolver({"gen": backend}), clock=clock)
+    yield Setup(gateway, store, key, tenant)
+    store.close()
+
+
+def test_a_cache_miss_generation_makes_three_limit_and_usage_calls_plus_the_cache(setup: Setup) -> None:
+    """Measured with the key, tenant and model in the per-process caches (a warm container)."""
+    assert setup.generate("warm the caches up", temperature=0).status == 200
+    calls = record_calls(setup.store)
+    response = setup.generate("a prompt nobody sent before", temperature=0)
+    assert response.status == 200
+    assert response.headers["x-ratelimit-remaining-requests"] == "98"
+    ops = [op for op, _ in calls]
+    assert ops == [
+        "GetItem",  # the L2 response cache: a miss
+        "UpdateItem",  # reserve: the minute item (rpm, tpm of tenant and key), conditional
+        "UpdateItem",  # reserve: the month item (quota), conditional
+        "TransactWriteItems",  # usage record + daily aggregate + settling both counter items
+        "PutItem",  # the L2 response cache: the new answer
+    ]
+    transaction = calls[3][1]["TransactItems"]
+    assert len(transaction) == 4
+    assert len([op for op in ops if op != "GetItem" and op != "PutItem"]) <= 3
+
+
+def test_a_sampled_generation_makes_exactly_the_three_calls(setup: Setup) -> None:
+    """No response cache for a non-deterministic request: reserve (2 items) and the usage transaction."""
+    assert setup.generate("warm the caches up").status == 200
+    calls = record_calls(setup.store)
+    assert setup.generate("another prompt").status == 200
+    assert [op for op, _ in calls] == ["UpdateItem", "UpdateItem", "TransactWriteItems"]
+
+
+def test_a_cache_hit_costs_the_request_rate_and_the_usage_record_only(setup: Setup) -> None:
+    assert setup.generate("a question asked twice", temperature=0).status == 200
+    calls = record_calls(setup.store)
+    response = setup.generate("a question asked twice", temperature=0)
+    assert json.loads(response.body)["cached"] is True
+    # The L1 copy answers; no tokens, so no quota item and nothing to settle.
+    assert [op for op, _ in calls] == ["UpdateItem", "TransactWriteItems"]
+
+
+def test_the_charge_is_settled_exactly_once(setup: Setup) -> None:
+    response = setup.generate("one two three", max_tokens=16)
+    assert response.status == 200
+    [minute] = [i for i in _counter_items(setup.store) if i.startswith("rl|")]
+    [month] = [i for i in _counter_items(setup.store) if i.startswith("q|")]
+    usage = json.loads(response.body)["usage"]
+    assert setup.store.read(minute)["tok"] == usage["total_tokens"]
+    assert setup.store.read(month)["used"] == usage["total_tokens"]
+
+
+def test_a_throttled_table_answers_503_and_charges_nothing(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert setup.generate("warm the caches up").status == 200
+    before = {item: setup.store.read(item) for item in _counter_items(setup.store)}
+    attempts = throttle(setup.store, monkeypatch, "UpdateItem")
+    response = setup.generate("throttled")
+    assert response.status == 503
+    assert json.loads(response.body)["error"]["code"] == "store_unavailable"
+    assert attempts == {"UpdateItem": 5}  # botocore's standard retries, then 503
+    monkeypatch.undo()
+    assert {item: setup.store.read(item) for item in before} == before
+
+
+def _counter_items(store: DynamoDBStore) -> list[str]:
+    """The counter items in the table (a test-only scan: the store itself never scans)."""
+    data = store.connection.scan(store.table_name)
+    return sorted(i["pk"]["S"].removeprefix("C#") for i in data["Items"] if i["pk"]["S"].startswith("C#"))

@@ -1,0 +1,188 @@
+"""DynamoDBStore on moto: the whole Store contract, plus what only DynamoDB has (TTL lag, item layout)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pynamodb.connection import Connection
+
+from adapters.aws.dynamodb import DynamoDBStore
+from adapters.aws.dynamodb_models import create_table
+from adapters.aws.dynamodb_table import connect
+from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant, UsageRecord
+from core.ports import Store
+from tests.aws.support import REGION
+
+# The behavioural suite every Store passes, run here on DynamoDB (see ``tests/contract``).
+from tests.contract import test_store_contract as contract
+from tests.contract.test_store_contract import T0, FakeClock
+
+pytestmark = pytest.mark.aws
+TABLE = "textnlp-test"
+# What only the SQLite store has (reopening a file, its transaction rollback) is not part of the contract.
+CONTRACT = [
+    getattr(contract, name)
+    for name in sorted(dir(contract))
+    if name.startswith("test_") and not name.startswith("test_sqlite_")
+]
+
+
+class _OneAtATime:
+    """A WSGI app that lets one request in at a time.
+
+    DynamoDB applies each call atomically; moto's backend takes no lock, so two conditional updates
+    racing on moto's threaded server can both pass their check. Concurrency tests would then test moto.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+@pytest.fixture(scope="module")
+def atomic_moto_url(moto_url: str) -> Iterator[str]:
+    """A second moto server (same in-process state as ``moto_url``) whose calls are atomic, like DynamoDB's."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = _OneAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def dynamodb_url(moto: str, atomic_moto_url: str) -> str:
+    """The atomic server's URL, every table gone (``moto`` resets moto's state before the test)."""
+    return atomic_moto_url
+
+
+@pytest.fixture(scope="module")
+def shared_connection(atomic_moto_url: str) -> Connection:
+    """One client for the tests that add no event hooks to it (making a botocore client takes ~0.1 s)."""
+    return connect(atomic_moto_url, REGION, max_attempts=2)
+
+
+def dynamodb_store(where: str | Connection, clock: Callable[[], float], max_attempts: int = 2) -> DynamoDBStore:
+    """A store on a new table, through ``where``: a Connection, or a moto URL for a client of its own."""
+    connection = where if isinstance(where, Connection) else connect(where, REGION, max_attempts=max_attempts)
+    create_table(connection, TABLE)
+    return DynamoDBStore(TABLE, connection, clock=clock)
+
+
+def as_store(store: DynamoDBStore) -> Store:
+    """Never called: mypy checks here that DynamoDBStore has every role of the Store protocol."""
+    return store
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(dynamodb_url: str, shared_connection: Connection, clock: FakeClock) -> DynamoDBStore:
+    return dynamodb_store(shared_connection, clock)
+
+
+def record_calls(store: DynamoDBStore) -> list[tuple[str, dict[str, Any]]]:
+    """Every DynamoDB API call the store makes from now on: (operation, parameters), once per call.
+
+    ``before-parameter-build`` fires once per call (not per retry), before botocore serialises it.
+    """
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def seen(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, params))
+
+    store.client.meta.events.register("before-parameter-build.dynamodb.*", seen)
+    return calls
+
+
+def call_contract(test: Callable[..., None], available: dict[str, Any]) -> None:
+    """Call a contract test with the fixtures it names; one it names and we lack fails loudly."""
+    wanted = inspect.signature(test).parameters
+    missing = set(wanted) - set(available)
+    assert not missing, f"{test.__name__} needs fixtures this file lacks: {sorted(missing)}"
+    test(**{name: available[name] for name in wanted})
+
+
+@pytest.mark.parametrize("contract_test", CONTRACT, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_store_contract(contract_test: Callable[..., None], store: DynamoDBStore, clock: FakeClock) -> None:
+    call_contract(contract_test, {"store": store, "clock": clock})
+
+
+def test_expired_items_still_in_the_table_are_absent_to_every_call(store: DynamoDBStore, clock: FakeClock) -> None:
+    """DynamoDB's TTL deletes hours late: until then the expired item is there, and must not count."""
+    store.try_add("w", {"a": 4, "b": 1}, {"a": 5}, T0 + 60)
+    clock.now = T0 + 61
+    raw = store._table.get("C#w", "C")
+    assert raw is not None  # moto, like DynamoDB before its sweep, still holds it
+    assert store.read("w") == {}
+    assert store.try_add("w", {"a": 5}, {"a": 5}, T0 + 120) == (True, {"a": 5})  # "b" went with the old item
+    assert store.read("w") == {"a": 5}
+    clock.now = T0 + 121
+    assert store.try_add("w", {"a": 6}, {"a": 5}, T0 + 180) == (False, {})  # refused on zeros, nothing written
+    store.add("w", {"a": -1}, T0 + 180)
+    assert store.read("w") == {"a": -1}
+
+
+def test_item_layout_keys_ttl_and_field_names(store: DynamoDBStore) -> None:
+    """Field names with "|", "@", "." and brackets are attributes of their own; the TTL is whole seconds, rounded up."""
+    fields = {"req|key_ab12": 1, "used@2026-09-21": 10, "odd.name[0]": 2}
+    assert store.try_add("rl|t1|123", fields, {"req|key_ab12": 1}, T0 + 59.25) == (True, fields)
+    raw = store._table.get("C#rl|t1|123", "C")
+    assert raw is not None
+    assert float(raw["expires_at"]["N"]) == T0 + 60
+    assert {name for name in raw if name.startswith("c_")} == {
+        "c_req|key_ab12",
+        "c_used@2026-09-21",
+        "c_odd.name%5B0%5D",
+    }
+    store.put_tenant(Tenant("t1", "T", T0, Limits(requests_per_minute=1)))
+    tenant = store._table.get("T#t1", "TENANT")
+    assert tenant is not None
+    assert tenant["gsi1pk"] == {"S": "TENANTS"}
+
+
+def test_an_expired_api_key_is_not_in_the_ttl_attribute(store: DynamoDBStore) -> None:
+    """A key's own expiry must not make DynamoDB's TTL delete its record."""
+    store.put_key(ApiKeyRecord("k1", "t1", "n", "h", frozenset({"generate"}), T0, expires_at=T0 - 10))
+    raw = store._table.get("K#k1", "KEY")
+    assert raw is not None
+    assert "expires_at" not in raw
+    assert float(raw["key_expires_at"]["N"]) == T0 - 10
+
+
+def test_settling_an_expired_or_absent_counter_item_recreates_it(store: DynamoDBStore, clock: FakeClock) -> None:
+    """Inside the usage transaction, a settled item that expired (or is gone) counts as absent, as in ``add``."""
+    store.try_add("m", {"tok": 500, "req": 1}, {}, T0 + 60)
+    clock.now = T0 + 61
+    usage = UsageRecord("r1", "t1", "k1", "m", "/v1/generate", 1, 1, False, 1.0, 200, T0, 0.0)
+    settle = [
+        CounterChange("m", {"tok": -400}, expires_at=T0 + 120),
+        CounterChange("new", {"x": 2}, expires_at=T0 + 90),
+    ]
+    assert store.record_usage(usage, settle) is True
+    assert store.read("m") == {"tok": -400}
+    assert store.read("new") == {"x": 2}
+    assert store.record_usage(usage, settle) is False
+    assert store.read("m") == {"tok": -400}
+
+
+def test_a_cache_entry_too_big_for_an_item_is_not_kept(store: DynamoDBStore) -> None:
+    store.cache_put("big", b"x" * 400_000, T0 + 60)
+    assert store.cache_get("big", T0) is None
+    store.cache_put("fits", b"x" * 390_000, T0 + 60)
+    assert store.cache_get("fits", T0) == b"x" * 390_000
