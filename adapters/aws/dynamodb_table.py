@@ -128,7 +128,7 @@ def _translated() -> Iterator[None]:
 
 def conflict_pause(attempt: int) -> None:
     """Exponential backoff with full jitter for transaction conflicts: up to 5, 10, 20 ... ms."""
-    time.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter, not a secret
+    time.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311  # nosec B311 - jitter, not a secret
 
 
 def unavailable() -> ServiceUnavailable:
