@@ -147,23 +147,8 @@ class GenerationService:
             )
             hit = self._cache.get(key, spec.id)
             if hit is not None:
-                # A cached answer costs no tokens: it is counted against the request rate only.
-                reservation = self._reserve(ctx, 0)
-                generations = [Generation(**g) for g in json.loads(hit)]
-                self._record(
-                    reservation,
-                    0,
-                    request_id=ctx.request_id,
-                    principal=ctx.principal,
-                    model=spec,
-                    endpoint=ctx.endpoint,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    cached=True,
-                    latency_ms=_ms(started),
-                    status=200,
-                )
-                return Completed(generations, spec, True, reservation.headers)
+                headers = self._served_from_cache(ctx, spec, started)
+                return Completed([Generation(**g) for g in json.loads(hit)], spec, True, headers)
         reservation = self._reserve(ctx, n * (sum(bounds) + len(prompts) * params.max_tokens))
         try:
             if len(prompts) * n == 1:
@@ -203,6 +188,24 @@ class GenerationService:
         if key is not None:
             self._cache.put(key, json.dumps([_generation_json(g) for g in generations]).encode())
         return done
+
+    def _served_from_cache(self, ctx: CallContext, spec: ModelSpec, started: float) -> dict[str, str]:
+        """A cached answer costs no tokens: it counts against the request rate only, recorded with 0 tokens."""
+        reservation = self._reserve(ctx, 0)
+        self._record(
+            reservation,
+            0,
+            request_id=ctx.request_id,
+            principal=ctx.principal,
+            model=spec,
+            endpoint=ctx.endpoint,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached=True,
+            latency_ms=_ms(started),
+            status=200,
+        )
+        return reservation.headers
 
     def _record(self, reservation: Reservation, used_tokens: int, **fields: Any) -> None:
         """Settle the reservation and write the usage record in one store write; a request id already
@@ -305,22 +308,8 @@ class GenerationService:
         key = cache_key(ctx.principal.tenant_id, _model_key(spec), "embeddings", {}, inputs)
         hit = self._cache.get(key, spec.id)
         if hit is not None:
-            reservation = self._reserve(ctx, 0)  # a cached answer counts against the request rate only
-            data = json.loads(hit)
-            self._record(
-                reservation,
-                0,
-                request_id=ctx.request_id,
-                principal=ctx.principal,
-                model=spec,
-                endpoint=ctx.endpoint,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cached=True,
-                latency_ms=_ms(started),
-                status=200,
-            )
-            return Embedded(Embeddings(**data), True, reservation.headers)
+            headers = self._served_from_cache(ctx, spec, started)
+            return Embedded(Embeddings(**json.loads(hit)), True, headers)
         reservation = self._reserve(ctx, bound)
         try:
             result, served_by = await self._router.embed(spec, inputs)
