@@ -1,4 +1,4 @@
-"""Every benchmark, one after the other, each in a fresh process (~2 minutes on 2 cores).
+"""Every benchmark, one after the other, each in a fresh process (~2.5-3 minutes on 2 cores).
 
 python -m bench.run_all [--quick]
 """
@@ -20,6 +20,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("bench.cold_start", ["--runs", "5"], ["--runs", "3"]),
     ("bench.batch_throughput", ["--lines", "4000"], ["--lines", "1000"]),
     ("bench.validate_throughput", ["--n", "1000"], ["--n", "300", "--repeat", "1"]),
+    ("bench.aws_cold_start", ["--runs", "5"], ["--runs", "3"]),
+    ("bench.aws_handler_cost", ["--requests", "300"], ["--requests", "100"]),
 ]
 
 

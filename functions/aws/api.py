@@ -10,10 +10,11 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
 
+from core.clock import new_id
 from core.errors import InvalidRequest
 from core.http import Response
-from functions.aws.apigw import BadEvent, to_request, to_result
-from functions.aws.bootstrap import runtime
+from functions.aws.apigw import SANE_REQUEST_ID, BadEvent, request_id_of, to_request, to_result
+from functions.aws.bootstrap import Runtime, runtime
 
 logger = Logger(service="textnlp")
 tracer = Tracer(service="textnlp")
@@ -21,22 +22,25 @@ tracer = Tracer(service="textnlp")
 
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    rt = runtime()
+    return handle(runtime(), event)
+
+
+def handle(rt: Runtime, event: Any) -> dict[str, Any]:
+    """One event on one runtime (a container): what ``handler`` does, callable with a runtime of one's own."""
     try:
         request = to_request(event)
     except BadEvent as exc:
-        return rt.loop.run_until_complete(to_result(Response.error(InvalidRequest(str(exc), code="bad_event"))))
-    if "x-request-id" not in request.headers and (aws_id := _aws_request_id(event)):
-        # API Gateway's id becomes the request id: logs, metrics and the response all carry the same one.
-        request.headers = {**request.headers, "x-request-id": aws_id}
-    logger.set_correlation_id(request.headers.get("x-request-id"))
+        # Not an HTTP API event (a misrouted trigger, a hand-made test event): the caller's mistake, not ours.
+        response = Response.error(InvalidRequest(str(exc), code="bad_event"))
+        response.headers["x-request-id"] = request_id_of(event) or new_id("req")
+        return rt.loop.run_until_complete(to_result(response))
+    if not SANE_REQUEST_ID.match(request.headers.get("x-request-id", "")):
+        # No usable id from the caller: API Gateway's becomes the request id, so its access log, our request
+        # log (core logs through the Powertools logger, "textnlp"), metrics and the response share one.
+        request.headers = {**request.headers, "x-request-id": request_id_of(event) or new_id("req")}
+    logger.set_correlation_id(request.headers["x-request-id"])
     try:
         response = rt.loop.run_until_complete(rt.gateway.handle(request))
         return rt.loop.run_until_complete(to_result(response))
     finally:
         rt.metrics.flush()
-
-
-def _aws_request_id(event: dict[str, Any]) -> str | None:
-    context = event.get("requestContext")
-    return context.get("requestId") if isinstance(context, dict) else None

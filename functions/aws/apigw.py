@@ -3,30 +3,60 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from core.http import Request, Response
 
+# What core accepts as a caller's request id (core.app): anything else would be replaced by a new id there.
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NOT_IN_REQUEST_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
 
 class BadEvent(ValueError):
     """An event that is not an HTTP API 2.0 request."""
 
 
-def to_request(event: Mapping[str, Any]) -> Request:
+def to_request(event: Any) -> Request:
+    """The core Request of an HTTP API 2.0 event; BadEvent for anything else (answered 400, never 500)."""
     try:
         http = event["requestContext"]["http"]
         method = str(http["method"]).upper()
         path = str(event.get("rawPath") or http["path"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise BadEvent("not an API Gateway HTTP API (2.0) event") from exc
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    if not path.startswith("/"):
+        raise BadEvent("the event's path is not absolute")
+    raw_headers = event.get("headers") or {}
+    if not isinstance(raw_headers, Mapping):
+        raise BadEvent("the event's headers are not an object")
+    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
     raw_query = event.get("rawQueryString") or ""
+    if not isinstance(raw_query, str):
+        raise BadEvent("the event's rawQueryString is not a string")
     query = dict(parse_qsl(raw_query, keep_blank_values=True))
     body = event.get("body") or ""
-    raw = base64.b64decode(body) if event.get("isBase64Encoded") else str(body).encode()
+    if not isinstance(body, str):
+        raise BadEvent("the event's body is not a string")
+    if event.get("isBase64Encoded"):
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadEvent("the event's body is not valid base64") from exc
+    else:
+        raw = body.encode()
     return Request(method=method, path=path, headers=headers, query=query, body=raw)
+
+
+def request_id_of(event: Any) -> str | None:
+    """API Gateway's request id, made acceptable to core (HTTP API ids end in ``=``, which core refuses)."""
+    context = event.get("requestContext") if isinstance(event, Mapping) else None
+    found = context.get("requestId") if isinstance(context, Mapping) else None
+    cleaned = _NOT_IN_REQUEST_ID.sub("", found)[:128] if isinstance(found, str) else ""
+    return cleaned or None
 
 
 async def to_result(response: Response) -> dict[str, Any]:
@@ -34,12 +64,14 @@ async def to_result(response: Response) -> dict[str, Any]:
     body = response.body
     if response.stream is not None:
         body = b"".join([chunk async for chunk in response.stream])
-    text_like = response.headers.get("content-type", "").startswith(("application/json", "text/"))
     result: dict[str, Any] = {"statusCode": response.status, "headers": dict(response.headers)}
-    if text_like:
-        result["body"] = body.decode()
-        result["isBase64Encoded"] = False
-    else:
-        result["body"] = base64.b64encode(body).decode()
-        result["isBase64Encoded"] = True
+    if response.headers.get("content-type", "").startswith(("application/json", "text/")):
+        try:
+            result["body"] = body.decode()
+            result["isBase64Encoded"] = False
+            return result
+        except UnicodeDecodeError:
+            pass  # a text type with bytes that are not UTF-8 travels as binary
+    result["body"] = base64.b64encode(body).decode()
+    result["isBase64Encoded"] = True
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -20,6 +21,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from core.batch.objects import object_batch
+from core.batch.records import load_batch
 from functions.aws.bootstrap import Runtime, runtime
 from functions.aws.s3_events import JobMessage, ObjectCreated, UnknownMessage, parse_body
 
@@ -34,6 +36,19 @@ SAFETY_MARGIN_S = 45.0
 class Outcome:
     batch_id: str | None
     status: str
+
+
+class BatchBusy(RuntimeError):
+    """Another runner holds the batch's lease: the record fails, and SQS brings it back after the
+    visibility timeout (the lease has expired by then, or the batch is finished)."""
+
+
+@dataclass(frozen=True)
+class _Once:
+    """``_object`` behind Powertools Idempotency (or not, without an idempotency table)."""
+
+    call: Callable[..., Outcome]
+    config: Any = None  # IdempotencyConfig: it is told each invocation's Lambda context
 
 
 @tracer.capture_lambda_handler(capture_response=False)
@@ -55,12 +70,21 @@ def _record(record: SQSRecord, lambda_context: Any = None) -> list[Outcome]:
         # Retrying cannot fix a message we do not understand: report it and let it go.
         logger.error("unknown message on the batch queue", extra={"reason": str(exc), "message_id": record.message_id})
         return [Outcome(None, "ignored")]
+    once = _object_once(rt)
+    if once.config is not None and lambda_context is not None:
+        # An INPROGRESS record then expires with this invocation: a retry after a crash or a timeout runs,
+        # instead of being refused as "in progress" until the record's 7-day expiry (and dead-lettered).
+        once.config.register_lambda_context(lambda_context)
     outcomes = []
     for item in items:
         if isinstance(item, JobMessage):
-            outcomes.append(_run_batch(rt, item.job_id, deadline) if item.kind == "batch" else Outcome(None, "ignored"))
+            if item.kind == "batch":
+                outcomes.append(_run_batch(rt, item.job_id, deadline))
+            else:
+                logger.error("unknown job kind on the batch queue", extra={"kind": item.kind, "job_id": item.job_id})
+                outcomes.append(Outcome(None, "ignored"))
         else:
-            outcomes.append(_object_once(rt)(obj=_object_dict(item), deadline=deadline))
+            outcomes.append(once.call(obj=_object_dict(item), deadline=deadline))
     return outcomes
 
 
@@ -74,10 +98,10 @@ def _object_dict(obj: ObjectCreated) -> dict[str, Any]:
 
 
 @cache
-def _object_once(rt: Runtime) -> Any:
-    """``_object`` wrapped in Powertools Idempotency keyed by bucket, key and version (built once)."""
+def _object_once(rt: Runtime) -> _Once:
+    """``_object`` wrapped in Powertools Idempotency keyed by bucket, key and version (built once per runtime)."""
     if not rt.settings.idempotency_table:
-        return _object
+        return _Once(_object)
     import boto3
     from aws_lambda_powertools.utilities.idempotency import (
         DynamoDBPersistenceLayer,
@@ -91,7 +115,11 @@ def _object_once(rt: Runtime) -> Any:
     wrapped = idempotent_function(
         data_keyword_argument="obj", persistence_store=persistence, config=config, output_serializer=None
     )(_object_as_dict)
-    return lambda *, obj, deadline: Outcome(**wrapped(obj=obj, deadline=deadline))
+
+    def call(*, obj: dict[str, Any], deadline: float) -> Outcome:
+        return Outcome(**wrapped(obj=obj, deadline=deadline))
+
+    return _Once(call, config)
 
 
 def _object_as_dict(*, obj: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -140,4 +168,11 @@ def _run_batch(rt: Runtime, batch_id: str, deadline: float) -> Outcome:
         rt.gateway.jobs.submit("batch", batch_id)
         logger.info("batch continues in another invocation", extra={"batch_id": batch_id})
         return Outcome(batch_id, "continued")
-    return Outcome(batch_id, job.status if job is not None else "busy")
+    if job is not None:
+        return Outcome(batch_id, job.status)
+    if load_batch(rt.gateway.store, batch_id) is None:
+        logger.error("a job message for a batch that does not exist", extra={"batch_id": batch_id})
+        return Outcome(batch_id, "missing")
+    # Another runner holds the lease. Letting the message go would strand the batch if that runner
+    # died (a continuation that arrived before the lease lapsed): the record fails and comes back.
+    raise BatchBusy(f"batch {batch_id} is being run elsewhere; retried after the visibility timeout")

@@ -1,19 +1,34 @@
-"""Composition root on AWS: settings read once from the environment, the gateway built once per container."""
+"""Composition root on AWS: settings read once from the environment, the gateway built once per container.
+
+On its first build with ``TEXTNLP_ADMIN_KEY_SECRET_ARN`` set (the api function), the runtime imports the
+bootstrap admin key held in that secret (:func:`seed_admin_key`), the way ``functions.local.bootstrap.seed``
+imports ``TEXTNLP_ADMIN_KEY``: a fresh deployment has an admin key without anyone writing to the table.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from core.app import Gateway
-from core.errors import BackendError
-from core.ports import InferenceBackend
+from core.auth import api_keys
+from core.domain import ALL_SCOPES, Tenant
+from core.errors import APIError, BackendError, ServiceUnavailable
+from core.observability import LOGGER_NAME, log_event
+from core.ports import InferenceBackend, Store
 from core.settings import GatewaySettings
+
+ADMIN_TENANT = "ten_admin"
+#: The name of the key imported from the admin-key secret; a key of this name is replaced when the secret changes.
+SECRET_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY_SECRET_ARN)"  # noqa: S105  # nosec B105 - a record name
 
 #: The Hugging Face PyTorch training Deep Learning Container (override with TEXTNLP_TRAINING_IMAGE).
 DEFAULT_TRAINING_IMAGE = (
@@ -77,12 +92,13 @@ class AwsBackends:
 
     def _build(self, kind: str) -> InferenceBackend:
         if kind == "sagemaker":
-            import boto3
-
             from adapters.aws.sagemaker import SageMakerBackend
 
-            client = boto3.client("sagemaker-runtime", region_name=self._region, endpoint_url=self._endpoint_url)
-            return SageMakerBackend(client=client)
+            if self._endpoint_url is None:
+                # The adapter makes its own clients: one per route region, no botocore retries (core's
+                # router retries with backoff and fallbacks), a read timeout above SageMaker's 60 s.
+                return SageMakerBackend()
+            return SageMakerBackend(client=self._local_sagemaker_client())
         if kind == "openai":
             from adapters.openai_compat.backend import OpenAICompatBackend
 
@@ -93,8 +109,34 @@ class AwsBackends:
             code="backend_unavailable",
         )
 
+    def _local_sagemaker_client(self) -> Any:
+        """A client on the emulator (tests), configured like the adapter's own clients."""
+        import boto3
+        from botocore.config import Config
 
-@dataclass
+        from adapters.aws.sagemaker import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
+
+        config = Config(
+            read_timeout=READ_TIMEOUT_S,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            retries={"total_max_attempts": 1},
+            max_pool_connections=64,
+        )
+        make: Any = boto3.client
+        return make("sagemaker-runtime", region_name=self._region, endpoint_url=self._endpoint_url, config=config)
+
+
+class NoJobQueue:
+    """Without TEXTNLP_BATCH_QUEUE_URL batches cannot run: core's in-process queue would run them on the
+    container's loop only while an invocation runs (frozen in between, lost with the container)."""
+
+    def submit(self, kind: str, job_id: str) -> None:
+        raise ServiceUnavailable(
+            "batches are not configured on this deployment (no TEXTNLP_BATCH_QUEUE_URL)", code="no_job_queue"
+        )
+
+
+@dataclass(eq=False)  # hashable by identity: per-runtime helpers are cached on it
 class Runtime:
     """What one container keeps between invocations."""
 
@@ -103,37 +145,107 @@ class Runtime:
     metrics: Any
     settings: AwsSettings
 
+    def close(self) -> None:
+        """Release the loop and the table's connection pool (tests; a container never needs it)."""
+        self.loop.close()
+        close = getattr(self.gateway.store, "close", None)
+        if close is not None:
+            close()
+
+
+_CLIENT_LOCK = threading.Lock()  # boto3's default session is not safe to create clients from concurrently
+
 
 def _client(service: str, settings: AwsSettings) -> Any:
     import boto3
 
+    botocore_session()
     make: Any = boto3.client  # one helper for several services; each adapter types its own client
-    return make(service, region_name=settings.region, endpoint_url=settings.endpoint_url)
+    with _CLIENT_LOCK:
+        return make(service, region_name=settings.region, endpoint_url=settings.endpoint_url)
+
+
+class LazyClient:
+    """A boto3 client made on first use: most api requests never touch S3 or SQS, and an S3 client
+    alone costs ~80 ms of a cold start. Attribute access is forwarded to the real client."""
+
+    def __init__(self, service: str, settings: AwsSettings) -> None:
+        self._service = service
+        self._settings = settings
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def made(self) -> bool:
+        return self._made is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = _client(self._service, self._settings)
+        return getattr(self._made, name)
+
+
+@cache
+def botocore_session() -> Any:
+    """The container's one botocore session, made boto3's default: every boto3 client and the table's
+    pynamodb connection load botocore's endpoint and service data into it once (a session each cost
+    ~100 ms more of a cold start)."""
+    import boto3
+    import botocore.session
+
+    session = botocore.session.get_session()
+    boto3.setup_default_session(botocore_session=session)
+    return session
+
+
+def _table_connection(settings: AwsSettings) -> Any:
+    """The store's pynamodb Connection (``dynamodb_table.connect``: retries, timeouts) on the shared session."""
+    from adapters.aws.dynamodb_table import connect
+
+    session = botocore_session()
+    connection = connect(settings.endpoint_url, settings.region)
+
+    class SharedSessionConnection(type(connection)):  # type: ignore[misc]
+        """pynamodb reads its botocore session through this property (it makes one per Connection)."""
+
+        @property
+        def session(self) -> Any:
+            return session
+
+    connection.__class__ = SharedSessionConnection
+    return connection
 
 
 def build_runtime(settings: AwsSettings) -> Runtime:
     from adapters.aws.dynamodb import DynamoDBStore
     from adapters.aws.metrics import PowertoolsMetrics
 
-    store = DynamoDBStore(settings.table, host=settings.endpoint_url, region=settings.region)
+    store = DynamoDBStore(settings.table, _table_connection(settings))
+    with _CLIENT_LOCK:  # made now, on this thread: the shared session never makes two clients at once
+        _ = store.client
     metrics = PowertoolsMetrics()
+    secrets_client = (
+        _client("secretsmanager", settings) if settings.signing_keys_secret or settings.admin_key_secret else None
+    )
+    if settings.admin_key_secret:
+        bootstrap_admin_key(store, secrets_client, settings.admin_key_secret)
     blobs = None
     if settings.bucket:
         from adapters.aws.s3 import S3BlobStore
 
-        blobs = S3BlobStore(settings.bucket, client=_client("s3", settings))
+        blobs = S3BlobStore(settings.bucket, client=LazyClient("s3", settings))  # type: ignore[arg-type]
     signing_keys = None
     if settings.signing_keys_secret:
         from adapters.aws.secrets import SecretsManagerSigningKeys
 
-        signing_keys = SecretsManagerSigningKeys(
-            settings.signing_keys_secret, client=_client("secretsmanager", settings)
-        )
-    jobs = None
+        signing_keys = SecretsManagerSigningKeys(settings.signing_keys_secret, client=secrets_client)
+    jobs: Any = NoJobQueue()
     if settings.batch_queue_url:
         from adapters.aws.sqs import SqsJobQueue
 
-        jobs = SqsJobQueue(settings.batch_queue_url, client=_client("sqs", settings))
+        jobs = SqsJobQueue(settings.batch_queue_url, client=LazyClient("sqs", settings))  # type: ignore[arg-type]
     gateway = Gateway(
         store,
         AwsBackends(settings.region, settings.endpoint_url),
@@ -145,6 +257,58 @@ def build_runtime(settings: AwsSettings) -> Runtime:
         fine_tuner=_fine_tuner(settings),
     )
     return Runtime(gateway, asyncio.new_event_loop(), metrics, settings)
+
+
+def admin_key_from_secret(value: str | None) -> str | None:
+    """The key in the secret's value: the plaintext itself (what the CDK stack generates), or a JSON
+    object holding it under ``"key"`` / ``"api_key"`` (a secret an operator wrote by hand)."""
+    text = (value or "").strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        found = data.get("key") or data.get("api_key") if isinstance(data, dict) else None
+        return found.strip() if isinstance(found, str) and found.strip() else None
+    return text or None
+
+
+def seed_admin_key(store: Store, plaintext: str, now: float) -> bool:
+    """Import ``plaintext`` as the admin tenant's bootstrap key; True when something was written.
+
+    A warm table costs one GetItem: the key's record exists (revoked by an operator or not, it is left
+    as it is). A new plaintext (the secret was changed) revokes the key imported before it, so the
+    old value stops working, and creates the admin tenant if the table has none.
+    """
+    record = api_keys.imported(plaintext, ADMIN_TENANT, SECRET_ADMIN_KEY_NAME, frozenset(ALL_SCOPES), now)
+    if store.get_key(record.id) is not None:
+        return False
+    if store.get_tenant(ADMIN_TENANT) is None:
+        store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
+    for old in store.list_keys(ADMIN_TENANT):
+        if old.name == SECRET_ADMIN_KEY_NAME and old.id != record.id and old.revoked_at is None:
+            store.put_key(api_keys.revoked(old, now))
+    store.put_key(record)
+    return True
+
+
+def bootstrap_admin_key(store: Store, client: Any, secret_id: str) -> None:
+    """Read the admin-key secret and seed it. A failure is logged, not raised: the API keeps serving
+    every other key (and the next cold start tries again)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    log = logging.getLogger(LOGGER_NAME)
+    try:
+        value = client.get_secret_value(SecretId=secret_id).get("SecretString")
+        plaintext = admin_key_from_secret(value)
+        if plaintext is None:
+            log_event(log, "admin key secret holds no key", logging.ERROR, secret=secret_id)
+            return
+        if seed_admin_key(store, plaintext, time.time()):
+            log_event(log, "admin key imported from its secret", secret=secret_id, tenant_id=ADMIN_TENANT)
+    except (APIError, BotoCoreError, ClientError) as exc:
+        # APIError: a key too short to import, or the table unavailable. Never log the value.
+        log_event(log, "admin key not imported", logging.ERROR, secret=secret_id, error=f"{type(exc).__name__}: {exc}")
 
 
 def _fine_tuner(settings: AwsSettings) -> Any:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -51,6 +52,39 @@ def moto_url(aws_env: None) -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+class OneAtATime:
+    """A WSGI app that lets one request in at a time.
+
+    DynamoDB applies each call atomically; moto's backend takes no lock, so two conditional updates
+    racing on moto's threaded server can both pass their check. Concurrency tests would then test moto.
+    Every service is serialised, so a long-polling SQS receive would hold the server: poll with
+    ``WaitTimeSeconds=0`` through this one.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+@pytest.fixture(scope="package")
+def atomic_moto_url(moto_url: str) -> Iterator[str]:
+    """A second moto server (same in-process state as ``moto_url``) whose calls are atomic, like DynamoDB's."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = OneAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import pytest
 
 from adapters.aws.dynamodb import DynamoDBStore
 from core.domain import CounterChange, UsageRecord
-from tests.aws.test_dynamodb_store import atomic_moto_url, dynamodb_store, dynamodb_url
+from tests.aws.test_dynamodb_store import dynamodb_store, dynamodb_url
 from tests.contract.test_store_contract import T0, FakeClock
 
 pytestmark = pytest.mark.aws
-__all__ = ["atomic_moto_url", "dynamodb_url"]  # fixtures used here, defined with the store tests
+__all__ = ["dynamodb_url"]  # fixtures used here, defined with the store tests
 THREADS = 16
 STEP = 7
 LIMIT = 350

@@ -12,7 +12,6 @@ from core.domain import Document
 
 # The behavioural suite every DocumentStore passes, run here on DynamoDB (see ``tests/contract``).
 from tests.aws.test_dynamodb_store import (
-    atomic_moto_url,
     call_contract,
     dynamodb_store,
     dynamodb_url,
@@ -23,7 +22,7 @@ from tests.contract import test_document_store_contract as contract
 from tests.contract.test_document_store_contract import T0
 
 pytestmark = pytest.mark.aws
-__all__ = ["atomic_moto_url", "dynamodb_url", "shared_connection"]  # fixtures used here, defined with the store tests
+__all__ = ["dynamodb_url", "shared_connection"]  # fixtures used here, defined with the store tests
 CONTRACT = [
     getattr(contract, name)
     for name in sorted(dir(contract))

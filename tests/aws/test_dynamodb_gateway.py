@@ -16,12 +16,12 @@ from core.auth import api_keys
 from core.clock import FixedClock
 from core.domain import Limits, Tenant
 from core.http import Request, Response
-from tests.aws.test_dynamodb_store import atomic_moto_url, dynamodb_store, dynamodb_url, record_calls
+from tests.aws.test_dynamodb_store import dynamodb_store, dynamodb_url, record_calls
 from tests.aws.test_dynamodb_throttling import throttle
 from tests.fakes import GEN, FakeBackend, Resolver
 
 pytestmark = pytest.mark.aws
-__all__ = ["atomic_moto_url", "dynamodb_url"]  # fixtures used here, defined with the store tests
+__all__ = ["dynamodb_url"]  # fixtures used here, defined with the store tests
 LIMITS = Limits(requests_per_minute=100, tokens_per_minute=100_000, token_quota=1_000_000)
 
 

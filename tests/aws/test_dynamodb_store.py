@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import inspect
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,40 +30,9 @@ CONTRACT = [
 ]
 
 
-class _OneAtATime:
-    """A WSGI app that lets one request in at a time.
-
-    DynamoDB applies each call atomically; moto's backend takes no lock, so two conditional updates
-    racing on moto's threaded server can both pass their check. Concurrency tests would then test moto.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self._app = app
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
-        with self._lock:
-            return list(self._app(environ, start_response))
-
-
-@pytest.fixture(scope="module")
-def atomic_moto_url(moto_url: str) -> Iterator[str]:
-    """A second moto server (same in-process state as ``moto_url``) whose calls are atomic, like DynamoDB's."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    app = _OneAtATime(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
-
-
 @pytest.fixture
 def dynamodb_url(moto: str, atomic_moto_url: str) -> str:
-    """The atomic server's URL, every table gone (``moto`` resets moto's state before the test)."""
+    """The atomic server (``conftest.atomic_moto_url``), every table gone (``moto`` resets the state first)."""
     return atomic_moto_url
 
 

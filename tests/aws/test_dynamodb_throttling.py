@@ -17,11 +17,11 @@ from adapters.aws.dynamodb_table import connect
 from core.domain import CounterChange, UsageRecord
 from core.errors import ServiceUnavailable
 from tests.aws.support import REGION
-from tests.aws.test_dynamodb_store import atomic_moto_url, dynamodb_store, dynamodb_url
+from tests.aws.test_dynamodb_store import dynamodb_store, dynamodb_url
 from tests.contract.test_store_contract import T0
 
 pytestmark = pytest.mark.aws
-__all__ = ["atomic_moto_url", "dynamodb_url"]  # fixtures used here, defined with the store tests
+__all__ = ["dynamodb_url"]  # fixtures used here, defined with the store tests
 FAR = T0 + 3600
 
 
