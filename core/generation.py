@@ -94,19 +94,21 @@ class GenerationService:
 
     def _bounds(self, spec: ModelSpec, prompts: list[Prompt], max_tokens: int) -> list[int]:
         """Prompt token bounds; exact where the tokenizer is known, refusing what cannot fit."""
-        bounds = []
-        for prompt in prompts:
-            exact = self._counter.count(spec.backend, prompt) if self._counter else None
-            bound = exact if exact is not None else prompt_upper_bound(prompt, spec.context_length)
-            if exact is not None and exact + max_tokens > spec.context_length:
-                raise InvalidRequest(
-                    f"this model's context is {spec.context_length} tokens; the prompt has {exact} and "
-                    f"max_tokens asks for {max_tokens}",
-                    param="max_tokens" if exact < spec.context_length else "prompt",
-                    code="context_length_exceeded",
-                )
-            bounds.append(bound)
-        return bounds
+        return [self._bound(spec, prompt, max_tokens)[0] for prompt in prompts]
+
+    def _bound(self, spec: ModelSpec, prompt: Prompt, max_tokens: int) -> tuple[int, bool]:
+        """One prompt's token bound and whether it is the exact count (tokenised once per request)."""
+        exact = self._counter.count(spec.backend, prompt) if self._counter else None
+        if exact is None:
+            return prompt_upper_bound(prompt, spec.context_length), False
+        if exact + max_tokens > spec.context_length:
+            raise InvalidRequest(
+                f"this model's context is {spec.context_length} tokens; the prompt has {exact} and "
+                f"max_tokens asks for {max_tokens}",
+                param="max_tokens" if exact < spec.context_length else "prompt",
+                code="context_length_exceeded",
+            )
+        return exact, True
 
     @staticmethod
     def max_tokens(spec: ModelSpec, requested: int | None) -> int:
@@ -235,7 +237,7 @@ class GenerationService:
     async def stream(self, ctx: CallContext, spec: ModelSpec, prompt: Prompt, params: GenerationParams) -> Streamed:
         """Reserve, then wait for the first event so that early backend errors are plain HTTP errors."""
         started = time.perf_counter()
-        (bound,) = self._bounds(spec, [prompt], params.max_tokens)
+        bound, exact = self._bound(spec, prompt, params.max_tokens)
         reservation = self._reserve(ctx, bound + params.max_tokens)
         events = self._router.stream(spec, prompt, params)
         try:
@@ -245,7 +247,8 @@ class GenerationService:
         except BaseException as exc:
             self._fail(ctx, spec, reservation, started, exc)
             raise
-        exact_prompt = bound if self._counter and self._counter.count(spec.backend, prompt) is not None else 0
+        # A stream the caller abandons is charged its prompt only where the count is exact.
+        exact_prompt = bound if exact else 0
         return Streamed(
             reservation.headers, self._metered(ctx, spec, reservation, started, first, events, exact_prompt)
         )

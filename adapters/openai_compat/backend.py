@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import urlsplit
 
-from adapters.openai_compat.http11 import ConnectionPool, HTTPTimeout, HTTPTransportError
+from adapters.openai_compat.http11 import ConnectionPool, HTTPTimeout, HTTPTransportError, Response
 from core.errors import BackendError, BackendTimeout
 from core.inference import (
     Embeddings,
@@ -362,24 +362,30 @@ class OpenAICompatBackend:
         self._pool = pool
         return pool
 
+    async def _fast_request(
+        self, target: _Target, cfg: OpenAIRoute, path: str, payload: dict[str, Any], accept: str
+    ) -> Response:
+        """One POST through the keep-alive pool; the caller reads (or streams) the body."""
+        headers = self._headers(cfg)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = accept
+        return await self._fast_pool().request(
+            "POST",
+            target.host,
+            target.port,
+            target.prefix + path,
+            headers,
+            _json_bytes(payload),
+            read_timeout=cfg.timeout_s,
+            connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
+        )
+
     async def _post(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         target = self._target(cfg.base_url)
         if target is None:
             return await self._httpx_post(cfg, path, payload)
-        headers = self._headers(cfg)
-        headers["Content-Type"] = "application/json"
-        headers["Accept"] = "application/json"
         try:
-            response = await self._fast_pool().request(
-                "POST",
-                target.host,
-                target.port,
-                target.prefix + path,
-                headers,
-                _json_bytes(payload),
-                read_timeout=cfg.timeout_s,
-                connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
-            )
+            response = await self._fast_request(target, cfg, path, payload, "application/json")
             content = await response.read()
         except HTTPTimeout:
             raise BackendTimeout() from None
@@ -392,20 +398,8 @@ class OpenAICompatBackend:
     async def _fast_lines(
         self, target: _Target, cfg: OpenAIRoute, path: str, payload: dict[str, Any]
     ) -> AsyncGenerator[str, None]:
-        headers = self._headers(cfg)
-        headers["Content-Type"] = "application/json"
-        headers["Accept"] = "text/event-stream"
         try:
-            response = await self._fast_pool().request(
-                "POST",
-                target.host,
-                target.port,
-                target.prefix + path,
-                headers,
-                _json_bytes(payload),
-                read_timeout=cfg.timeout_s,
-                connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
-            )
+            response = await self._fast_request(target, cfg, path, payload, "text/event-stream")
         except HTTPTimeout:
             raise BackendTimeout() from None
         except HTTPTransportError as exc:
