@@ -8,7 +8,7 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from core.ports import CacheStore, Clock, Metrics
 
@@ -59,7 +59,14 @@ class TTLCache(Generic[K, V]):
         return len(self._data)
 
 
-def cache_key(tenant_id: str, model: str, kind: str, params: dict[str, Any], payload: Any) -> str:
+class CacheKey(NamedTuple):
+    """Whose entry (stores keep entries per tenant) and the digest of what was asked."""
+
+    tenant_id: str
+    digest: str
+
+
+def cache_key(tenant_id: str, model: str, kind: str, params: dict[str, Any], payload: Any) -> CacheKey:
     """Tenant + model + normalised parameters + input. Tenants never share entries."""
     canonical = json.dumps(
         {"t": tenant_id, "m": model, "k": kind, "p": params, "i": payload},
@@ -67,7 +74,7 @@ def cache_key(tenant_id: str, model: str, kind: str, params: dict[str, Any], pay
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return CacheKey(tenant_id, hashlib.sha256(canonical.encode()).hexdigest())
 
 
 # An L2 value starts with a marker and its expiry time, so that the L1 copy of an L2 hit expires with it.
@@ -92,11 +99,11 @@ class ResponseCache:
         self._metrics = metrics
         self._ttl = ttl_s
         self.enabled = enabled
-        self._l1: TTLCache[str, bytes] = TTLCache(
+        self._l1: TTLCache[CacheKey, bytes] = TTLCache(
             l1_size, ttl_s, clock, on_evict=lambda: metrics.incr("cache_evictions_total", layer="l1")
         )
 
-    def get(self, key: str, model: str) -> bytes | None:
+    def get(self, key: CacheKey, model: str) -> bytes | None:
         if not self.enabled:
             return None
         found, value = self._l1.lookup(key)
@@ -104,7 +111,7 @@ class ResponseCache:
             self._metrics.incr("cache_hits_total", model=model, layer="l1")
             return value
         now = self._clock.now()
-        stored = self._store.cache_get(key, now)
+        stored = self._store.cache_get(key.tenant_id, key.digest, now)
         if stored is not None and stored.startswith(_MARKER) and len(stored) >= _EXPIRY.size:
             _, expires_at = _EXPIRY.unpack_from(stored)
             value = stored[_EXPIRY.size :]
@@ -114,9 +121,9 @@ class ResponseCache:
         self._metrics.incr("cache_misses_total", model=model)
         return None
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: CacheKey, value: bytes) -> None:
         if not self.enabled:
             return
         expires_at = self._clock.now() + self._ttl
         self._l1.put(key, value)
-        self._store.cache_put(key, _EXPIRY.pack(_MARKER, expires_at) + value, expires_at)
+        self._store.cache_put(key.tenant_id, key.digest, _EXPIRY.pack(_MARKER, expires_at) + value, expires_at)

@@ -75,7 +75,8 @@ class UsageStore(Protocol):
         Settling with the record makes a request's charge final exactly once, whatever retries happen.
         """
 
-    def get_usage(self, request_id: str) -> UsageRecord | None: ...
+    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
+        """The tenant's record of one request; another tenant's record with that id is not found."""
 
     def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]: ...
 
@@ -84,8 +85,10 @@ class UsageStore(Protocol):
 
 
 class CacheStore(Protocol):
-    def cache_get(self, key: str, now: float) -> bytes | None: ...
-    def cache_put(self, key: str, value: bytes, expires_at: float) -> None: ...
+    """A TTL cache of bytes, kept per tenant: no tenant can read another's entries whatever the key."""
+
+    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None: ...
+    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None: ...
 
 
 class ModelStore(Protocol):

@@ -173,21 +173,21 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
 
     # -- cache --------------------------------------------------------------------------------------
 
-    def cache_get(self, key: str, now: float) -> bytes | None:
+    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None:
         # An eventually consistent read: an entry written a moment ago may be missed, which is a miss.
-        found = self._table.get(f"CACHE#{key}", CACHE_SK, consistent=False)
+        found = self._table.get(f"T#{tenant_id}#CACHE#{key}", CACHE_SK, consistent=False)
         if found is None:
             return None
         entry = CacheItem.from_raw_data(found)
         # DynamoDB's TTL deletes late: an entry is expired at its exact expiry, whatever the sweeper did.
         return bytes(entry.value) if float(entry.valid_until) > now else None
 
-    def cache_put(self, key: str, value: bytes, expires_at: float) -> None:
+    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None:
         """Store an entry; one too big for a DynamoDB item (400 KB) is not kept: a cache may forget."""
         if len(value) > MAX_CACHE_VALUE:
             return
         item = CacheItem(
-            pk=f"CACHE#{key}",
+            pk=f"T#{tenant_id}#CACHE#{key}",
             sk=CACHE_SK,
             value=bytes(value),
             valid_until=expires_at,

@@ -171,9 +171,10 @@ class DynamoDBUsage:
                 conflict_pause(round_)  # TransactionConflict: a concurrent transaction holds an item
         raise unavailable()
 
-    def get_usage(self, request_id: str) -> UsageRecord | None:
+    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         found = self._table.get(f"R#{request_id}", USAGE_SK)
-        return _record_from(found) if found is not None else None
+        record = _record_from(found) if found is not None else None
+        return record if record is not None and record.tenant_id == tenant_id else None
 
     def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         """Aggregates per tenant, day and model, days given as ``YYYY-MM-DD`` (inclusive)."""

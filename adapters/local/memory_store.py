@@ -48,7 +48,7 @@ class _State:
     counters: dict[str, _Counters] = field(default_factory=dict)
     usage: dict[str, UsageRecord] = field(default_factory=dict)
     daily: dict[tuple[str, str, str], _Daily] = field(default_factory=dict)
-    cache: dict[str, _Cached] = field(default_factory=dict)
+    cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     signing_keys: dict[str, SigningKey] = field(default_factory=dict)
 
@@ -110,8 +110,8 @@ class MemoryStore(MemoryDocuments):
             expired = [k for k, c in self._s.counters.items() if c.expires_at is not None and c.expires_at < now]
             for k in expired:
                 del self._s.counters[k]
-            for k in [k for k, e in self._s.cache.items() if e.expires_at <= now]:
-                del self._s.cache[k]
+            for entry in [k for k, e in self._s.cache.items() if e.expires_at <= now]:
+                del self._s.cache[entry]
 
     def try_add(
         self,
@@ -188,9 +188,10 @@ class MemoryStore(MemoryDocuments):
             daily.cost += record.cost
             return True
 
-    def get_usage(self, request_id: str) -> UsageRecord | None:
+    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         with self._lock:
-            return self._s.usage.get(request_id)
+            record = self._s.usage.get(request_id)
+        return record if record is not None and record.tenant_id == tenant_id else None
 
     def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
         """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
@@ -224,19 +225,19 @@ class MemoryStore(MemoryDocuments):
 
     # -- cache --------------------------------------------------------------------------------------
 
-    def cache_get(self, key: str, now: float) -> bytes | None:
+    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None:
         with self._lock:
-            entry = self._s.cache.get(key)
+            entry = self._s.cache.get((tenant_id, key))
             if entry is None:
                 return None
             if entry.expires_at <= now:
-                del self._s.cache[key]
+                del self._s.cache[(tenant_id, key)]
                 return None
             return entry.value
 
-    def cache_put(self, key: str, value: bytes, expires_at: float) -> None:
+    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None:
         with self._lock:
-            self._s.cache[key] = _Cached(bytes(value), expires_at)
+            self._s.cache[(tenant_id, key)] = _Cached(bytes(value), expires_at)
             self._wrote(self._clock())
 
     # -- models and signing keys --------------------------------------------------------------------

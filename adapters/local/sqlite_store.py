@@ -128,6 +128,11 @@ def _model_from(row: sqlite3.Row) -> ModelSpec:
     return ModelSpec(**data)
 
 
+def _cache_row_key(tenant_id: str, key: str) -> str:
+    """Tenant ids never contain NUL, so no two (tenant, key) pairs share a row."""
+    return f"{tenant_id}\x00{key}"
+
+
 class SQLiteStore(SQLiteDocuments):
     """Every Store role in one SQLite file (WAL), one connection per thread and process.
 
@@ -343,8 +348,8 @@ class SQLiteStore(SQLiteDocuments):
                 self._add_in(conn, change.item, change.increments, change.expires_at, now)
         return True
 
-    def get_usage(self, request_id: str) -> UsageRecord | None:
-        row = self._one("SELECT * FROM usage WHERE request_id = ?", request_id)
+    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
+        row = self._one("SELECT * FROM usage WHERE request_id = ? AND tenant_id = ?", request_id, tenant_id)
         return _usage_from(row) if row is not None else None
 
     def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
@@ -366,14 +371,14 @@ class SQLiteStore(SQLiteDocuments):
 
     # -- cache --------------------------------------------------------------------------------------
 
-    def cache_get(self, key: str, now: float) -> bytes | None:
-        row = self._one("SELECT value FROM cache WHERE key = ? AND expires_at > ?", key, now)
+    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None:
+        row = self._one("SELECT value FROM cache WHERE key = ? AND expires_at > ?", _cache_row_key(tenant_id, key), now)
         return bytes(row[0]) if row is not None else None
 
-    def cache_put(self, key: str, value: bytes, expires_at: float) -> None:
+    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None:
         self._conn().execute(
             "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
-            (key, bytes(value), expires_at),
+            (_cache_row_key(tenant_id, key), bytes(value), expires_at),
         )
         self._wrote()
 

@@ -71,7 +71,7 @@ class LineExecutor:
         request_id = line_request_id(line.batch_id, line.line_no)
         if line.attempt <= 1:
             return request_id
-        prior = self._usage.get_usage(request_id)
+        prior = self._usage.get_usage(line.principal.tenant_id, request_id)
         if prior is None:
             return request_id
         if prior.status == 200:

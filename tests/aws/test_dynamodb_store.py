@@ -150,7 +150,7 @@ def test_settling_an_expired_or_absent_counter_item_recreates_it(store: DynamoDB
 
 
 def test_a_cache_entry_too_big_for_an_item_is_not_kept(store: DynamoDBStore) -> None:
-    store.cache_put("big", b"x" * 400_000, T0 + 60)
-    assert store.cache_get("big", T0) is None
-    store.cache_put("fits", b"x" * 390_000, T0 + 60)
-    assert store.cache_get("fits", T0) == b"x" * 390_000
+    store.cache_put("t1", "big", b"x" * 400_000, T0 + 60)
+    assert store.cache_get("t1", "big", T0) is None
+    store.cache_put("t1", "fits", b"x" * 390_000, T0 + 60)
+    assert store.cache_get("t1", "fits", T0) == b"x" * 390_000

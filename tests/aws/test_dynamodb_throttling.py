@@ -130,7 +130,7 @@ def test_a_throttled_usage_transaction_writes_no_part_of_it(
         store.record_usage(_usage("r1"), [CounterChange("q", {"used": -60}, expires_at=FAR)])
     assert attempts["TransactWriteItems"] == 5
     monkeypatch.undo()
-    assert store.get_usage("r1") is None
+    assert store.get_usage("t1", "r1") is None
     assert store.daily_usage("t1", "2024-01-01", "2024-12-31") == []
     assert store.read("q") == {"used": 100}
     # The retry a client makes later writes it all, once.

@@ -233,10 +233,10 @@ def test_many_counter_writes_purge_expired_items_without_losing_live_ones(store:
     for i in range(1100):
         store.try_add("live", {"n": 1}, {"n": 10**6}, T0 + 60)
         if i < 50:
-            store.cache_put(f"c{i}", b"v", T0 + 1)
+            store.cache_put("t1", f"c{i}", b"v", T0 + 1)
     assert store.read("live") == {"n": 1100}
     assert store.read("old7") == {}
-    assert store.cache_get("c3", T0 + 2) is None
+    assert store.cache_get("t1", "c3", T0 + 2) is None
 
 
 # -- usage ------------------------------------------------------------------------------------------
@@ -285,10 +285,11 @@ def test_record_usage_settles_counters_in_the_same_write_and_only_once(store: St
 def test_record_usage_is_idempotent(store: Store) -> None:
     rec = _usage("r1", cached=True, latency_ms=3.25, cost=0.000123)
     assert store.record_usage(rec) is True
-    assert store.get_usage("r1") == rec
+    assert store.get_usage("t1", "r1") == rec
     assert store.record_usage(dataclasses.replace(rec, prompt_tokens=999, model="other")) is False
-    assert store.get_usage("r1") == rec
-    assert store.get_usage("nope") is None
+    assert store.get_usage("t1", "r1") == rec
+    assert store.get_usage("t1", "nope") is None
+    assert store.get_usage("t2", "r1") is None  # another tenant's record is not found by its id
     [agg] = store.daily_usage(None, "2024-03-10", "2024-03-10")
     assert agg == UsageAggregate("t1", "2024-03-10", "small", 1, 10, 5, 1, 0.000123)
 
@@ -346,16 +347,17 @@ def test_list_usage_filters_by_tenant_and_half_open_window(store: Store) -> None
 
 
 def test_cache_round_trip_overwrite_and_expiry(store: Store) -> None:
-    assert store.cache_get("k", T0) is None
-    store.cache_put("k", b"\x00value\xff", T0 + 10)
-    assert store.cache_get("k", T0) == b"\x00value\xff"
-    assert store.cache_get("k", T0 + 9.999) == b"\x00value\xff"
-    assert store.cache_get("k", T0 + 10) is None  # expired at expires_at
-    assert store.cache_get("k", T0 + 11) is None
-    store.cache_put("k", b"new", T0 + 100)
-    assert store.cache_get("k", T0 + 50) == b"new"
-    store.cache_put("empty", b"", T0 + 100)
-    assert store.cache_get("empty", T0) == b""
+    assert store.cache_get("t1", "k", T0) is None
+    store.cache_put("t1", "k", b"\x00value\xff", T0 + 10)
+    assert store.cache_get("t1", "k", T0) == b"\x00value\xff"
+    assert store.cache_get("t1", "k", T0 + 9.999) == b"\x00value\xff"
+    assert store.cache_get("t1", "k", T0 + 10) is None  # expired at expires_at
+    assert store.cache_get("t1", "k", T0 + 11) is None
+    store.cache_put("t1", "k", b"new", T0 + 100)
+    assert store.cache_get("t1", "k", T0 + 50) == b"new"
+    assert store.cache_get("t2", "k", T0 + 50) is None  # entries are kept per tenant
+    store.cache_put("t1", "empty", b"", T0 + 100)
+    assert store.cache_get("t1", "empty", T0) == b""
 
 
 # -- models -----------------------------------------------------------------------------------------
@@ -438,7 +440,7 @@ def test_sqlite_failed_transaction_rolls_back_and_the_store_stays_usable(
     with pytest.raises(RuntimeError):
         store.record_usage(_usage("r1"))  # the usage row was inserted before the failure
     monkeypatch.undo()
-    assert store.get_usage("r1") is None
+    assert store.get_usage("t1", "r1") is None
     assert store.record_usage(_usage("r1")) is True
     assert store.daily_usage("t1", "2024-03-10", "2024-03-10")[0].requests == 1
     store.close()

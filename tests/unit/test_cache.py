@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from core.app import Gateway
-from core.cache import ResponseCache, TTLCache, cache_key
+from core.cache import CacheKey, ResponseCache, TTLCache, cache_key
 from core.clock import FixedClock
 from core.domain import Limits
 from core.errors import BackendError
@@ -268,22 +268,23 @@ def test_l1_expiry_then_l2_hit_after_another_container_refreshed_the_entry() -> 
     m1 = SpyMetrics()
     first = ResponseCache(store, clock, m1, ttl_s=100)
     second = ResponseCache(store, clock, SpyMetrics(), ttl_s=100)
-    first.put("k", b"v1")
+    key = CacheKey("t1", "k")
+    first.put(key, b"v1")
     clock.advance(5)
-    second.put("k", b"v2")  # the slower container's answer lands in L2 five seconds later
-    assert first.get("k", "m") == b"v1"  # L1
+    second.put(key, b"v2")  # the slower container's answer lands in L2 five seconds later
+    assert first.get(key, "m") == b"v1"  # L1
     clock.advance(96)  # past the first copy's TTL, within the second's
-    assert first.get("k", "m") == b"v2"  # L2
-    assert first.get("k", "m") == b"v2"  # and L1 again, until L2's own expiry
+    assert first.get(key, "m") == b"v2"  # L2
+    assert first.get(key, "m") == b"v2"  # and L1 again, until L2's own expiry
     clock.advance(4)
-    assert first.get("k", "m") is None
+    assert first.get(key, "m") is None
     assert m1.layers() == ["l1", "l2", "l1", "miss"]
 
 
 def test_an_l2_entry_in_an_unknown_format_is_a_miss_not_an_error(harness: Harness) -> None:
     complete(harness)
     (key,) = harness.store._s.cache
-    harness.store.cache_put(key, b'[{"text": "written by an older version"}]', harness.clock.now() + 60)
+    harness.store.cache_put(*key, b'[{"text": "written by an older version"}]', harness.clock.now() + 60)
     assert complete(harness, gateway=other_container(harness))["cached"] is False
     assert harness.backend.calls == 2
 
