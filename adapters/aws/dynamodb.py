@@ -2,8 +2,8 @@
 
 Counters, usage and documents live in their own modules (``dynamodb_counters``, ``dynamodb_usage``,
 ``dynamodb_documents``); this one holds tenants, API keys, the response cache, models and signing keys.
-Each access is a GetItem, a Query or one write; the only GSI reads are listings (tenants, a tenant's
-keys, the all-tenant usage reports and an owner's documents), which DynamoDB serves eventually consistent.
+Each access is a GetItem, a Query or one write; the only GSI reads are listings (tenants, a tenant's usage
+records by day and the all-tenant usage reports), which DynamoDB serves eventually consistent.
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from botocore.client import BaseClient
 from pynamodb.connection import Connection
+from pynamodb.expressions.operand import Path
 
 from adapters.aws.dynamodb_counters import DynamoDBCounters
 from adapters.aws.dynamodb_documents import DynamoDBDocuments
 from adapters.aws.dynamodb_models import (
     CacheItem,
+    KeyIndexItem,
     KeyItem,
     ModelItem,
     SigningKeyItem,
@@ -34,11 +37,21 @@ from core.domain import ApiKeyRecord, Limits, ModelSpec, SigningKey, Tenant
 
 TENANT_SK = "TENANT"
 KEY_SK = "KEY"
+KEY_SK_PREFIX = "KEY#"
+_KEY_TENANTS_REMEMBERED = 100_000
 CACHE_SK = "CACHE"
 MODELS_PK = "MODELS"
 SIGNING_KEYS_PK = "SIGNING_KEYS"
 MAX_CACHE_VALUE = 390_000  # bytes: an item holds 400 KB, names and keys included
 _MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec))
+
+
+def key_index_pk(key_id: str) -> str:
+    return f"KEY#{key_id}"
+
+
+def key_sk(key_id: str) -> str:
+    return KEY_SK_PREFIX + key_id
 
 
 def _limits(limits: Limits) -> dict[str, Any]:
@@ -102,6 +115,8 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
     ) -> None:
         self._table = DynamoDBTable(table_name, connection or connect(host, region, max_attempts=max_attempts))
         self._clock = clock
+        self._init_counters()
+        self._init_keys()
 
     @property
     def table_name(self) -> str:
@@ -145,11 +160,15 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
         return sorted(tenants, key=lambda t: (t.created_at, t.id))
 
     def put_key(self, key: ApiKeyRecord) -> None:
-        item = KeyItem(
-            pk=f"K#{key.id}",
-            sk=KEY_SK,
-            gsi1pk=f"T#{key.tenant_id}#KEYS",
-            gsi1sk=f"{sortable(key.created_at)}#{key.id}",
+        """The record under its tenant, and the key's index entry naming that tenant.
+
+        A new key (or one moving to another tenant: an imported key's id derives from its text) writes
+        both in one transaction, dropping the other tenant's record; a revocation or an update writes the
+        record only.
+        """
+        record = KeyItem(
+            pk=f"T#{key.tenant_id}",
+            sk=key_sk(key.id),
             id=key.id,
             tenant_id=key.tenant_id,
             name=key.name,
@@ -160,16 +179,46 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
             revoked_at=key.revoked_at,
             limits=_limits(key.limits),
             prefix=key.prefix,
-        )
-        self._table.put(item.serialize())
+        ).serialize()
+        previous = self._indexed_tenant(key.id)
+        if previous == key.tenant_id:
+            self._table.put(record)
+            return
+        entry = KeyIndexItem(pk=key_index_pk(key.id), sk=KEY_SK, tenant_id=key.tenant_id).serialize()
+        moved = [] if previous is None else [self._table.delete_kwargs(f"T#{previous}", key_sk(key.id))]
+        puts = [self._table.put_kwargs(record), self._table.put_kwargs(entry)]
+        self._table.transact(puts, [], uuid.uuid4().hex, deletes=moved)
+        self._remember_tenant(key.id, key.tenant_id)
 
     def get_key(self, key_id: str) -> ApiKeyRecord | None:
-        found = self._table.get(f"K#{key_id}", KEY_SK)
+        """The index entry (remembered: a key's tenant only changes on a re-import) then the record."""
+        tenant = self._key_tenants.get(key_id)
+        if tenant is not None:
+            found = self._table.get(f"T#{tenant}", key_sk(key_id))
+            if found is not None:
+                return _key_from(found)
+        tenant = self._indexed_tenant(key_id)
+        if tenant is None:
+            return None
+        self._remember_tenant(key_id, tenant)
+        found = self._table.get(f"T#{tenant}", key_sk(key_id))
         return _key_from(found) if found is not None else None
 
     def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
-        keys = [_key_from(item) for item in self._table.query(f"T#{tenant_id}#KEYS", index=True)]
-        return sorted(keys, key=lambda k: (k.created_at, k.id))
+        items = self._table.query(f"T#{tenant_id}", Path(["sk"]).startswith(KEY_SK_PREFIX))
+        return sorted(map(_key_from, items), key=lambda k: (k.created_at, k.id))
+
+    def _init_keys(self) -> None:
+        self._key_tenants: dict[str, str] = {}
+
+    def _indexed_tenant(self, key_id: str) -> str | None:
+        found = self._table.get(key_index_pk(key_id), KEY_SK)
+        return KeyIndexItem.from_raw_data(found).tenant_id if found is not None else None
+
+    def _remember_tenant(self, key_id: str, tenant_id: str) -> None:
+        if len(self._key_tenants) >= _KEY_TENANTS_REMEMBERED:
+            self._key_tenants.clear()
+        self._key_tenants[key_id] = tenant_id
 
     # -- cache --------------------------------------------------------------------------------------
 

@@ -1,88 +1,142 @@
-"""DynamoDBCounters: the CounterStore role, one conditional UpdateItem per counter item.
+"""DynamoDBCounters: the CounterStore role, with ALL of a tenant's counters in ONE item.
 
-A counter item is ``pk = C#<item>``, ``sk = C``; each field is a top-level number ``c_<field>`` (``ADD``
-only works on top-level attributes) and ``expires_at`` is the TTL. DynamoDB deletes expired items late
-(hours, even days), so an item whose ``expires_at`` is past counts as absent, exactly like the SQLite and
-memory stores: the first write that finds it expired replaces it whole, with a PutItem conditioned on it
-still being expired (or gone), so that of two racing writers only one replaces it.
+core/limits.py names its counter items ``<kind>|<tenant>|<window>``: ``rl|acme|29384567`` (the minute) and
+``q|acme|2026-11`` (the month). Each is a *slot* ``<kind>|<window>`` of the tenant's counters item,
+``pk = T#<tenant>``, ``sk = LIMITS``, so a reservation over the minute and the month is ONE conditional
+UpdateItem. A slot keeps each field in a top-level number ``c_<slot>#<field>`` (``ADD`` works on top-level
+attributes only) and its expiry in ``x_<slot>`` (a float, compared exactly). An item named otherwise is the
+only slot ``-`` of an item of its own, ``pk = C#<item>``.
 
-``try_add`` asks for ``ALL_OLD`` both ways: on success the values after are the old ones plus the
-increments (the update is atomic), on refusal they are what the condition saw. ``try_add_all`` writes
-its items one after the other and undoes the written ones when a later one refuses (which the port
-allows): a TransactWriteItems could not say what the values became without another read, and would make
-every reservation of a tenant conflict with the others on its hot minute item.
+A slot whose expiry is past counts as absent, exactly like the SQLite and memory stores' expired rows. Core
+never writes a window after it ended (windows are named after the time), so an expired slot is only ever
+read, then removed: each UpdateItem returns the item as it was (``ALL_OLD``, on refusal too), and the slots
+it shows expired are removed (``REMOVE``, conditioned on being still expired) by the next write this process
+makes to that item. A tenant's item so holds the current minute or two and the month. It has no TTL: the
+month's slot outlives many minutes, and one item per tenant costs nothing to keep.
 
-Expiry is compared in whole seconds (``expires_at`` is the TTL attribute, which DynamoDB wants in
-whole epoch seconds, rounded up here). Core's counter windows end on whole seconds, so this is exact.
+``try_add_all`` over several DynamoDB items (items of different tenants, or not named by core) writes them
+one after the other and undoes the written ones when a later one refuses, as the port allows. ``add`` (a
+settlement, an undo) is one UpdateItem too. Whether a slot is live is the UpdateItem's own condition; an
+expired slot found there is cleared (a conditional REMOVE) before writing again.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import NamedTuple
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.operand import Path
 from pynamodb.expressions.update import Action
 
-from adapters.aws.dynamodb_models import COUNTER_PREFIX, TTL_ATTRIBUTE, ttl_seconds
+from adapters.aws.dynamodb_models import COUNTER_PREFIX
 from adapters.aws.dynamodb_table import ConditionFailed, DynamoDBTable, Item
 from core.domain import CounterChange
 from core.errors import ServiceUnavailable
 
-SK = "C"
-# Each extra round means another writer replaced an expired item in between: a handful is plenty.
+SK = "LIMITS"
+EXPIRY_PREFIX = "x_"
+SOLE_SLOT = "-"
+# Each extra round means an expired slot was cleared, or a removal raced another writer: a few are plenty.
 _ROUNDS = 8
+_STALE_MEMORY = 10_000  # items whose expired slots this process remembers, at most
 
 
-def counter_pk(item: str) -> str:
-    return f"C#{item}"
+class Slot(NamedTuple):
+    """Where a counter item lives: the DynamoDB item (``pk``) and its slot in it."""
+
+    pk: str
+    name: str
 
 
-def attribute_of(name: str) -> str:
-    """The attribute holding a counter field: ``c_<name>``, with "%", "[" and "]" percent-encoded.
+def locate(item: str) -> Slot:
+    """``<kind>|<tenant>|<window>`` is slot ``<kind>|<window>`` of ``T#<tenant>``; any other name is alone."""
+    parts = item.split("|")
+    if len(parts) == 3 and all(parts):
+        kind, tenant, window = parts
+        return Slot(f"T#{tenant}", f"{kind}|{window}")
+    return Slot(f"C#{item}", SOLE_SLOT)
 
-    pynamodb reads "[n]" in a path segment as a list index, so brackets cannot appear as they are;
-    everything else (".", "|", "@", "#", ":") is sent verbatim through ``ExpressionAttributeNames``.
+
+def _encode(text: str) -> str:
+    """Percent-encode what would be misread in an attribute name: "%", "#" (our separator), "[" and "]".
+
+    pynamodb reads "[n]" in a path segment as a list index; everything else is sent verbatim through
+    ``ExpressionAttributeNames``.
     """
-    return COUNTER_PREFIX + name.replace("%", "%25").replace("[", "%5B").replace("]", "%5D")
+    return text.replace("%", "%25").replace("#", "%23").replace("[", "%5B").replace("]", "%5D")
 
 
-def field_of(attribute: str) -> str:
-    return attribute[len(COUNTER_PREFIX) :].replace("%5D", "]").replace("%5B", "[").replace("%25", "%")
+def _decode(text: str) -> str:
+    return text.replace("%5D", "]").replace("%5B", "[").replace("%23", "#").replace("%25", "%")
 
 
-def _field(name: str) -> Path:
-    return Path([attribute_of(name)])  # a one-segment list: "." in the name is not a map dereference
+def field_attribute(slot: str, name: str) -> str:
+    return f"{COUNTER_PREFIX}{_encode(slot)}#{_encode(name)}"
 
 
-def _adds(increments: Mapping[str, int]) -> list[Action]:
-    return [_field(name).add(int(value)) for name, value in increments.items()]
+def expiry_attribute(slot: str) -> str:
+    return EXPIRY_PREFIX + _encode(slot)
 
 
-def _expiry() -> Path:
-    return Path([TTL_ATTRIBUTE])
+def _path(attribute: str) -> Path:
+    return Path([attribute])  # a one-segment list: "." in the name is not a map dereference
 
 
-def _live(now: float) -> Condition:
-    """The item is absent, never expires, or has not expired (``expires_at >= now`` is still live)."""
-    live: Condition = _expiry().does_not_exist() | (_expiry() >= now)
+def _parse(attribute: str) -> tuple[str, str] | None:
+    """(slot, field) of a counter attribute, None for any other attribute."""
+    if not attribute.startswith(COUNTER_PREFIX):
+        return None
+    slot, _, name = attribute[len(COUNTER_PREFIX) :].partition("#")
+    return _decode(slot), _decode(name)
+
+
+def values_of(item: Item | None, slot: str) -> dict[str, int]:
+    """The fields of one slot of a raw item (whether or not it has expired)."""
+    values: dict[str, int] = {}
+    for attribute, value in (item or {}).items():
+        parsed = _parse(attribute)
+        if parsed is not None and parsed[0] == slot:
+            values[parsed[1]] = int(Decimal(value["N"]))
+    return values
+
+
+def expiry_of(item: Item | None, slot: str) -> Decimal | None:
+    """A slot's expiry; None when it has none (absent, or never expiring)."""
+    value = (item or {}).get(expiry_attribute(slot))
+    return Decimal(value["N"]) if value is not None else None
+
+
+def _expired(item: Item | None, slot: str, now: float) -> bool:
+    expiry = expiry_of(item, slot)
+    return expiry is not None and expiry < Decimal(repr(now))
+
+
+def _attributes_of(item: Item | None, slot: str) -> list[str]:
+    """Every attribute of a slot in a raw item: its fields and its expiry."""
+    names = [a for a in (item or {}) if (parsed := _parse(a)) is not None and parsed[0] == slot]
+    if expiry_attribute(slot) in (item or {}):
+        names.append(expiry_attribute(slot))
+    return names
+
+
+def _slots_in(item: Item | None) -> set[str]:
+    slots = {parsed[0] for a in (item or {}) if (parsed := _parse(a)) is not None}
+    slots.update(_decode(a[len(EXPIRY_PREFIX) :]) for a in (item or {}) if a.startswith(EXPIRY_PREFIX))
+    return slots
+
+
+def _live(slot: str, now: float) -> Condition:
+    """The slot never expires (or is absent), or has not expired (``x >= now`` is still live)."""
+    expiry = _path(expiry_attribute(slot))
+    live: Condition = expiry.does_not_exist() | (expiry >= now)
     return live
 
 
-def exists_and_live(now: float) -> Condition:
-    condition: Condition = Path(["pk"]).exists() & _live(now)
-    return condition
-
-
-def absent_or_expired(now: float) -> Condition:
-    condition: Condition = Path(["pk"]).does_not_exist() | (_expiry() < now)
-    return condition
-
-
-def _within(increments: Mapping[str, int], limits: Mapping[str, int]) -> Condition | None:
+def _within(slot: str, increments: Mapping[str, int], limits: Mapping[str, int]) -> Condition | None:
     """``(attribute_not_exists(f) AND inc <= lim) OR f <= lim - inc`` for every limited field.
 
     ``inc <= lim`` is known here, so an absent field either passes (kept as ``attribute_not_exists``)
@@ -91,44 +145,18 @@ def _within(increments: Mapping[str, int], limits: Mapping[str, int]) -> Conditi
     condition: Condition | None = None
     for name, limit in limits.items():
         inc = int(increments.get(name, 0))
-        clause = _field(name) <= limit - inc
+        field = _path(field_attribute(slot, name))
+        clause = field <= limit - inc
         if inc <= limit:
-            clause = _field(name).does_not_exist() | clause
+            clause = field.does_not_exist() | clause
         condition = clause if condition is None else condition & clause
     return condition
 
 
-def values_of(item: Item | None) -> dict[str, int]:
-    """The counter fields of a raw item."""
-    if not item:
-        return {}
-    return {field_of(name): int(Decimal(value["N"])) for name, value in item.items() if name.startswith(COUNTER_PREFIX)}
-
-
-def expired(item: Item | None, now: float) -> bool:
-    """Whether a raw item has an expiry and it is past (``expires_at < now``)."""
-    if not item or TTL_ATTRIBUTE not in item:
-        return False
-    return Decimal(item[TTL_ATTRIBUTE]["N"]) < Decimal(repr(now))
-
-
-def fresh_item(item: str, values: Mapping[str, int], expires_at: float | None) -> Item:
-    """A whole counter item holding ``values`` (what replaces an absent or expired one)."""
-    raw: Item = {"pk": {"S": counter_pk(item)}, "sk": {"S": SK}}
-    raw.update({attribute_of(name): {"N": str(int(v))} for name, v in values.items()})
-    if expires_at is not None:
-        raw[TTL_ATTRIBUTE] = {"N": str(ttl_seconds(expires_at))}
-    return raw
-
-
-def settle_update(table: DynamoDBTable, change: CounterChange, now: float) -> dict[str, Any]:
-    """A transaction's unconditional add to a live item (it keeps its expiry); refused if absent or expired."""
-    return table.update_kwargs(counter_pk(change.item), SK, _adds(change.increments), exists_and_live(now))
-
-
-def settle_put(table: DynamoDBTable, change: CounterChange, now: float) -> dict[str, Any]:
-    """A transaction's replacement of an absent or expired item by one holding just the deltas."""
-    return table.put_kwargs(fresh_item(change.item, change.increments, change.expires_at), absent_or_expired(now))
+def _and(left: Condition | None, right: Condition | None) -> Condition | None:
+    if left is None:
+        return right
+    return left if right is None else left & right
 
 
 def _plus(values: Mapping[str, int], increments: Mapping[str, int]) -> dict[str, int]:
@@ -138,8 +166,17 @@ def _plus(values: Mapping[str, int], increments: Mapping[str, int]) -> dict[str,
     return after
 
 
-def _contended(item: str) -> ServiceUnavailable:
-    return ServiceUnavailable(f"the counter item {item!r} is contended; retry shortly", code="store_unavailable")
+def _contended(pk: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"the counters of {pk!r} are contended; retry shortly", code="store_unavailable")
+
+
+class _Write(NamedTuple):
+    """One slot's part of an UpdateItem: what to add, under which limits, and its expiry."""
+
+    slot: str
+    increments: Mapping[str, int]
+    limits: Mapping[str, int]
+    expires_at: float | None
 
 
 class DynamoDBCounters:
@@ -147,6 +184,80 @@ class DynamoDBCounters:
 
     _table: DynamoDBTable
     _clock: Callable[[], float]
+    _stale_lock: threading.Lock
+    _stale_slots: dict[str, dict[str, list[str]]]  # pk -> {expired slot: its attributes}, as last seen here
+
+    def _init_counters(self) -> None:
+        self._stale_lock = threading.Lock()
+        self._stale_slots = {}
+
+    def _note_stale(self, pk: str, item: Item | None, now: float, written: Iterable[str]) -> None:
+        expired = {s: _attributes_of(item, s) for s in _slots_in(item) - set(written) if _expired(item, s, now)}
+        with self._stale_lock:
+            stale = self._stale_slots
+            if expired:
+                if len(stale) >= _STALE_MEMORY:
+                    stale.clear()
+                stale[pk] = expired
+            else:
+                stale.pop(pk, None)
+
+    def _take_stale(self, pk: str, keep: Iterable[str]) -> dict[str, list[str]]:
+        with self._stale_lock:
+            found = self._stale_slots.pop(pk, {})
+        return {slot: names for slot, names in found.items() if slot not in set(keep)}
+
+    # -- the conditional write ------------------------------------------------------------------------
+
+    def _write(self, pk: str, writes: Sequence[_Write]) -> tuple[bool, list[dict[str, int]]]:
+        """ONE UpdateItem adding every slot's increments if every slot is live and within its limits.
+
+        Returns (applied, each slot's values before the write or as seen when refused). An expired slot it
+        finds is cleared and the write tried again; a refusal by the limits is final.
+        """
+        for _ in range(_ROUNDS):
+            now = self._clock()
+            actions: list[Action] = []
+            condition: Condition | None = None
+            for w in writes:
+                actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
+                expiry = _path(expiry_attribute(w.slot))
+                actions.append(expiry.set(w.expires_at) if w.expires_at is not None else expiry.remove())
+                condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits)))
+            stale = self._take_stale(pk, (w.slot for w in writes))
+            for slot, names in stale.items():
+                actions += [_path(name).remove() for name in names]
+                expiry = _path(expiry_attribute(slot))
+                gone_or_expired: Condition = expiry.does_not_exist() | (expiry < now)
+                condition = _and(condition, gone_or_expired)  # nobody revived it meanwhile
+            try:
+                old = self._table.update(pk, SK, actions, condition, return_values="ALL_OLD", old_on_failure=True)
+            except ConditionFailed as refused:
+                seen = refused.item
+                expired = [w.slot for w in writes if _expired(seen, w.slot, now)]
+                if expired:
+                    self._clear(pk, seen, expired)
+                    continue
+                if stale:
+                    continue  # perhaps refused for a removal only: try once more without it
+                return False, [values_of(seen, w.slot) for w in writes]
+            self._note_stale(pk, old, now, (w.slot for w in writes))
+            return True, [values_of(old, w.slot) for w in writes]
+        raise _contended(pk)
+
+    def _clear(self, pk: str, seen: Item | None, slots: Sequence[str]) -> None:
+        """Remove expired slots as they were seen; if one changed meanwhile, the caller reads it again."""
+        actions: list[Action] = []
+        condition: Condition | None = None
+        for slot in slots:
+            actions += [_path(name).remove() for name in _attributes_of(seen, slot)]
+            expiry, seen_expiry = _path(expiry_attribute(slot)), expiry_of(seen, slot)
+            same: Condition = expiry.does_not_exist() if seen_expiry is None else expiry == float(seen_expiry)
+            condition = _and(condition, same)
+        with contextlib.suppress(ConditionFailed):
+            self._table.update(pk, SK, actions, condition)
+
+    # -- CounterStore ---------------------------------------------------------------------------------
 
     def try_add(
         self,
@@ -155,97 +266,94 @@ class DynamoDBCounters:
         limits: Mapping[str, int],
         expires_at: float,
     ) -> tuple[bool, dict[str, int]]:
-        """Add every increment if every limited field stays <= its limit; else write nothing.
-
-        One UpdateItem: ``ADD`` of every increment, ``SET expires_at``, conditioned on the item being live
-        and on every limit. Only when the item it finds has expired does a second call (a conditional
-        PutItem) replace it.
-        """
-        ok, _, values = self._try_add(CounterChange(item, dict(increments), dict(limits), expires_at))
-        return ok, values
-
-    def _try_add(self, change: CounterChange) -> tuple[bool, dict[str, int], dict[str, int]]:
-        """(applied, values before, values after); a refusal's before and after are the values it saw."""
-        pk, increments, limits = counter_pk(change.item), change.increments, change.limits
-        expiry = _expiry().set(ttl_seconds(change.expires_at)) if change.expires_at is not None else _expiry().remove()
-        for _ in range(_ROUNDS):
-            now = self._clock()
-            condition = _live(now)
-            within = _within(increments, limits)
-            if within is not None:
-                condition &= within
-            try:
-                old = self._table.update(
-                    pk, SK, [*_adds(increments), expiry], condition, return_values="ALL_OLD", old_on_failure=True
-                )
-                before = values_of(old)
-                return True, before, _plus(before, increments)
-            except ConditionFailed as refused:
-                if not expired(refused.item, now):
-                    seen = values_of(refused.item)
-                    return False, seen, seen
-            # The item has expired, so it counts as absent: the increments alone must fit.
-            if any(int(increments.get(name, 0)) > limit for name, limit in limits.items()):
-                return False, {}, {}
-            try:
-                self._table.put(fresh_item(change.item, increments, change.expires_at), absent_or_expired(now))
-                return True, {}, _plus({}, increments)
-            except ConditionFailed:
-                continue  # another writer replaced (or refreshed) it first: start again
-        raise _contended(change.item)
+        """Add every increment if every limited field stays <= its limit; else write nothing. One UpdateItem."""
+        ok, seen = self.try_add_all([CounterChange(item, dict(increments), dict(limits), expires_at)])
+        return ok, seen[0]
 
     def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
-        """``try_add`` of each item in turn; when one refuses, the ones written before it are undone.
+        """All changes or none: ONE UpdateItem when they are slots of one item (a tenant's minute and month).
 
-        One UpdateItem per item on the way in. A concurrent reservation may see the increments of one
-        about to be undone (and be refused for them), but no interleaving can push a counter past its
-        limit: every item's check-and-add is atomic. Refused, it reports each item as it was before.
+        Changes on several items are written item by item; when one refuses, the ones written before it are
+        undone. A concurrent reservation may then see increments about to be undone (and be refused for
+        them), but no interleaving can push a counter past its limit: each item's check-and-add is atomic.
         """
-        before: list[dict[str, int]] = []
-        after: list[dict[str, int]] = []
+        groups: dict[str, list[tuple[int, _Write]]] = {}
         for index, change in enumerate(changes):
+            slot = locate(change.item)
+            write = _Write(slot.name, change.increments, change.limits, change.expires_at)
+            groups.setdefault(slot.pk, []).append((index, write))
+        before: dict[int, dict[str, int]] = {}
+        done: list[tuple[str, list[_Write]]] = []
+        for pk, entries in groups.items():
+            writes = [w for _, w in entries]
             try:
-                ok, old, new = self._try_add(change)
+                ok, seen = self._write(pk, writes)
             except BaseException:
                 with contextlib.suppress(Exception):  # best effort: the error that stopped us is the news
-                    self._undo(changes[:index])
+                    self._undo(done)
                 raise
-            before.append(old)
-            after.append(new)
+            before.update({index: values for (index, _), values in zip(entries, seen, strict=True)})
             if not ok:
-                self._undo(changes[:index])
-                return False, before + [self.read(later.item) for later in changes[index + 1 :]]
-        return True, after
+                self._undo(done)
+                return False, [before[i] if i in before else self.read(c.item) for i, c in enumerate(changes)]
+            done.append((pk, writes))
+        return True, [_plus(before[i], c.increments) for i, c in enumerate(changes)]
 
-    def _undo(self, done: Sequence[CounterChange]) -> None:
-        for change in done:
-            self.add(change.item, {name: -int(inc) for name, inc in change.increments.items()}, change.expires_at)
+    def _undo(self, done: Sequence[tuple[str, Sequence[_Write]]]) -> None:
+        for pk, writes in done:
+            self._add(pk, [w._replace(increments={n: -int(v) for n, v in w.increments.items()}) for w in writes])
 
     def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
         """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``.
 
-        A live item keeps its own expiry. One UpdateItem when the item is live (settling, undoing);
-        a PutItem after it when the item is absent or expired.
+        A live item keeps its own expiry. One UpdateItem; two more when the slot had expired (cleared first).
         """
-        if not deltas:
-            return
-        pk = counter_pk(item)
+        if deltas:
+            slot = locate(item)
+            self._add(slot.pk, [_Write(slot.name, deltas, {}, expires_at)])
+
+    def add_all(self, changes: Sequence[CounterChange]) -> None:
+        """``add`` of several changes, one UpdateItem per DynamoDB item (a settlement's minute and month)."""
+        groups: dict[str, dict[str, _Write]] = {}
+        for change in changes:
+            slot = locate(change.item)
+            known = groups.setdefault(slot.pk, {}).get(slot.name)
+            deltas = _plus(known.increments, change.increments) if known else dict(change.increments)
+            groups[slot.pk][slot.name] = _Write(slot.name, deltas, {}, known.expires_at if known else change.expires_at)
+        for pk, writes in groups.items():
+            nonzero = [w._replace(increments={n: v for n, v in w.increments.items() if v}) for w in writes.values()]
+            self._add(pk, [w for w in nonzero if w.increments])
+
+    def _add(self, pk: str, writes: Sequence[_Write]) -> None:
+        """ADD to each live or absent slot; an expired slot is cleared first, or skipped when ``expires_at``
+        is past too (the item it would create counts as absent already)."""
+        pending = list(writes)
         for _ in range(_ROUNDS):
+            if not pending:
+                return
             now = self._clock()
+            actions: list[Action] = []
+            condition: Condition | None = None
+            for w in pending:
+                actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
+                if w.expires_at is not None:
+                    expiry = _path(expiry_attribute(w.slot))
+                    actions.append(expiry.set(expiry | w.expires_at))  # a live slot keeps its own expiry
+                condition = _and(condition, _live(w.slot, now))
             try:
-                self._table.update(pk, SK, _adds(deltas), exists_and_live(now))
+                self._table.update(pk, SK, actions, condition, old_on_failure=True)
                 return
-            except ConditionFailed:
-                pass
-            try:
-                self._table.put(fresh_item(item, deltas, expires_at), absent_or_expired(now))
-                return
-            except ConditionFailed:
-                continue
-        raise _contended(item)
+            except ConditionFailed as refused:
+                seen = refused.item
+            expired = [w for w in pending if _expired(seen, w.slot, now)]
+            past = [w for w in expired if w.expires_at is not None and w.expires_at < now]
+            pending = [w for w in pending if w not in past]
+            self._clear(pk, seen, [w.slot for w in expired if w not in past])
+        raise _contended(pk)
 
     def read(self, item: str) -> dict[str, int]:
-        found = self._table.get(counter_pk(item), SK)
-        if found is None or expired(found, self._clock()):
+        slot = locate(item)
+        found = self._table.get(slot.pk, SK)
+        if found is None or _expired(found, slot.name, self._clock()):
             return {}
-        return values_of(found)
+        return values_of(found, slot.name)

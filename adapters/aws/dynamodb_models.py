@@ -3,19 +3,29 @@
 One table, ``pk`` (S) + ``sk`` (S), TTL on ``expires_at`` (whole epoch seconds), and one GSI ``gsi1`` on
 ``gsi1pk`` / ``gsi1sk`` (projection ALL): exactly what ``cdk/textnlp_cdk/storage.py`` creates.
 
-============  ====================  ===================  ======================  ==========================
-item          pk                    sk                   gsi1pk                  gsi1sk
-============  ====================  ===================  ======================  ==========================
-tenant        ``T#<tenant>``        ``TENANT``           ``TENANTS``             ``<created_at>#<tenant>``
-daily usage   ``T#<tenant>``        ``A#<day>#<model>``  ``DAILY#<0..3>``        ``<day>#<tenant>#<model>``
-API key       ``K#<key id>``        ``KEY``              ``T#<tenant>#KEYS``     ``<created_at>#<key id>``
-usage record  ``R#<request id>``    ``USAGE``            ``U#<tenant>#<day>``    ``<created_at>#<req id>``
-counters      ``C#<item>``          ``C``                -                       -
-cache entry   ``CACHE#<key>``       ``CACHE``            -                       -
-model         ``MODELS``            ``<model id>``       -                       -
-signing key   ``SIGNING_KEYS``      ``<kid>``            -                       -
-document      ``D#<collection>``    ``<doc id>``         ``D#<coll>#<owner>``    ``<doc id>``
-============  ====================  ===================  ======================  ==========================
+=============  =============================  ======================  =====================  ==========================
+item           pk                             sk                      gsi1pk                 gsi1sk
+=============  =============================  ======================  =====================  ==========================
+tenant         ``T#<tenant>``                 ``TENANT``              ``TENANTS``            ``<created_at>#<tenant>``
+counters       ``T#<tenant>``                 ``LIMITS``              -                      -
+daily usage    ``T#<tenant>``                 ``A#<day>#<model>#n`` ``DAILY#<0..3>``       ``<day>#<tenant>#<model>#n``
+API key        ``T#<tenant>``                 ``KEY#<key id>``        -                      -
+usage record   ``T#<tenant>#R#<request id>``  ``USAGE``               ``U#<tenant>#<day>``   ``<created_at>#<req id>``
+cache entry    ``T#<tenant>#CACHE#<digest>``  ``CACHE``               -                      -
+document       ``T#<owner>#D#<collection>``   ``<doc id>``            -                      -
+key index      ``KEY#<key id>``               ``KEY``                 -                      -
+model          ``MODELS``                     ``<model id>``          -                      -
+signing key    ``SIGNING_KEYS``               ``<kid>``               -                      -
+=============  =============================  ======================  =====================  ==========================
+
+Every partition key of a tenant's data begins with ``T#<tenant>``, so an IAM policy can confine a principal
+to one tenant with ``dynamodb:LeadingKeys`` and no query can wander into another tenant's items. Three
+kinds of item are global on purpose: the key index (which tenant an API key id belongs to: auth reads it
+before it knows the tenant, and it holds nothing else), the model catalog and the JWT signing keys.
+Usage records and cache entries get a partition each (``T#<tenant>#...``): they are many and written at
+the request rate, and one partition per tenant would cap a tenant at one partition's throughput. The
+counters item and the daily aggregates (``n``: the shard of ``AGGREGATE_SHARDS`` a record adds to, so
+that concurrent usage transactions rarely meet on one item) share the tenant's own partition.
 
 ``<created_at>`` is :func:`sortable` (16 hex digits that sort like the float). The models here only
 (de)serialise: every read and write goes through ``DynamoDBTable``, whose table name is given at run time.
@@ -102,6 +112,12 @@ class KeyItem(_Item):
     revoked_at = NumberAttribute(null=True)
     limits = JSONAttribute()
     prefix = UnicodeAttribute()
+
+
+class KeyIndexItem(_Item):
+    """Which tenant an API key id belongs to: what auth reads before it knows the tenant."""
+
+    tenant_id = UnicodeAttribute()
 
 
 class UsageItem(_Item):

@@ -255,7 +255,19 @@ class DynamoDBTable:
         )
         return kwargs
 
-    def transact(self, puts: Sequence[dict[str, Any]], updates: Sequence[dict[str, Any]], token: str) -> None:
+    def delete_kwargs(self, pk: str, sk: str) -> dict[str, Any]:
+        """A Delete of a transaction."""
+        kwargs: dict[str, Any] = self.connection.get_operation_kwargs(self.name, pk, range_key=sk)
+        return kwargs
+
+    def transact(
+        self,
+        puts: Sequence[dict[str, Any]],
+        updates: Sequence[dict[str, Any]],
+        token: str,
+        *,
+        deletes: Sequence[dict[str, Any]] = (),
+    ) -> None:
         """TransactWriteItems: all or nothing. Raises ConditionFailed with each item's cancellation reason.
 
         ``token`` (ClientRequestToken, 1-36 characters, unique per call) makes botocore's own retries of
@@ -265,7 +277,7 @@ class DynamoDBTable:
         self._call(
             self.connection.transact_write_items,
             condition_check_items=[],
-            delete_items=[],
+            delete_items=list(deletes),
             put_items=list(puts),
             update_items=list(updates),
             client_request_token=token,

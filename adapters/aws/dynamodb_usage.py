@@ -1,31 +1,39 @@
-"""DynamoDBUsage: the UsageStore role. A record, its daily aggregate and its settlement: one transaction.
+"""DynamoDBUsage: the UsageStore role. A record and its daily aggregate: one transaction; then its settlement.
 
-``record_usage`` is one TransactWriteItems: a Put of the record (``pk = R#<request id>``, conditioned on
-``attribute_not_exists(pk)``), an Update of the (tenant, day, model) aggregate (``ADD`` of its sums) and
-an Update (``ADD``) of each counter item the request settles. All happen or none does, so a crash or a
-timeout between "record written" and "aggregate added" or "reservation settled" cannot exist; a retry of
-the same request id either finds the record (False, nothing written) or writes everything. A settled
-counter item found absent or expired is written whole instead, in the next round. When an item is held by a
-concurrent transaction DynamoDB cancels with ``TransactionConflict``; the call is tried again with jitter,
-then answered 503.
+``record_usage`` is one TransactWriteItems: a Put of the record (``pk = T#<tenant>#R#<request id>``,
+conditioned on ``attribute_not_exists(pk)``) and an Update (``ADD``) of one shard of the (tenant, day, model)
+aggregate. Both happen or neither does, so a retry of the same request id either finds the record (False,
+nothing written) or writes both. The aggregate is spread over ``AGGREGATE_SHARDS`` items (by request id):
+two transactions on one item conflict, and a busy tenant's requests would otherwise all meet on one.
+
+Only when the record was new is the reservation settled: ONE UpdateItem on the tenant's counters item
+(``DynamoDBCounters.add_all``). It is not part of the transaction on purpose: every reservation of the
+tenant writes that item, and a plain UpdateItem meeting an item held by a transaction is refused with
+TransactionConflict, so a settlement inside the transaction would make the tenant's reservations collide
+with every request finishing. The price: if the process dies between the two calls (or the settlement
+fails after its retries), the unused part of that reservation stays counted until its window ends. That
+errs toward refusing, never toward overspending, and the usage record (the bill) is exact either way.
 
 Reads: ``get_usage`` is a GetItem; ``daily_usage`` of one tenant is a Query of its partition
 (``T#<tenant>``, ``sk`` between ``A#<start>`` and ``A#<end>$``), of all tenants a Query of each
-``DAILY#<n>`` gsi1 shard. ``list_usage`` finds the (tenant, day) pairs with usage from the aggregates,
-then queries each pair's gsi1 partition ``U#<tenant>#<day>`` over ``[start, end)``. No Scan anywhere.
+``DAILY#<n>`` gsi1 shard; the aggregate's shards are summed. ``list_usage`` finds the (tenant, day) pairs
+with usage from the aggregates, then queries each pair's gsi1 partition ``U#<tenant>#<day>`` over
+``[start, end)``. No Scan anywhere.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import groupby
 
 from pynamodb.expressions.operand import Path
 from pynamodb.expressions.update import Action
 
-from adapters.aws.dynamodb_counters import settle_put, settle_update
 from adapters.aws.dynamodb_models import DailyItem, UsageItem, daily_shard, daily_shards, sortable
 from adapters.aws.dynamodb_table import (
     CONFLICT_ROUNDS,
@@ -36,8 +44,11 @@ from adapters.aws.dynamodb_table import (
     unavailable,
 )
 from core.domain import CounterChange, UsageAggregate, UsageRecord
+from core.errors import ServiceUnavailable
 
 USAGE_SK = "USAGE"
+AGGREGATE_SHARDS = 8
+_log = logging.getLogger(__name__)
 _LAST_SECOND = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last day ``utc_day`` can name
 
 
@@ -47,9 +58,18 @@ def utc_day(timestamp: float) -> str:
     return datetime.fromtimestamp(clamped, tz=UTC).strftime("%Y-%m-%d")
 
 
+def usage_pk(tenant_id: str, request_id: str) -> str:
+    return f"T#{tenant_id}#R#{request_id}"
+
+
+def aggregate_sk(day: str, model: str, request_id: str) -> str:
+    """The aggregate shard a record adds to (a stable hash of its id, not Python's salted one)."""
+    return f"A#{day}#{model}#{zlib.crc32(request_id.encode()) % AGGREGATE_SHARDS}"
+
+
 def _usage_item(r: UsageRecord, day: str) -> UsageItem:
     return UsageItem(
-        pk=f"R#{r.request_id}",
+        pk=usage_pk(r.tenant_id, r.request_id),
         sk=USAGE_SK,
         gsi1pk=f"U#{r.tenant_id}#{day}",
         gsi1sk=f"{sortable(r.created_at)}#{r.request_id}",
@@ -86,6 +106,27 @@ def _record_from(item: Item) -> UsageRecord:
     )
 
 
+def _summed(rows: Iterable[UsageAggregate]) -> list[UsageAggregate]:
+    """The shards of each (tenant, day, model) aggregate added up."""
+    totals: dict[tuple[str, str, str], UsageAggregate] = {}
+    for row in rows:
+        key = (row.day, row.tenant_id, row.model)
+        known = totals.get(key)
+        totals[key] = (
+            row
+            if known is None
+            else replace(
+                known,
+                requests=known.requests + row.requests,
+                prompt_tokens=known.prompt_tokens + row.prompt_tokens,
+                completion_tokens=known.completion_tokens + row.completion_tokens,
+                cached_requests=known.cached_requests + row.cached_requests,
+                cost=known.cost + row.cost,
+            )
+        )
+    return [totals[key] for key in sorted(totals)]
+
+
 def _aggregate_from(item: Item) -> UsageAggregate:
     d = DailyItem.from_raw_data(item)
     return UsageAggregate(
@@ -100,14 +141,14 @@ def _aggregate_from(item: Item) -> UsageAggregate:
     )
 
 
-def _daily(r: UsageRecord, day: str) -> list[Action]:
+def _daily(r: UsageRecord, day: str, shard: str) -> list[Action]:
     """The aggregate's update: its key fields, and ``ADD`` of the record's sums (no read needed)."""
     return [
         DailyItem.tenant_id.set(r.tenant_id),
         DailyItem.day.set(day),
         DailyItem.model.set(r.model),
         DailyItem.gsi1pk.set(daily_shard(r.tenant_id)),
-        DailyItem.gsi1sk.set(f"{day}#{r.tenant_id}#{r.model}"),
+        DailyItem.gsi1sk.set(f"{day}#{r.tenant_id}#{r.model}#{shard}"),
         DailyItem.requests.add(1),
         DailyItem.prompt_tokens.add(r.prompt_tokens),
         DailyItem.completion_tokens.add(r.completion_tokens),
@@ -116,65 +157,48 @@ def _daily(r: UsageRecord, day: str) -> list[Action]:
     ]
 
 
-def _merged(changes: Sequence[CounterChange]) -> list[CounterChange]:
-    """One change per item (a transaction may name an item once), deltas summed, first expiry kept."""
-    merged: dict[str, CounterChange] = {}
-    for change in changes:
-        known = merged.get(change.item)
-        if known is None:
-            merged[change.item] = CounterChange(change.item, dict(change.increments), expires_at=change.expires_at)
-        else:
-            for name, delta in change.increments.items():
-                known.increments[name] = known.increments.get(name, 0) + delta
-    return list(merged.values())
-
-
 class DynamoDBUsage:
     """Mixin of DynamoDBStore: ``self._table`` is the table, ``self._clock`` gives "now"."""
 
     _table: DynamoDBTable
     _clock: Callable[[], float]
+    add_all: Callable[[Sequence[CounterChange]], None]  # DynamoDBCounters' (DynamoDBStore mixes both in)
 
     def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
-        """Write the record, add it to its daily aggregate and apply ``settle``, in ONE transaction.
+        """Write the record and add it to its daily aggregate in ONE transaction; if new, settle.
 
-        False, and nothing written, if the request id exists. A settled counter item that is absent or
-        expired is replaced (a Put conditioned on that) rather than added to, like ``add`` does.
+        False, and nothing written, if the tenant already has a record with this request id.
         """
         day = utc_day(record.created_at)
+        sk = aggregate_sk(day, record.model, record.request_id)
         put = self._table.put_kwargs(_usage_item(record, day).serialize(), UsageItem.pk.does_not_exist())
-        aggregate = self._table.update_kwargs(f"T#{record.tenant_id}", f"A#{day}#{record.model}", _daily(record, day))
-        changes = _merged(settle)
-        replace: set[str] = set()  # counter items found absent or expired: written whole
+        shard = sk.rsplit("#", 1)[1]
+        aggregate = self._table.update_kwargs(f"T#{record.tenant_id}", sk, _daily(record, day, shard))
         for round_ in range(CONFLICT_ROUNDS):
-            now = self._clock()
-            replaced = [c for c in changes if c.item in replace]
-            added = [c for c in changes if c.item not in replace]
-            puts = [put] + [settle_put(self._table, c, now) for c in replaced]
-            updates = [aggregate] + [settle_update(self._table, c, now) for c in added]
             try:
-                self._table.transact(puts, updates, uuid.uuid4().hex)  # new each round, kept by botocore's retries
-                return True
+                self._table.transact([put], [aggregate], uuid.uuid4().hex)  # new each round, kept by retries
+                break
             except ConditionFailed as refused:
-                reasons = refused.reasons
-            if reasons[:1] == ["ConditionalCheckFailed"]:
-                return False  # the record exists: this request was charged before
-            # pynamodb sends the puts, then the updates: the reasons come in that order.
-            order = [None, *(c.item for c in replaced), None, *(c.item for c in added)]
-            failed = {
-                item for item, why in zip(order, reasons, strict=False) if item and why == "ConditionalCheckFailed"
-            }
-            # An added item refused: absent or expired counts as absent, so it is written whole; a
-            # replacement refused: someone re-created it meanwhile, so it is added to again.
-            replace ^= failed
-            if not failed:
-                conflict_pause(round_)  # TransactionConflict: a concurrent transaction holds an item
-        raise unavailable()
+                if refused.reasons[:1] == ["ConditionalCheckFailed"]:
+                    return False  # the record exists: this request was charged before
+                conflict_pause(round_)  # TransactionConflict: a concurrent transaction holds the aggregate
+        else:
+            raise unavailable()
+        self._settle(settle)
+        return True
+
+    def _settle(self, settle: Sequence[CounterChange]) -> None:
+        """Return the unused part of the reservation; a failure leaves it counted (see the module's note)."""
+        if not settle:
+            return
+        try:
+            self.add_all(settle)
+        except ServiceUnavailable:
+            _log.warning("a reservation could not be settled; it stays counted until its window ends")
 
     def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
-        found = self._table.get(f"R#{request_id}", USAGE_SK)
-        record = _record_from(found) if found is not None else None
-        return record if record is not None and record.tenant_id == tenant_id else None
+        found = self._table.get(usage_pk(tenant_id, request_id), USAGE_SK)
+        return _record_from(found) if found is not None else None
 
     def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         """Aggregates per tenant, day and model, days given as ``YYYY-MM-DD`` (inclusive)."""
@@ -186,9 +210,7 @@ class DynamoDBUsage:
         else:
             span = Path(["gsi1sk"]).between(start_day, f"{end_day}$")  # "$" sorts right after "#"
             items = (item for shard in daily_shards() for item in self._table.query(shard, span, index=True))
-        rows = [_aggregate_from(item) for item in items]
-        rows.sort(key=lambda a: (a.day, a.tenant_id, a.model))
-        return rows
+        return _summed(_aggregate_from(item) for item in items)
 
     def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
         """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None), oldest first."""

@@ -93,12 +93,13 @@ def served(results: list[Result]) -> list[dict[str, Any]]:
     return [r.json()["usage"] for r in results if r.status == 200]
 
 
-def counter(stack: Stack, prefix: str) -> dict[str, int]:
-    """The one counter item whose name starts with ``prefix`` (a test-only scan)."""
+def counter(stack: Stack, prefix: str, tenant: str) -> dict[str, int]:
+    """The one slot of the tenant's counters item whose core name starts with ``prefix``."""
     store = stack.store()
-    items = store.connection.scan(store.table_name)["Items"]
-    [name] = [i["pk"]["S"].removeprefix("C#") for i in items if i["pk"]["S"].startswith(f"C#{prefix}")]
-    return store.read(name)
+    raw = store._table.get(f"T#{tenant}", "LIMITS") or {}
+    [slot] = [name.removeprefix("x_") for name in raw if name.startswith(f"x_{prefix}")]
+    kind, window = slot.split("|")
+    return store.read(f"{kind}|{tenant}|{window}")
 
 
 def test_a_token_quota_holds_under_16_concurrent_containers(world: World) -> None:
@@ -130,7 +131,7 @@ def test_a_token_quota_holds_under_16_concurrent_containers(world: World) -> Non
     assert sorted(r.request_id for r in records) == sorted({r.request_id for r in records})
     [aggregate] = world.stack.store().daily_usage(tenant, "2000-01-01", "2999-12-31")
     assert (aggregate.requests, aggregate.prompt_tokens + aggregate.completion_tokens) == (len(usages), granted)
-    assert counter(world.stack, f"q|{tenant}|")["used"] == granted
+    assert counter(world.stack, "q|", tenant)["used"] == granted
     summary = f"{len(usages)} served, {granted}/{quota} tokens"
     print(f"\n{REQUESTS} requests from {CONTAINERS} containers: {summary} in {elapsed:.1f} s")
 
@@ -165,7 +166,7 @@ def test_tenant_and_key_request_rates_hold_in_one_conditional_write(world: World
         if r.status == 429:
             assert r.error(429)["code"] == "rate_limit_exceeded"
             assert int(r.headers["retry-after"]) >= 1
-    counters = counter(world.stack, f"rl|{tenant}|")
+    counters = counter(world.stack, "rl|", tenant)
     assert counters["req"] == 60
     assert counters[f"req|{key_a_id}"] == 25
     records = world.stack.store().list_usage(tenant, 0, time.time() + 60)

@@ -63,22 +63,40 @@ def test_a_cache_miss_generation_makes_three_limit_and_usage_calls_plus_the_cach
     ops = [op for op, _ in calls]
     assert ops == [
         "GetItem",  # the L2 response cache: a miss
-        "UpdateItem",  # reserve: the minute item (rpm, tpm of tenant and key), conditional
-        "UpdateItem",  # reserve: the month item (quota), conditional
-        "TransactWriteItems",  # usage record + daily aggregate + settling both counter items
+        "UpdateItem",  # reserve: the tenant's counters item (minute and month slots), conditional
+        "TransactWriteItems",  # usage record (create-only) + daily aggregate
+        "UpdateItem",  # settle: the unused part of the reservation back, same item
         "PutItem",  # the L2 response cache: the new answer
     ]
-    transaction = calls[3][1]["TransactItems"]
-    assert len(transaction) == 4
-    assert len([op for op in ops if op != "GetItem" and op != "PutItem"]) <= 3
+    reserve, transaction, settle = calls[1][1], calls[2][1], calls[3][1]
+    assert reserve["Key"]["pk"] == settle["Key"]["pk"] == {"S": "T#ten_a"}
+    assert "ConditionExpression" in reserve
+    assert "ConditionExpression" in settle
+    assert len(transaction["TransactItems"]) == 2
+    assert "attribute_not_exists" in transaction["TransactItems"][0]["Put"]["ConditionExpression"]
+    assert len([op for op in ops if op not in ("GetItem", "PutItem")]) == 3
 
 
 def test_a_sampled_generation_makes_exactly_the_three_calls(setup: Setup) -> None:
-    """No response cache for a non-deterministic request: reserve (2 items) and the usage transaction."""
+    """No response cache for a non-deterministic request: reserve, the usage transaction, settle."""
     assert setup.generate("warm the caches up").status == 200
     calls = record_calls(setup.store)
     assert setup.generate("another prompt").status == 200
-    assert [op for op, _ in calls] == ["UpdateItem", "UpdateItem", "TransactWriteItems"]
+    assert [op for op, _ in calls] == ["UpdateItem", "TransactWriteItems", "UpdateItem"]
+
+
+def test_every_tenant_item_has_a_partition_key_that_begins_with_the_tenant(setup: Setup) -> None:
+    """Only what is read before the tenant is known (key index, signing keys) and the model catalog is global."""
+    assert setup.generate("cache me", temperature=0).status == 200
+    assert setup.generate("sampled").status == 200
+    data = setup.store.connection.scan(setup.store.table_name)  # test-only: the store itself never scans
+    pks = {item["pk"]["S"] for item in data["Items"]}
+    global_items = {pk for pk in pks if pk.startswith("KEY#") or pk in ("MODELS", "SIGNING_KEYS")}
+    assert {pk.split("#")[0] for pk in global_items} == {"KEY", "MODELS"}
+    assert pks - global_items
+    assert all(pk.startswith("T#ten_a") for pk in pks - global_items)
+    kinds = {pk.removeprefix("T#ten_a").split("#")[1] if "#" in pk.removeprefix("T#ten_a") else "" for pk in pks}
+    assert {"", "R", "CACHE"} <= kinds  # tenant partition (tenant, keys, counters, aggregates), records, cache
 
 
 def test_a_cache_hit_costs_the_request_rate_and_the_usage_record_only(setup: Setup) -> None:
@@ -86,7 +104,7 @@ def test_a_cache_hit_costs_the_request_rate_and_the_usage_record_only(setup: Set
     calls = record_calls(setup.store)
     response = setup.generate("a question asked twice", temperature=0)
     assert json.loads(response.body)["cached"] is True
-    # The L1 copy answers; no tokens, so no quota item and nothing to settle.
+    # The L1 copy answers; no tokens, so no quota slot and nothing to settle.
     assert [op for op, _ in calls] == ["UpdateItem", "TransactWriteItems"]
 
 
@@ -113,6 +131,7 @@ def test_a_throttled_table_answers_503_and_charges_nothing(setup: Setup, monkeyp
 
 
 def _counter_items(store: DynamoDBStore) -> list[str]:
-    """The counter items in the table (a test-only scan: the store itself never scans)."""
-    data = store.connection.scan(store.table_name)
-    return sorted(i["pk"]["S"].removeprefix("C#") for i in data["Items"] if i["pk"]["S"].startswith("C#"))
+    """The counter items (slots of the tenant's counters item) core has written, by their core names."""
+    raw = store._table.get("T#ten_a", "LIMITS") or {}
+    slots = {name.removeprefix("x_") for name in raw if name.startswith("x_")}
+    return sorted(f"{kind}|ten_a|{window}" for kind, window in (slot.split("|") for slot in slots))

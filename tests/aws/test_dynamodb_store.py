@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from pynamodb.connection import Connection
 from adapters.aws.dynamodb import DynamoDBStore
 from adapters.aws.dynamodb_models import create_table
 from adapters.aws.dynamodb_table import connect
-from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant, UsageRecord
+from core.domain import ApiKeyRecord, CounterChange, UsageRecord
 from core.ports import Store
 from tests.aws.support import REGION
 
@@ -91,14 +92,15 @@ def test_store_contract(contract_test: Callable[..., None], store: DynamoDBStore
     call_contract(contract_test, {"store": store, "clock": clock})
 
 
-def test_expired_items_still_in_the_table_are_absent_to_every_call(store: DynamoDBStore, clock: FakeClock) -> None:
-    """DynamoDB's TTL deletes hours late: until then the expired item is there, and must not count."""
+def test_expired_slots_still_in_the_item_are_absent_to_every_call(store: DynamoDBStore, clock: FakeClock) -> None:
+    """An expired slot stays in the item until a write clears it: until then it must not count."""
     store.try_add("w", {"a": 4, "b": 1}, {"a": 5}, T0 + 60)
     clock.now = T0 + 61
-    raw = store._table.get("C#w", "C")
-    assert raw is not None  # moto, like DynamoDB before its sweep, still holds it
+    raw = store._table.get("C#w", "LIMITS")
+    assert raw is not None
+    assert raw["c_-#a"] == {"N": "4"}
     assert store.read("w") == {}
-    assert store.try_add("w", {"a": 5}, {"a": 5}, T0 + 120) == (True, {"a": 5})  # "b" went with the old item
+    assert store.try_add("w", {"a": 5}, {"a": 5}, T0 + 120) == (True, {"a": 5})  # "b" went with the old slot
     assert store.read("w") == {"a": 5}
     clock.now = T0 + 121
     assert store.try_add("w", {"a": 6}, {"a": 5}, T0 + 180) == (False, {})  # refused on zeros, nothing written
@@ -106,31 +108,80 @@ def test_expired_items_still_in_the_table_are_absent_to_every_call(store: Dynamo
     assert store.read("w") == {"a": -1}
 
 
-def test_item_layout_keys_ttl_and_field_names(store: DynamoDBStore) -> None:
-    """Field names with "|", "@", "." and brackets are attributes of their own; the TTL is whole seconds, rounded up."""
-    fields = {"req|key_ab12": 1, "used@2026-09-21": 10, "odd.name[0]": 2}
+def test_a_tenants_counters_are_slots_of_one_item_named_after_the_tenant(store: DynamoDBStore) -> None:
+    """Field names with "|", "@", "." and brackets are attributes of their own; expiries are exact."""
+    fields = {"req|key_ab12": 1, "used@2026-09-21": 10, "odd.name[0]#": 2}
     assert store.try_add("rl|t1|123", fields, {"req|key_ab12": 1}, T0 + 59.25) == (True, fields)
-    raw = store._table.get("C#rl|t1|123", "C")
+    assert store.try_add("q|t1|2024-03", {"used": 7}, {"used": 10}, T0 + 86_400) == (True, {"used": 7})
+    raw = store._table.get("T#t1", "LIMITS")
     assert raw is not None
-    assert float(raw["expires_at"]["N"]) == T0 + 60
+    assert "expires_at" not in raw  # no TTL on the item: the month's slot outlives the minutes
+    assert float(raw["x_rl|123"]["N"]) == T0 + 59.25
     assert {name for name in raw if name.startswith("c_")} == {
-        "c_req|key_ab12",
-        "c_used@2026-09-21",
-        "c_odd.name%5B0%5D",
+        "c_rl|123#req|key_ab12",
+        "c_rl|123#used@2026-09-21",
+        "c_rl|123#odd.name%5B0%5D%23",
+        "c_q|2024-03#used",
     }
-    store.put_tenant(Tenant("t1", "T", T0, Limits(requests_per_minute=1)))
-    tenant = store._table.get("T#t1", "TENANT")
-    assert tenant is not None
-    assert tenant["gsi1pk"] == {"S": "TENANTS"}
+    assert store.read("rl|t1|123") == fields
+    assert store.read("q|t1|2024-03") == {"used": 7}
 
 
-def test_an_expired_api_key_is_not_in_the_ttl_attribute(store: DynamoDBStore) -> None:
-    """A key's own expiry must not make DynamoDB's TTL delete its record."""
+def test_expired_slots_are_removed_by_the_next_write(store: DynamoDBStore, clock: FakeClock) -> None:
+    """Old minutes do not pile up in a tenant's item: the write after one that saw them removes them."""
+    store.try_add("q|t1|2024-03", {"used": 1}, {}, T0 + 86_400)
+    for minute in range(6):
+        clock.now = T0 + 60 * minute
+        store.try_add(f"rl|t1|{minute}", {"req": 1}, {"req": 5}, T0 + 60 * minute + 120)
+    raw = store._table.get("T#t1", "LIMITS")
+    assert raw is not None
+    slots = {name.split("#")[0] for name in raw if name.startswith("c_")}
+    # A slot lives 2 minutes: the last write saw minute 2 expired (the next one removes it); 0 and 1 are gone.
+    assert slots == {"c_q|2024-03", "c_rl|2", "c_rl|3", "c_rl|4", "c_rl|5"}
+    assert store.read("q|t1|2024-03") == {"used": 1}
+
+
+def test_a_reservation_over_a_tenants_minute_and_month_is_one_update(store: DynamoDBStore) -> None:
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    changes = [
+        CounterChange("rl|t1|9", {"req": 1, "tok": 50}, {"req": 2, "tok": 100}, T0 + 120),
+        CounterChange("q|t1|2024-03", {"used": 50}, {"used": 1000}, T0 + 86_400),
+    ]
+    assert store.try_add_all(changes) == (True, [{"req": 1, "tok": 50}, {"used": 50}])
+    assert calls == ["UpdateItem"]
+    calls.clear()
+    assert store.try_add_all(changes) == (True, [{"req": 2, "tok": 100}, {"used": 100}])
+    ok, seen = store.try_add_all(changes)  # the minute refuses: the month is not touched either
+    assert (ok, seen) == (False, [{"req": 2, "tok": 100}, {"used": 100}])
+    assert calls == ["UpdateItem", "UpdateItem"]
+    assert store.read("q|t1|2024-03") == {"used": 100}
+
+
+def test_api_keys_live_under_their_tenant_behind_an_index_entry(store: DynamoDBStore) -> None:
+    """A key's own expiry must not make DynamoDB's TTL delete its record; its index names the tenant only."""
     store.put_key(ApiKeyRecord("k1", "t1", "n", "h", frozenset({"generate"}), T0, expires_at=T0 - 10))
-    raw = store._table.get("K#k1", "KEY")
+    raw = store._table.get("T#t1", "KEY#k1")
     assert raw is not None
     assert "expires_at" not in raw
     assert float(raw["key_expires_at"]["N"]) == T0 - 10
+    index = store._table.get("KEY#k1", "KEY")
+    assert index is not None
+    assert set(index) == {"pk", "sk", "tenant_id"}
+    assert store.get_key("k1") is not None
+
+
+def test_a_key_imported_again_for_another_tenant_moves_there(store: DynamoDBStore) -> None:
+    first = ApiKeyRecord("k1", "t1", "n", "h", frozenset({"generate"}), T0)
+    store.put_key(first)
+    other = DynamoDBStore(store.table_name, store.connection, clock=lambda: T0)  # another container
+    assert other.get_key("k1") == first  # and it remembers the tenant
+    store.put_key(dataclasses.replace(first, tenant_id="t2"))
+    assert store.list_keys("t1") == []
+    assert [k.tenant_id for k in store.list_keys("t2")] == ["t2"]
+    got = other.get_key("k1")  # its remembered tenant no longer holds the key: it reads the index again
+    assert got is not None
+    assert got.tenant_id == "t2"
 
 
 def test_settling_an_expired_or_absent_counter_item_recreates_it(store: DynamoDBStore, clock: FakeClock) -> None:

@@ -179,3 +179,17 @@ def test_transaction_conflicts_are_tried_again(store: DynamoDBStore, monkeypatch
     assert conflicts["UpdateItem"] == 3
     monkeypatch.undo()
     assert store.read("q") == {"used": 41}
+
+
+def test_a_settlement_failing_after_the_record_keeps_the_record_and_the_reservation(
+    store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bill (the record) is written; the unused reservation stays counted: refusing errs, never overspends."""
+    store.try_add("q", {"used": 100}, {}, FAR)
+    attempts = throttle(store, monkeypatch, "UpdateItem", only=b'"C#q"')
+    assert store.record_usage(_usage("r1"), [CounterChange("q", {"used": -60}, expires_at=FAR)]) is True
+    assert attempts["UpdateItem"] == 5
+    monkeypatch.undo()
+    assert store.get_usage("t1", "r1") is not None
+    assert store.read("q") == {"used": 100}
+    assert "could not be settled" in caplog.text
