@@ -14,7 +14,8 @@ from botocore.exceptions import (
 from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
-from adapters.aws.sagemaker_wire import container_error_type, container_message
+from adapters.aws.sagemaker_wire import container_error_type
+from adapters.openai_compat.backend import upstream_message
 from core.errors import BackendError, BackendTimeout
 
 THROTTLING_CODES = frozenset(
@@ -71,7 +72,7 @@ def _model_error(response: Any, message: str) -> BackendError:
     """The container itself answered an error: ``OriginalStatusCode`` and its body ``OriginalMessage``."""
     original = response.get("OriginalStatusCode")
     body = response.get("OriginalMessage")
-    detail = container_message(body) if isinstance(body, str) and body else message
+    detail = upstream_message(body) if isinstance(body, str) and body else message
     kind = container_error_type(body) if isinstance(body, str) else None
     if original == 429 or kind == "overloaded":
         return throttled(detail)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 
-from adapters.openai_compat.backend import from_chat_response, from_stream_chunk
+from adapters.openai_compat.backend import from_chat_response, from_stream_chunk, is_count, upstream_message
 from core.errors import BackendError
 from core.inference import ChatMessage, FinishReason, GenerationParams, Prompt
 
 ChatTemplate = Literal["chatml", "llama3", "none"]
 CHAT_TEMPLATES: tuple[ChatTemplate, ...] = ("chatml", "llama3", "none")
-_MAX_MESSAGE_CHARS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +212,7 @@ def parse_stream_line(line: bytes | str, schema: str = "native") -> StreamChunk 
 
 def _native_chunk(data: Mapping[str, Any]) -> StreamChunk:
     if "error" in data:
-        raise BackendError(f"the model container failed mid-stream: {container_message(data)}", retryable=True)
+        raise BackendError(f"the model container failed mid-stream: {upstream_message(data)}", retryable=True)
     token = data.get("token")
     piece = ""
     if isinstance(token, dict) and not token.get("special") and isinstance(token.get("text"), str):
@@ -255,24 +254,6 @@ def decode_body(content: bytes) -> Any:
         raise bad_response("the response is not JSON") from None
 
 
-def container_message(body: bytes | str | Mapping[str, Any]) -> str:
-    """The message of a container error body (TGI ``{"error", "error_type"}``, LMI ``{"error", "code"}``)."""
-    data: Any = body
-    if isinstance(body, bytes | str):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-    message: object = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        message = message or data.get("message") or data.get("Message")
-    if not isinstance(message, str) or not message:
-        message = body.decode(errors="replace") if isinstance(body, bytes) else body if isinstance(body, str) else ""
-    return message.strip()[:_MAX_MESSAGE_CHARS] or "no message"
-
-
 def container_error_type(body: bytes | str) -> str | None:
     """TGI's ``error_type`` (validation, generation, overloaded, incomplete_generation), if any."""
     try:
@@ -281,10 +262,6 @@ def container_error_type(body: bytes | str) -> str | None:
         return None
     value = data.get("error_type") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
-
-
-def is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def bad_response(detail: str) -> BackendError:

@@ -156,7 +156,7 @@ def from_embeddings_response(body: Mapping[str, Any], expected: int) -> tuple[li
         raise _bad_response("malformed embeddings") from None
     usage = body.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    return vectors, tokens if _is_count(tokens) else None
+    return vectors, tokens if is_count(tokens) else None
 
 
 def finish_reason(value: object) -> FinishReason:
@@ -172,15 +172,16 @@ def parse_usage(body: Mapping[str, Any]) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if _is_count(prompt) and _is_count(completion):
+    if is_count(prompt) and is_count(completion):
         return prompt, completion
     return None
 
 
-def upstream_message(body: bytes | Mapping[str, Any]) -> str:
-    """The error message in an upstream body (OpenAI, vLLM, llama.cpp, Ollama shapes), truncated."""
+def upstream_message(body: bytes | str | Mapping[str, Any]) -> str:
+    """The error message in an upstream body, truncated: OpenAI, vLLM, llama.cpp and Ollama shapes, and the
+    SageMaker containers' (TGI ``{"error", "error_type"}``, LMI ``{"error", "code"}``, AWS ``{"Message"}``)."""
     data: Any = body
-    if isinstance(body, bytes):
+    if isinstance(body, bytes | str):
         try:
             data = json.loads(body)
         except ValueError:
@@ -189,10 +190,10 @@ def upstream_message(body: bytes | Mapping[str, Any]) -> str:
     if isinstance(data, dict):
         error = data.get("error")
         message = error.get("message") if isinstance(error, dict) else error
-        message = message or data.get("message") or data.get("detail")
+        message = message or data.get("message") or data.get("detail") or data.get("Message")
     if not isinstance(message, str) or not message:
-        message = body.decode(errors="replace").strip() if isinstance(body, bytes) else ""
-    return message[:_MAX_MESSAGE_CHARS] or "no message"
+        message = body.decode(errors="replace") if isinstance(body, bytes) else body if isinstance(body, str) else ""
+    return message.strip()[:_MAX_MESSAGE_CHARS] or "no message"
 
 
 def error_for_status(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> BackendError:
@@ -228,7 +229,8 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _is_count(value: object) -> TypeGuard[int]:
+def is_count(value: object) -> TypeGuard[int]:
+    """A token count as a JSON number can carry it: a non-negative int, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

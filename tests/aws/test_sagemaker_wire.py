@@ -10,7 +10,6 @@ from adapters.aws.sagemaker_wire import (
     Reply,
     StreamChunk,
     container_error_type,
-    container_message,
     from_lmi_response,
     from_messages_response,
     from_tei_response,
@@ -23,6 +22,7 @@ from adapters.aws.sagemaker_wire import (
     to_tei_payload,
     to_tgi_payload,
 )
+from adapters.openai_compat.backend import upstream_message
 from core.errors import BackendError
 from core.inference import ChatMessage, GenerationParams, Prompt
 
@@ -206,9 +206,9 @@ def test_tei_embeddings() -> None:
 
 def test_container_error_bodies() -> None:
     tgi = '{"error":"Input validation error: `inputs` must have less than 4096 tokens","error_type":"validation"}'
-    assert container_message(tgi).startswith("Input validation error")
+    assert upstream_message(tgi).startswith("Input validation error")
     assert container_error_type(tgi) == "validation"
-    assert container_message('{"error": "bad parameter", "code": 424}') == "bad parameter"
-    assert container_message(b"plain text failure") == "plain text failure"
+    assert upstream_message('{"error": "bad parameter", "code": 424}') == "bad parameter"
+    assert upstream_message(b"plain text failure") == "plain text failure"
     assert container_error_type("not json") is None
-    assert container_message("") == "no message"
+    assert upstream_message("") == "no message"
