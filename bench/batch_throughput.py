@@ -101,7 +101,7 @@ def run_once(store: Store, work: Path, lines: int, concurrency: int, latency_s: 
     assert job is not None
     runner = gateway.batch_runner(blobs, RunnerSettings(concurrency=concurrency))
     cpu, wall = time.process_time(), time.perf_counter()
-    done = asyncio.run(runner.run(job.id))
+    done = asyncio.run(runner.run(job.tenant_id, job.id))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     assert done is not None
     assert done.completed == lines == backend.calls, (done.completed, backend.calls)

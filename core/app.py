@@ -164,11 +164,11 @@ class Gateway:
             sleep=self.batch_sleep,
         )
 
-    async def run_job(self, kind: str, job_id: str) -> None:
+    async def run_job(self, kind: str, tenant_id: str, job_id: str) -> None:
         """The consumer of the job queue (an in-process task here; an SQS/Pub/Sub handler in the clouds)."""
         if kind != "batch":
             raise ValueError(f"unknown job kind: {kind!r}")
-        await self.batch_runner().run(job_id)
+        await self.batch_runner().run(tenant_id, job_id)
 
     async def stop_jobs(self) -> None:
         """At shutdown: stop the in-process jobs; each records where it stopped and resumes when run again."""

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from core.observability import LOGGER_NAME
 
-JobHandler = Callable[[str, str], Awaitable[object]]
+JobHandler = Callable[[str, str, str], Awaitable[object]]  # (kind, tenant_id, job_id)
 
 
 class InProcessJobQueue:
@@ -33,18 +33,19 @@ class InProcessJobQueue:
     def running(self) -> int:
         return len(self._tasks)
 
-    def submit(self, kind: str, job_id: str) -> None:
+    def submit(self, kind: str, tenant_id: str, job_id: str) -> None:
         if self._handler is None:
             raise RuntimeError("InProcessJobQueue has no handler")
-        task = asyncio.get_running_loop().create_task(self._run(self._handler, kind, job_id))
+        task = asyncio.get_running_loop().create_task(self._run(self._handler, kind, tenant_id, job_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, handler: JobHandler, kind: str, job_id: str) -> None:
+    async def _run(self, handler: JobHandler, kind: str, tenant_id: str, job_id: str) -> None:
         try:
-            await handler(kind, job_id)
+            await handler(kind, tenant_id, job_id)
         except Exception:
-            self._log.exception("job failed", extra={"fields": {"kind": kind, "job_id": job_id}})
+            fields = {"kind": kind, "tenant_id": tenant_id, "job_id": job_id}
+            self._log.exception("job failed", extra={"fields": fields})
 
     async def join(self) -> None:
         """Wait until every submitted job (and any job those submit) has finished."""

@@ -106,10 +106,14 @@ class SigningKeyStore(Protocol):
 class DocumentStore(Protocol):
     """Versioned JSON documents in collections: files, batches, batch line results, fine-tune jobs.
 
+    A document belongs to its owner (the tenant): it is named by (collection, owner, id), so the same id
+    under two owners is two documents, and no call reaches another owner's document (get answers None,
+    delete False, list leaves it out). Every key can thus begin with the tenant (DynamoDB partitions).
+
     Every write is on ONE document and may be conditional: ``if_absent`` (create only) or
     ``if_version`` (optimistic concurrency: replace only the version read). All three document
     databases do this natively (DynamoDB conditions, Firestore preconditions, Cosmos etags).
-    Listing is by collection (and owner), ordered by document id, paged with ``after``.
+    Listing is of one owner's documents of a collection, ordered by document id, paged with ``after``.
     """
 
     def put_document(
@@ -120,16 +124,16 @@ class DocumentStore(Protocol):
         if_absent: bool = False,
         if_version: int | None = None,
     ) -> Document | None:
-        """Write ``doc`` (its version is ignored) and return it with its new version, or None if a
-        condition failed."""
+        """Write ``doc`` under ``doc.owner`` (its version is ignored) and return it with its new version,
+        or None if a condition failed."""
 
-    def get_document(self, collection: str, doc_id: str) -> Document | None: ...
+    def get_document(self, collection: str, owner: str, doc_id: str) -> Document | None: ...
 
     def list_documents(
-        self, collection: str, owner: str | None = None, after: str | None = None, limit: int = 100
+        self, collection: str, owner: str, after: str | None = None, limit: int = 100
     ) -> list[Document]: ...
 
-    def delete_document(self, collection: str, doc_id: str) -> bool: ...
+    def delete_document(self, collection: str, owner: str, doc_id: str) -> bool: ...
 
 
 class Store(
@@ -194,11 +198,12 @@ class BlobStore(Protocol):
 class JobQueue(Protocol):
     """Runs long jobs (batches) outside the request that created them: an in-process task, SQS, Pub/Sub.
 
-    ``submit`` only enqueues; the consumer calls ``Gateway.run_job(kind, job_id)``. Delivery may be
-    repeated, so jobs are idempotent (a batch resumes where it stopped and charges no line twice).
+    ``submit`` only enqueues; the consumer calls ``Gateway.run_job(kind, tenant_id, job_id)`` (a job is
+    a document of its tenant, found only by both). Delivery may be repeated, so jobs are idempotent (a
+    batch resumes where it stopped and charges no line twice).
     """
 
-    def submit(self, kind: str, job_id: str) -> None: ...
+    def submit(self, kind: str, tenant_id: str, job_id: str) -> None: ...
 
 
 class FineTuner(Protocol):

@@ -105,10 +105,10 @@ EMB = ModelSpec(
 class DeferredJobQueue:
     """A JobQueue that only records submissions; ``Harness.run_jobs`` runs them (Harness.call ends its loop)."""
 
-    submitted: list[tuple[str, str]] = field(default_factory=list)
+    submitted: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, tenant_id, job_id)
 
-    def submit(self, kind: str, job_id: str) -> None:
-        self.submitted.append((kind, job_id))
+    def submit(self, kind: str, tenant_id: str, job_id: str) -> None:
+        self.submitted.append((kind, tenant_id, job_id))
 
 
 @dataclass
@@ -245,8 +245,8 @@ class Harness:
         """Run every submitted job (and those they submit) to its end; returns how many ran."""
         ran = 0
         while self.jobs.submitted:
-            kind, job_id = self.jobs.submitted.pop(0)
-            asyncio.run(self.gateway.run_job(kind, job_id))
+            kind, tenant_id, job_id = self.jobs.submitted.pop(0)
+            asyncio.run(self.gateway.run_job(kind, tenant_id, job_id))
             ran += 1
         return ran
 

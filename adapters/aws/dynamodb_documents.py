@@ -1,19 +1,20 @@
 """DynamoDBDocuments: the DocumentStore role. Each write is one conditional UpdateItem on one document.
 
-A document is ``pk = D#<collection>``, ``sk = <doc id>``: listing a collection in id order is a Query of
-its partition (``sk > after``); listing one owner's documents is a Query of the gsi1 partition
-``D#<collection>#<owner>`` (``gsi1sk = <doc id>``), never a filter over the collection. The body is
-kept as JSON text and ``version`` as a number. ``if_absent`` is a PutItem (version 1) conditioned on
-``attribute_not_exists(pk)``, ``if_version`` a PutItem (version v + 1) conditioned on ``version = :v``;
-an unconditional write is an UpdateItem that ``ADD``s 1 to the version (whatever it was). The owner
-listing reads a GSI, which DynamoDB keeps eventually consistent (a document written a moment ago may
-be missing from it).
+A document is ``pk = T#<owner>#D#<collection>``, ``sk = <doc id>``: every key begins with its tenant, the
+same id under two owners is two items, and no call reaches another owner's document. Listing one owner's
+documents in id order is a strongly consistent Query of that partition (``sk > after``); documents use no
+GSI. The body is kept as JSON text and ``version`` as a number. ``if_absent`` is a PutItem (version 1)
+conditioned on ``attribute_not_exists(pk)``, ``if_version`` a PutItem (version v + 1) conditioned on
+``version = :v``; an unconditional write is an UpdateItem that ``ADD``s 1 to the version (whatever it was).
+
+Documents written under the former key (``pk = D#<collection>``, with gsi1 ``D#<collection>#<owner>``)
+are not read any more.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from pynamodb.expressions.operand import Path
@@ -23,12 +24,9 @@ from adapters.aws.dynamodb_table import ConditionFailed, DynamoDBTable, Item
 from core.domain import Document
 
 
-def _pk(collection: str) -> str:
-    return f"D#{collection}"
-
-
-def _owner_pk(collection: str, owner: str) -> str:
-    return f"D#{collection}#{owner}"
+def _pk(collection: str, owner: str) -> str:
+    """The partition of one owner's documents of a collection."""
+    return f"T#{owner}#D#{collection}"
 
 
 def _document_from(item: Item) -> Document:
@@ -55,7 +53,7 @@ class DynamoDBDocuments:
         condition failed."""
         body = json.dumps(doc.body, separators=(",", ":"), ensure_ascii=False)
         now = self._clock()
-        pk = _pk(collection)
+        pk = _pk(collection, doc.owner)
         try:
             if if_absent or if_version is not None:
                 # The new version is known: one PutItem of the whole document, conditioned.
@@ -64,8 +62,6 @@ class DynamoDBDocuments:
                 item = DocumentItem(
                     pk=pk,
                     sk=doc.id,
-                    gsi1pk=_owner_pk(collection, doc.owner),
-                    gsi1sk=doc.id,
                     id=doc.id,
                     owner=doc.owner,
                     body=body,
@@ -80,8 +76,6 @@ class DynamoDBDocuments:
                     DocumentItem.owner.set(doc.owner),
                     DocumentItem.body.set(body),
                     DocumentItem.updated_at.set(now),
-                    DocumentItem.gsi1pk.set(_owner_pk(collection, doc.owner)),
-                    DocumentItem.gsi1sk.set(doc.id),
                     DocumentItem.version.add(1),
                 ]
                 new = self._table.update(pk, doc.id, actions, return_values="UPDATED_NEW")
@@ -90,24 +84,16 @@ class DynamoDBDocuments:
             return None
         return Document(doc.id, doc.owner, json.loads(body), version, now)
 
-    def get_document(self, collection: str, doc_id: str) -> Document | None:
-        found = self._table.get(_pk(collection), doc_id)
+    def get_document(self, collection: str, owner: str, doc_id: str) -> Document | None:
+        found = self._table.get(_pk(collection, owner), doc_id)
         return _document_from(found) if found is not None else None
 
-    def list_documents(
-        self, collection: str, owner: str | None = None, after: str | None = None, limit: int = 100
-    ) -> list[Document]:
-        """Documents ordered by id, those with an id above ``after`` only, of ``owner`` if given."""
+    def list_documents(self, collection: str, owner: str, after: str | None = None, limit: int = 100) -> list[Document]:
+        """The owner's documents ordered by id, those with an id above ``after`` only."""
         if limit <= 0:
             return []
-        items: Iterator[Item]
-        if owner is None:
-            span = Path(["sk"]) > after if after is not None else None
-            items = self._table.query(_pk(collection), span, limit=limit)
-        else:
-            span = Path(["gsi1sk"]) > after if after is not None else None
-            items = self._table.query(_owner_pk(collection, owner), span, index=True, limit=limit)
-        return [_document_from(item) for item in items]
+        span = Path(["sk"]) > after if after is not None else None
+        return [_document_from(item) for item in self._table.query(_pk(collection, owner), span, limit=limit)]
 
-    def delete_document(self, collection: str, doc_id: str) -> bool:
-        return self._table.delete(_pk(collection), doc_id)
+    def delete_document(self, collection: str, owner: str, doc_id: str) -> bool:
+        return self._table.delete(_pk(collection, owner), doc_id)

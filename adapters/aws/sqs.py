@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 class SqsJobQueue:
-    """``JobQueue`` on SQS: ``submit`` sends ``{"kind", "job_id"}``; the batch function runs the job.
+    """``JobQueue`` on SQS: ``submit`` sends ``{"kind", "tenant_id", "job_id"}``; the batch function runs the job.
 
     Delivery is at least once; jobs are idempotent (a batch resumes where it stopped), so a repeated
     message costs a look at the batch record and nothing more.
@@ -28,9 +28,9 @@ class SqsJobQueue:
             self._client = boto3.client("sqs")
         return self._client
 
-    def submit(self, kind: str, job_id: str) -> None:
+    def submit(self, kind: str, tenant_id: str, job_id: str) -> None:
         self._sqs().send_message(
             QueueUrl=self._queue_url,
-            MessageBody=json.dumps({"kind": kind, "job_id": job_id}),
+            MessageBody=json.dumps({"kind": kind, "tenant_id": tenant_id, "job_id": job_id}),
             DelaySeconds=self._delay_s,
         )

@@ -1,4 +1,8 @@
-"""MemoryDocuments: the DocumentStore role in memory (a mixin of MemoryStore)."""
+"""MemoryDocuments: the DocumentStore role in memory (a mixin of MemoryStore).
+
+Documents live in one sorted collection per (collection, owner): the same id under two owners is two
+documents, and a call names the owner, so it never sees another owner's documents.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def _copy(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Collection:
-    """Documents by id, and their ids kept sorted so a page is a bisect plus a slice."""
+    """One owner's documents of a collection by id, their ids kept sorted so a page is a bisect plus a slice."""
 
     __slots__ = ("docs", "ids")
 
@@ -35,7 +39,7 @@ class MemoryDocuments:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._doc_clock = clock
         self._doc_lock = threading.Lock()
-        self._collections: dict[str, _Collection] = {}
+        self._collections: dict[tuple[str, str], _Collection] = {}  # (collection, owner) -> its documents
 
     def put_document(
         self,
@@ -47,7 +51,7 @@ class MemoryDocuments:
     ) -> Document | None:
         body = _copy(doc.body)
         with self._doc_lock:
-            coll = self._collections.setdefault(collection, _Collection())
+            coll = self._collections.setdefault((collection, doc.owner), _Collection())
             current = coll.docs.get(doc.id)
             if if_absent and current is not None:
                 return None
@@ -59,36 +63,28 @@ class MemoryDocuments:
             coll.docs[doc.id] = stored
         return replace(stored, body=_copy(body))
 
-    def get_document(self, collection: str, doc_id: str) -> Document | None:
+    def get_document(self, collection: str, owner: str, doc_id: str) -> Document | None:
         with self._doc_lock:
-            coll = self._collections.get(collection)
+            coll = self._collections.get((collection, owner))
             found = coll.docs.get(doc_id) if coll is not None else None
         return replace(found, body=_copy(found.body)) if found is not None else None
 
-    def list_documents(
-        self, collection: str, owner: str | None = None, after: str | None = None, limit: int = 100
-    ) -> list[Document]:
-        """Documents ordered by id, those with an id above ``after`` only, of ``owner`` if given."""
-        found: list[Document] = []
+    def list_documents(self, collection: str, owner: str, after: str | None = None, limit: int = 100) -> list[Document]:
+        """The owner's documents ordered by id, those with an id above ``after`` only."""
         with self._doc_lock:
-            coll = self._collections.get(collection)
+            coll = self._collections.get((collection, owner))
             if coll is None or limit <= 0:
                 return []
             start = bisect.bisect_right(coll.ids, after) if after is not None else 0
-            for index in range(start, len(coll.ids)):
-                doc = coll.docs[coll.ids[index]]
-                if owner is None or doc.owner == owner:
-                    found.append(doc)
-                    if len(found) >= limit:
-                        break
+            found = [coll.docs[doc_id] for doc_id in coll.ids[start : start + limit]]
         return [replace(d, body=_copy(d.body)) for d in found]
 
-    def delete_document(self, collection: str, doc_id: str) -> bool:
+    def delete_document(self, collection: str, owner: str, doc_id: str) -> bool:
         with self._doc_lock:
-            coll = self._collections.get(collection)
+            coll = self._collections.get((collection, owner))
             if coll is None or coll.docs.pop(doc_id, None) is None:
                 return False
             del coll.ids[bisect.bisect_left(coll.ids, doc_id)]
             if not coll.docs:
-                del self._collections[collection]
+                del self._collections[(collection, owner)]
             return True

@@ -31,8 +31,8 @@ def _batch_out(job: BatchJob) -> BatchObject:
 
 def _load(ctx: RequestContext) -> BatchJob:
     batch_id = ctx.request.path_params["batch_id"]
-    job = load_batch(ctx.gateway.store, batch_id)
-    if job is None or job.tenant_id != ctx.caller.tenant_id:
+    job = load_batch(ctx.gateway.store, ctx.caller.tenant_id, batch_id)
+    if job is None:
         raise NotFound(f"no such batch: {batch_id}", param="batch_id", code="batch_not_found")
     return job
 
@@ -80,7 +80,7 @@ def register(router: Router) -> None:
         if written is None:
             raise Conflict("a batch with this id exists; retry")
         job.version = written.version
-        ctx.gateway.jobs.submit("batch", batch_id)
+        ctx.gateway.jobs.submit("batch", tenant, batch_id)
         return Response.json(_batch_out(job))
 
     @router.route(
@@ -135,5 +135,6 @@ def register(router: Router) -> None:
         except _NotCancellable as exc:
             raise Conflict(f"a {exc.status} batch cannot be cancelled", code="batch_not_cancellable") from None
         if job.status == "cancelling" and (job.lease_owner is None or job.lease_until <= now):
-            ctx.gateway.jobs.submit("batch", job.id)  # nobody is running it: a runner writes what exists and stops
+            # Nobody is running it: a runner writes what exists and stops.
+            ctx.gateway.jobs.submit("batch", job.tenant_id, job.id)
         return Response.json(_batch_out(job))

@@ -28,8 +28,8 @@ def require_files_scope(principal: Principal) -> None:
 
 def load_file(ctx: RequestContext, file_id: str, param: str = "file_id") -> FileRecord:
     """The caller's file; another tenant's file is as absent as one that never existed."""
-    doc = ctx.gateway.store.get_document(FILES, file_id)
-    if doc is None or doc.owner != ctx.caller.tenant_id:
+    doc = ctx.gateway.store.get_document(FILES, ctx.caller.tenant_id, file_id)
+    if doc is None:
         raise NotFound(f"no such file: {file_id}", param=param, code="file_not_found")
     return FileRecord.from_document(doc)
 
@@ -157,7 +157,7 @@ def register(router: Router) -> None:
         require_files_scope(ctx.caller)
         record = load_file(ctx, ctx.request.path_params["file_id"])
         await asyncio.to_thread(ctx.gateway.require_blobs().delete_object, record.blob_key)
-        ctx.gateway.store.delete_document(FILES, record.id)
+        ctx.gateway.store.delete_document(FILES, record.tenant_id, record.id)
         return Response.json(FileDeleted(id=record.id, deleted=True))
 
 

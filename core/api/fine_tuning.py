@@ -30,8 +30,8 @@ def _out(job: FineTuneJob) -> FineTuningJobObject:
 def _load(ctx: RequestContext) -> FineTuneJob:
     """The caller's job; another tenant's job is as absent as one that never existed."""
     job_id = ctx.request.path_params["job_id"]
-    job = load_job(ctx.gateway.store, job_id)
-    if job is None or job.tenant_id != ctx.caller.tenant_id:
+    job = load_job(ctx.gateway.store, ctx.caller.tenant_id, job_id)
+    if job is None:
         raise NotFound(
             f"no such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="fine_tuning_job_not_found"
         )

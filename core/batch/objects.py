@@ -31,7 +31,7 @@ def object_batch(
     if version is None:
         return None
     batch_id = derived_batch_id(tenant_id, identity or input_key, version)
-    existing = load_batch(store, batch_id)
+    existing = load_batch(store, tenant_id, batch_id)
     if existing is not None:
         return existing
     principal = system_principal(tenant_id, source)
@@ -49,6 +49,6 @@ def object_batch(
     )
     written = store.put_document(BATCHES, job.to_document(), if_absent=True)
     if written is None:  # another process created it a moment ago
-        return load_batch(store, batch_id)
+        return load_batch(store, tenant_id, batch_id)
     job.version = written.version
     return job

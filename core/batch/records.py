@@ -190,8 +190,9 @@ def _known(cls: type[Any], body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k in names}
 
 
-def load_batch(store: DocumentStore, batch_id: str) -> BatchJob | None:
-    doc = store.get_document(BATCHES, batch_id)
+def load_batch(store: DocumentStore, tenant_id: str, batch_id: str) -> BatchJob | None:
+    """The tenant's batch; another tenant's batch of that id is not found."""
+    doc = store.get_document(BATCHES, tenant_id, batch_id)
     return BatchJob.from_document(doc) if doc is not None else None
 
 
@@ -204,7 +205,7 @@ def update_batch(store: DocumentStore, job: BatchJob, change: Callable[[BatchJob
         if written is not None:
             fresh.version = written.version
             return fresh
-        reread = load_batch(store, job.id)
+        reread = load_batch(store, job.tenant_id, job.id)
         if reread is None:
             raise LookupError(f"batch {job.id} vanished")
         job = reread
@@ -218,8 +219,8 @@ def reopen(job: BatchJob) -> None:
         job.output_file_id = job.error_file_id = None
 
 
-def iter_documents(store: DocumentStore, collection: str, owner: str | None, page: int = 500) -> Iterator[Document]:
-    """Every document of a collection in id order, read page by page."""
+def iter_documents(store: DocumentStore, collection: str, owner: str, page: int = 500) -> Iterator[Document]:
+    """Every document of ``owner`` in a collection, in id order, read page by page."""
     after: str | None = None
     while True:
         docs = store.list_documents(collection, owner, after, page)

@@ -100,15 +100,15 @@ class BatchRunner:
 
     # -- the batch -------------------------------------------------------------------------------------
 
-    async def run(self, batch_id: str, progress: Progress | None = None) -> BatchJob | None:
-        """Run the batch to its end; None when it does not exist or another runner is on it."""
-        job = load_batch(self._store, batch_id)
+    async def run(self, tenant_id: str, batch_id: str, progress: Progress | None = None) -> BatchJob | None:
+        """Run the tenant's batch to its end; None when it does not exist or another runner is on it."""
+        job = load_batch(self._store, tenant_id, batch_id)
         if job is None or job.terminal:
             return job
         try:
             job = update_batch(self._store, job, self._claim)
         except _Busy:
-            fresh = load_batch(self._store, batch_id)
+            fresh = load_batch(self._store, tenant_id, batch_id)
             return fresh if fresh is not None and fresh.terminal else None
         size = self._settings.queue_size or 2 * self._settings.concurrency
         run = _Run(job, job.principal(), asyncio.Queue(size), progress)

@@ -49,8 +49,9 @@ def advance(job: FineTuneJob, target: str, now: float) -> list[Event]:
     return events
 
 
-def load_job(store: DocumentStore, job_id: str) -> FineTuneJob | None:
-    doc = store.get_document(JOBS, job_id)
+def load_job(store: DocumentStore, tenant_id: str, job_id: str) -> FineTuneJob | None:
+    """The tenant's fine-tune job; another tenant's job of that id is not found."""
+    doc = store.get_document(JOBS, tenant_id, job_id)
     return FineTuneJob.from_document(doc) if doc is not None else None
 
 
@@ -80,7 +81,7 @@ def update_job(
             fresh.version = written.version
             _write_events(store, fresh, events, first, now)
             return fresh
-        reread = load_job(store, job.id)
+        reread = load_job(store, job.tenant_id, job.id)
         if reread is None:
             raise LookupError(f"fine-tuning job {job.id} vanished")
         job = reread

@@ -79,9 +79,10 @@ def _record(record: SQSRecord, lambda_context: Any = None) -> list[Outcome]:
     for item in items:
         if isinstance(item, JobMessage):
             if item.kind == "batch":
-                outcomes.append(_run_batch(rt, item.job_id, deadline))
+                outcomes.append(_run_batch(rt, item.tenant_id, item.job_id, deadline))
             else:
-                logger.error("unknown job kind on the batch queue", extra={"kind": item.kind, "job_id": item.job_id})
+                fields = {"kind": item.kind, "tenant_id": item.tenant_id, "job_id": item.job_id}
+                logger.error("unknown job kind on the batch queue", extra=fields)
                 outcomes.append(Outcome(None, "ignored"))
         else:
             outcomes.append(once.call(obj=_object_dict(item), deadline=deadline))
@@ -155,23 +156,24 @@ def _object(*, obj: dict[str, Any], deadline: float) -> Outcome:
     if job is None:
         logger.warning("batch input object is gone", extra={"key": created.key})
         return Outcome(None, "missing")
-    return _run_batch(rt, job.id, deadline)
+    return _run_batch(rt, tenant_id, job.id, deadline)
 
 
-def _run_batch(rt: Runtime, batch_id: str, deadline: float) -> Outcome:
+def _run_batch(rt: Runtime, tenant_id: str, batch_id: str, deadline: float) -> Outcome:
     """Run until done or until the deadline; then the batch records its place and a continuation is queued."""
     runner = rt.gateway.batch_runner()
     budget = max(0.5, deadline - time.monotonic())
     try:
-        job = rt.loop.run_until_complete(asyncio.wait_for(runner.run(batch_id), timeout=budget))
+        job = rt.loop.run_until_complete(asyncio.wait_for(runner.run(tenant_id, batch_id), timeout=budget))
     except TimeoutError:
-        rt.gateway.jobs.submit("batch", batch_id)
-        logger.info("batch continues in another invocation", extra={"batch_id": batch_id})
+        rt.gateway.jobs.submit("batch", tenant_id, batch_id)
+        logger.info("batch continues in another invocation", extra={"tenant_id": tenant_id, "batch_id": batch_id})
         return Outcome(batch_id, "continued")
     if job is not None:
         return Outcome(batch_id, job.status)
-    if load_batch(rt.gateway.store, batch_id) is None:
-        logger.error("a job message for a batch that does not exist", extra={"batch_id": batch_id})
+    if load_batch(rt.gateway.store, tenant_id, batch_id) is None:
+        fields = {"tenant_id": tenant_id, "batch_id": batch_id}
+        logger.error("a job message for a batch that does not exist", extra=fields)
         return Outcome(batch_id, "missing")
     # Another runner holds the lease. Letting the message go would strand the batch if that runner
     # died (a continuation that arrived before the lease lapsed): the record fails and comes back.

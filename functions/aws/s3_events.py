@@ -28,7 +28,10 @@ class ObjectCreated:
 
 @dataclass(frozen=True, slots=True)
 class JobMessage:
+    """``{"kind", "tenant_id", "job_id"}`` as ``SqsJobQueue`` sends it: a job is found by tenant and id."""
+
     kind: str
+    tenant_id: str
     job_id: str
 
 
@@ -47,7 +50,9 @@ def parse_body(body: str) -> list[ObjectCreated | JobMessage]:
     if data.get("Event") == "s3:TestEvent":
         return []
     if "kind" in data and "job_id" in data:
-        return [JobMessage(str(data["kind"]), str(data["job_id"]))]
+        if not isinstance(data.get("tenant_id"), str) or not data["tenant_id"]:
+            raise UnknownMessage("a job message without its tenant_id")
+        return [JobMessage(str(data["kind"]), data["tenant_id"], str(data["job_id"]))]
     records = data.get("Records")
     if not isinstance(records, list):
         raise UnknownMessage("neither an S3 notification nor a job message")

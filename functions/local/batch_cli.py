@@ -1,4 +1,5 @@
-"""``textnlp batch run FILE --tenant T`` (in-process, with a progress bar), ``batch status ID``, ``batch cancel ID``."""
+"""``textnlp batch run FILE --tenant T`` (in-process, with a progress bar), ``batch status ID --tenant T``,
+``batch cancel ID --tenant T``. A batch is a document of its tenant: it is found by tenant and id together."""
 
 from __future__ import annotations
 
@@ -32,9 +33,19 @@ def add_parser(subparsers: Any) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     s = sub.add_parser("status", help="a batch's status record")
     s.add_argument("batch_id")
+    _add_owner(s)
     c = sub.add_parser("cancel", help="ask a running batch to stop (its partial output is kept)")
     c.add_argument("batch_id")
+    _add_owner(c)
     p.set_defaults(func=main)
+
+
+def _add_owner(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenant",
+        required=True,
+        help="the tenant that owns the batch (batches are kept per tenant; another tenant's batch is not found)",
+    )
 
 
 def _gateway(data_dir: str) -> Gateway:
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     runner = gateway.batch_runner(blobs, settings=settings)
     show = None if args.quiet else (lambda j: print(progress_line(j), end="", file=err, flush=True))
     try:
-        done = asyncio.run(runner.run(job.id, show))
+        done = asyncio.run(runner.run(job.tenant_id, job.id, show))
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume batch {job.id}", file=err)
         return 130
@@ -110,9 +121,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
 def status(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    job = load_batch(_gateway(args.data_dir).store, args.batch_id)
+    job = load_batch(_gateway(args.data_dir).store, args.tenant, args.batch_id)
     if job is None:
-        print(f"no such batch: {args.batch_id}", file=err)
+        print(f"no such batch of tenant {args.tenant}: {args.batch_id}", file=err)
         return 1
     print(json.dumps(_summary(job)), file=out)
     return 0
@@ -121,9 +132,9 @@ def status(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | No
 def cancel(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     gateway = _gateway(args.data_dir)
-    job = load_batch(gateway.store, args.batch_id)
+    job = load_batch(gateway.store, args.tenant, args.batch_id)
     if job is None:
-        print(f"no such batch: {args.batch_id}", file=err)
+        print(f"no such batch of tenant {args.tenant}: {args.batch_id}", file=err)
         return 1
     if not job.terminal:
         now = gateway.clock.now()

@@ -108,9 +108,9 @@ class BatchTrigger:
         now = self._gateway.clock.now()
         if self._last_recovery is None or now - self._last_recovery >= self._recover_every_s:
             self._last_recovery = now
-            for batch_id in await asyncio.to_thread(self._abandoned, now):
-                log_event(self._log, "resuming an abandoned batch", batch_id=batch_id)
-                self._gateway.jobs.submit("batch", batch_id)
+            for tenant_id, batch_id in await asyncio.to_thread(self._abandoned, now):
+                log_event(self._log, "resuming an abandoned batch", tenant_id=tenant_id, batch_id=batch_id)
+                self._gateway.jobs.submit("batch", tenant_id, batch_id)
         started: list[str] = []
         present: dict[Path, tuple[int, int]] = {}
         root = self._data_dir / INPUT_DIR
@@ -171,7 +171,7 @@ class BatchTrigger:
 
     async def _run(self, job: BatchJob, path: Path, seen: tuple[int, int]) -> None:
         try:
-            done = await self._runner.run(job.id)
+            done = await self._runner.run(job.tenant_id, job.id)
             if done is not None and done.terminal:
                 self._finished[path] = seen
                 log_event(self._log, "batch finished", batch_id=job.id, status=done.status, path=str(path))
@@ -181,13 +181,15 @@ class BatchTrigger:
             self._running.pop(job.id, None)
             self._active.pop(path, None)
 
-    def _abandoned(self, now: float) -> list[str]:
-        """API batches that have not ended and that no runner holds (it died, or never started)."""
+    def _abandoned(self, now: float) -> list[tuple[str, str]]:
+        """(tenant, batch id) of the API batches that have not ended and that no runner holds (it died, or
+        never started). Batches are kept per tenant, so each tenant's are read in turn."""
         found = []
-        for doc in iter_documents(self._gateway.store, BATCHES, None):
-            job = BatchJob.from_document(doc)
-            if job.source == "api" and not job.terminal and job.lease_until <= now:
-                found.append(job.id)
+        for tenant in self._gateway.store.list_tenants():
+            for doc in iter_documents(self._gateway.store, BATCHES, tenant.id):
+                job = BatchJob.from_document(doc)
+                if job.source == "api" and not job.terminal and job.lease_until <= now:
+                    found.append((job.tenant_id, job.id))
         return found
 
 

@@ -100,6 +100,11 @@ def runtime_store(world: World) -> DynamoDBStore:
     return store
 
 
+def job_message(kind: str, tenant_id: str, job_id: str) -> str:
+    """A message as ``SqsJobQueue.submit`` sends it."""
+    return json.dumps({"kind": kind, "tenant_id": tenant_id, "job_id": job_id})
+
+
 def chat_line(custom_id: str, content: str, model: str = MODEL) -> dict[str, Any]:
     body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 8}
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
@@ -184,8 +189,9 @@ def test_records_that_cannot_succeed_are_reported_and_only_real_failures_are_ret
         sqs_record(stack, json.dumps(outside)),  # a key outside batch-input/<tenant>/
         sqs_record(stack, "this is not json"),
         sqs_record(stack, json.dumps({"hello": "world"})),
-        sqs_record(stack, json.dumps({"kind": "fine_tune", "job_id": "ft_1"})),  # a job kind nobody runs
-        sqs_record(stack, json.dumps({"kind": "batch", "job_id": "batch_missing"})),
+        sqs_record(stack, job_message("fine_tune", world.tenant, "ft_1")),  # a job kind nobody runs
+        sqs_record(stack, job_message("batch", world.tenant, "batch_missing")),
+        sqs_record(stack, json.dumps({"kind": "batch", "job_id": "batch_x"})),  # no tenant: no batch can be found
     ]
     # The store refuses (throttles) the write that would create fail.jsonl's batch: a real, retryable failure.
     attempts = throttle(runtime_store, monkeypatch, "PutItem", only=b"fail.jsonl")
@@ -198,7 +204,7 @@ def test_records_that_cannot_succeed_are_reported_and_only_real_failures_are_ret
         "batch input for a tenant that does not exist": 1,
         "batch input object is gone": 1,
         "object outside batch-input/<tenant>/<name>.jsonl ignored": 1,
-        "unknown message on the batch queue": 2,
+        "unknown message on the batch queue": 3,
         "unknown job kind on the batch queue": 1,
         "a job message for a batch that does not exist": 1,
     }
@@ -265,7 +271,8 @@ def test_a_big_file_continues_in_later_invocations_and_runs_every_line_once(
         assert invoke_batch(records, LambdaContext(remaining_ms=1500)) == []
         records = receive(world.stack, expect=1, rounds=3)
         if records:
-            assert json.loads(records[0]["body"]) == {"kind": "batch", "job_id": batch_id}  # a continuation
+            continuation = {"kind": "batch", "tenant_id": world.tenant, "job_id": batch_id}
+            assert json.loads(records[0]["body"]) == continuation
     assert invocations >= 2, "the budget was large enough for the whole file: the test proves nothing"
 
     status = world.batch(batch_id)
@@ -313,14 +320,20 @@ def test_a_continuation_for_a_batch_another_runner_holds_is_retried_later(
         j.lease_owner, j.lease_until = "runner_elsewhere", time.time() + 600
 
     update_batch(runtime_store, job, hold)
-    message = sqs_record(world.stack, json.dumps({"kind": "batch", "job_id": job.id}))
+    message = sqs_record(world.stack, job_message("batch", world.tenant, job.id))
     test_event = sqs_record(world.stack, json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
     assert invoke_batch([message, test_event]) == [message["messageId"]]
+    # Named under another tenant, the batch does not exist: the message is let go, the batch is untouched.
+    foreign = sqs_record(world.stack, job_message("batch", "ten_other", job.id))
+    assert invoke_batch([foreign]) == []
+    held = load_batch(runtime_store, world.tenant, job.id)
+    assert held is not None
+    assert (held.lease_owner, held.status, held.attempts) == ("runner_elsewhere", "validating", 0)
 
     def release(j: Any) -> None:
         j.lease_owner, j.lease_until = None, 0.0
 
-    update_batch(runtime_store, load_batch(runtime_store, job.id), release)  # type: ignore[arg-type]
+    update_batch(runtime_store, held, release)
     assert invoke_batch([message]) == []
     assert world.batch(job.id)["status"] == "completed"
 
@@ -355,7 +368,7 @@ def test_an_api_batch_is_queued_on_sqs_and_run_by_the_batch_function(world: Worl
     created = call_api(create).ok()
     assert created["status"] == "validating"
     [message] = receive(world.stack, expect=1)
-    assert json.loads(message["body"]) == {"kind": "batch", "job_id": created["id"]}
+    assert json.loads(message["body"]) == {"kind": "batch", "tenant_id": world.tenant, "job_id": created["id"]}
 
     assert invoke_batch([message]) == []
 

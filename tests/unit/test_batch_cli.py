@@ -77,9 +77,9 @@ def test_run_writes_results_next_to_the_input_and_shows_progress(
     assert again["id"] == summary["id"]
     assert backend.calls == 40
     # status and cancel of a finished batch
-    code, shown, _ = call("batch", "status", summary["id"])
+    code, shown, _ = call("batch", "status", summary["id"], "--tenant", "ten_cli")
     assert (code, shown and shown["status"], shown and shown["source"]) == (0, "completed", "cli")
-    code, after_cancel, _ = call("batch", "cancel", summary["id"])
+    code, after_cancel, _ = call("batch", "cancel", summary["id"], "--tenant", "ten_cli")
     assert after_cancel is not None
     assert after_cancel["status"] == "completed"
 
@@ -90,8 +90,23 @@ def test_errors(env: tuple[SQLiteStore, FakeBackend], tmp_path: Path) -> None:
     assert (code, "no such tenant" in err) == (2, True)
     code, _, err = call("batch", "run", str(tmp_path / "missing.jsonl"), "--tenant", "ten_cli")
     assert (code, "no such file" in err) == (2, True)
-    assert call("batch", "status", "batch_nope")[0] == 1
-    assert call("batch", "cancel", "batch_nope")[0] == 1
+    assert call("batch", "status", "batch_nope", "--tenant", "ten_cli")[0] == 1
+    assert call("batch", "cancel", "batch_nope", "--tenant", "ten_cli")[0] == 1
+
+
+def test_status_and_cancel_need_the_owning_tenant(
+    env: tuple[SQLiteStore, FakeBackend], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _ = env
+    store.put_tenant(Tenant(id="ten_other", name="other", created_at=0.0))
+    code, summary, _ = call("batch", "run", str(write_input(tmp_path, 1)), "--tenant", "ten_cli", "--quiet")
+    assert summary is not None
+    code, _, err = call("batch", "status", summary["id"], "--tenant", "ten_other")
+    assert (code, "no such batch of tenant ten_other" in err) == (1, True)
+    assert call("batch", "cancel", summary["id"], "--tenant", "ten_other")[0] == 1
+    with pytest.raises(SystemExit):
+        parse("batch", "status", summary["id"])  # --tenant is required
+    assert "--tenant" in capsys.readouterr().err
 
 
 def test_progress_line() -> None:
@@ -102,6 +117,6 @@ def test_progress_line() -> None:
 
 
 def test_main_dispatches_and_data_dir_may_follow_the_subcommand(env: tuple[SQLiteStore, FakeBackend]) -> None:
-    args = parse("batch", "--data-dir", "/tmp/x", "status", "batch_nope")
+    args = parse("batch", "--data-dir", "/tmp/x", "status", "batch_nope", "--tenant", "ten_cli")
     assert args.data_dir == "/tmp/x"
     assert args.func(args) == 1

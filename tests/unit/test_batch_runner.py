@@ -43,7 +43,7 @@ def start(h: Harness, lines: list[bytes]) -> BatchJob:
 
 def run(h: Harness, job: BatchJob, **settings: Any) -> BatchJob:
     runner = h.gateway.batch_runner(settings=RunnerSettings(**settings))
-    done = asyncio.run(runner.run(job.id))
+    done = asyncio.run(runner.run(job.tenant_id, job.id))
     assert done is not None
     return done
 
@@ -137,18 +137,18 @@ def test_interrupted_half_way_then_resumed_charges_no_line_twice() -> None:
     runner = h.gateway.batch_runner(settings=RunnerSettings(concurrency=16, flush_every=10))
 
     async def interrupted() -> None:
-        task = asyncio.create_task(runner.run(job.id))
+        task = asyncio.create_task(runner.run(job.tenant_id, job.id))
         await backend.reached.wait()
         task.cancel()  # a crash or a redeploy, mid-batch: lines in flight are cut off
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(interrupted())
-    half = load_batch(h.store, job.id)
+    half = load_batch(h.store, job.tenant_id, job.id)
     assert half is not None
     assert half.status == "in_progress"
     assert half.lease_owner is None  # released on the way out: a resume need not wait for the lease
-    stored = {int(d.id) for d in h.store.list_documents(f"batch_lines:{job.id}", limit=10_000)}
+    stored = {int(d.id) for d in h.store.list_documents(f"batch_lines:{job.id}", job.tenant_id, limit=10_000)}
     assert half.completed == len(stored)  # the status record was brought up to date on the way out
     assert 0 < len(stored) < n_lines
     answered_before = Counter(backend.answered)
@@ -250,9 +250,10 @@ def test_cancelling_stops_cleanly_with_partial_output() -> None:
     runner = h.gateway.batch_runner(settings=RunnerSettings(concurrency=8, flush_every=5))
 
     async def go() -> BatchJob | None:
-        task = asyncio.create_task(runner.run(job.id))
+        task = asyncio.create_task(runner.run(job.tenant_id, job.id))
         await backend.reached.wait()
-        update_batch(h.store, load_batch(h.store, job.id) or job, lambda j: setattr(j, "status", "cancelling"))
+        current = load_batch(h.store, job.tenant_id, job.id) or job
+        update_batch(h.store, current, lambda j: setattr(j, "status", "cancelling"))
         return await task
 
     done = asyncio.run(go())
@@ -284,10 +285,10 @@ def test_a_batch_leased_by_a_live_runner_is_left_alone() -> None:
         j.lease_owner, j.lease_until = "other", h.clock.now() + 30
 
     update_batch(h.store, job, leased)
-    assert asyncio.run(h.gateway.batch_runner().run(job.id)) is None
+    assert asyncio.run(h.gateway.batch_runner().run(job.tenant_id, job.id)) is None
     assert h.backend.calls == 0
     h.clock.advance(31)  # the other runner stopped renewing its lease: it is presumed dead
-    done = asyncio.run(h.gateway.batch_runner().run(job.id))
+    done = asyncio.run(h.gateway.batch_runner().run(job.tenant_id, job.id))
     assert done is not None
     assert (done.status, h.backend.calls) == ("completed", 1)
 
@@ -364,7 +365,7 @@ def _peak_bytes(tmp_path: Path, n_lines: int) -> tuple[int, int]:
     gc.collect()
     tracemalloc.start()
     try:
-        done = asyncio.run(runner.run(job.id))
+        done = asyncio.run(runner.run(job.tenant_id, job.id))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

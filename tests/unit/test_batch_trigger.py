@@ -81,7 +81,7 @@ def test_the_same_version_seen_again_is_the_same_batch(h: Harness, tmp_path: Pat
     assert len(first) == 1
     assert asyncio.run(run_trigger()) == []  # a restarted process: the version's batch has ended
     assert h.backend.calls == 4
-    assert len(h.store.list_documents(BATCHES)) == 1
+    assert len(h.store.list_documents(BATCHES, h.tenant.id)) == 1
 
 
 def test_a_restart_mid_batch_resumes_it_without_charging_twice(tmp_path: Path) -> None:
@@ -158,6 +158,6 @@ def test_the_poller_restarts_api_batches_whose_runner_died(h: Harness, tmp_path:
         await trigger.stop()
 
     asyncio.run(poll())
-    assert h.jobs.submitted == [("batch", batch_id)]
+    assert h.jobs.submitted == [("batch", h.tenant.id, batch_id)]
     h.run_jobs()
     assert json.loads(h.call("GET", f"/v1/batches/{batch_id}", key=key).body)["status"] == "completed"

@@ -69,7 +69,7 @@ def test_a_batch_runs_to_completion_with_openai_shaped_output(h: Harness, key: s
     )
     assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
     assert batch["expires_at"] == batch["created_at"] + 86_400
-    assert h.jobs.submitted == [("batch", batch["id"])]
+    assert h.jobs.submitted == [("batch", h.tenant.id, batch["id"])]
     assert h.run_jobs() == 1
     done = json_of(h.call("GET", f"/v1/batches/{batch['id']}", key=key))
     assert done["status"] == "completed"

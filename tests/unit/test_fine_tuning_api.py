@@ -48,7 +48,7 @@ def post(h: Harness, key: str, **payload: Any) -> Any:
 
 
 def no_jobs(h: Harness, tuner: FakeFineTuner) -> bool:
-    return h.store.list_documents(JOBS) == [] and tuner.started == []
+    return h.store.list_documents(JOBS, h.tenant.id) == [] and tuner.started == []
 
 
 def test_bad_training_files_are_rejected_before_a_job_exists(h: Harness, key: str, tuner: FakeFineTuner) -> None:
@@ -199,7 +199,7 @@ def test_the_local_runtime_says_plainly_that_it_cannot_train() -> None:
     assert (response.status, error["code"], error["type"]) == (400, "fine_tuning_unavailable", "invalid_request_error")
     assert error["message"] == MESSAGE
     assert "cloud backends" in MESSAGE
-    assert h.store.list_documents(JOBS) == []  # no job: nothing that could pass for a training run
+    assert h.store.list_documents(JOBS, h.tenant.id) == []  # no job: nothing that could pass for a training run
     assert json_of(h.call("GET", JOBS_PATH, key=key))["data"] == []
     # The request is still checked first: a wrong file is named as such, not hidden behind "unavailable".
     assert error_of(post(h, key, training_file="file-nope"))["code"] == "file_not_found"

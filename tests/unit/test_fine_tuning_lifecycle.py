@@ -250,7 +250,7 @@ def test_a_job_cancelled_while_its_training_starts_is_stopped_at_once() -> None:
 
     class CancelledMeanwhile(FakeFineTuner):
         def start(self, job: FineTuneJob, training_key: str, validation_key: str | None) -> str:
-            stored = load_job(h.store, job.id)
+            stored = load_job(h.store, job.tenant_id, job.id)
             assert stored is not None
             update_job(h.store, stored, lambda j: advance(j, "cancelled", h.clock.now()), h.clock.now())
             return super().start(job, training_key, validation_key)

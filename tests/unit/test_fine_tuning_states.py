@@ -104,7 +104,7 @@ def test_update_job_refuses_an_illegal_transition_and_writes_nothing() -> None:
     done = update_job(store, created, lambda j: advance(j, "cancelled", 1001.0), 1001.0)
     with pytest.raises(IllegalTransition):
         update_job(store, done, lambda j: advance(j, "running", 1002.0), 1002.0)
-    stored = load_job(store, done.id)
+    stored = load_job(store, done.tenant_id, done.id)
     assert stored is not None
     assert (stored.status, stored.version) == ("cancelled", done.version)
 
@@ -113,7 +113,7 @@ def test_a_job_id_is_created_once() -> None:
     store = MemoryStore()
     assert create_job(store, job(), [], 1000.0) is not None
     assert create_job(store, job(), [], 1000.0) is None
-    assert len(store.list_documents(JOBS)) == 1
+    assert len(store.list_documents(JOBS, "ten_a")) == 1
 
 
 def test_events_are_listed_newest_first_with_after_and_limit() -> None:
@@ -125,4 +125,4 @@ def test_events_are_listed_newest_first_with_after_and_limit() -> None:
     assert ([e["message"] for e in page], more) == (["e5", "e4"], True)
     rest, more = list_events(store, created, page[-1]["id"], 10)
     assert ([e["message"] for e in rest], more) == (["e3", "e2", "e1"], False)
-    assert all(d.owner == "ten_a" for d in store.list_documents(events_collection(created.id)))
+    assert all(d.owner == "ten_a" for d in store.list_documents(events_collection(created.id), "ten_a"))
