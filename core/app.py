@@ -22,7 +22,7 @@ from core.domain import Principal
 from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.fine_tuning.service import FineTuningService
 from core.generation import GenerationService
-from core.http import Request, Response
+from core.http import Request, Response, sane_request_id
 from core.jobs import InProcessJobQueue
 from core.limits import LimitEnforcer
 from core.metering import Meter
@@ -45,7 +45,6 @@ from core.settings import GatewaySettings
 from core.tenants import TenantDirectory
 
 M = TypeVar("M", bound=BaseModel)
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Pydantic names the member of a union it tried (``prompt.str``, ``stop.list[str][0]``); callers sent ``prompt``.
 _UNION_MEMBER = re.compile(r"^(str|int|float|bool|bytes|none)$|\[")
 
@@ -207,8 +206,7 @@ class Gateway:
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         request.request_id = new_id("req")
-        caller_id = request.headers.get("x-request-id", "")
-        correlation_id = caller_id if _SANE_REQUEST_ID.match(caller_id) else request.request_id
+        correlation_id = sane_request_id(request.headers.get("x-request-id")) or request.request_id
         route: Route | None = None
         principal: Principal | None = None
         try:

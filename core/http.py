@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,16 @@ from pydantic import BaseModel
 from core.errors import APIError
 
 JSON = "application/json"
+
+
+# What a caller's (or a platform's) request id may be to be echoed and logged: letters, digits and ._:=-
+# ("=" because API Gateway's ids are base64 with padding), at most 128 characters. Anything else is replaced.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:=-]{1,128}$")
+
+
+def sane_request_id(value: str | None) -> str | None:
+    """``value`` if it may serve as the correlation id of a request, else None."""
+    return value if value is not None and _SANE_REQUEST_ID.match(value) else None
 
 
 @dataclass(slots=True)

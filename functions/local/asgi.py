@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from adapters.local.prometheus import PrometheusMetrics
 from core.app import Gateway
 from core.clock import new_id
 from core.errors import PayloadTooLarge
-from core.http import Request, Response
+from core.http import Request, Response, sane_request_id
 from functions.local.batch_trigger import BatchTrigger, start_batch_trigger
 from functions.local.bootstrap import DEFAULT_MODELS, LocalSettings, build_gateway
 
@@ -85,13 +84,9 @@ class LocalApp:
                 return
 
 
-# The rule core.app.Gateway applies: a caller's sane x-request-id is echoed, anything else replaced.
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
 def _correlation_id(headers: dict[str, str]) -> str:
-    caller = headers.get("x-request-id", "")
-    return caller if _SANE_REQUEST_ID.match(caller) else new_id("req")
+    """The rule core.app.Gateway applies: a caller's sane x-request-id is echoed, anything else replaced."""
+    return sane_request_id(headers.get("x-request-id")) or new_id("req")
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -191,9 +191,10 @@ def test_error_overrides_and_headers() -> None:
 # -- request ids ---------------------------------------------------------------------------------------
 
 
-def test_a_sane_caller_request_id_is_echoed(harness: Harness) -> None:
-    resp = harness.call("GET", "/health", headers={"x-request-id": "trace-123.abc:9"})
-    assert resp.headers["x-request-id"] == "trace-123.abc:9"
+@pytest.mark.parametrize("sane", ["trace-123.abc:9", "JNWhwiKCoAMEbhA="])  # the second: an API Gateway id
+def test_a_sane_caller_request_id_is_echoed(harness: Harness, sane: str) -> None:
+    resp = harness.call("GET", "/health", headers={"x-request-id": sane})
+    assert resp.headers["x-request-id"] == sane
 
 
 @pytest.mark.parametrize("bad", ["has space", "x" * 129, "new\nline", "", "<script>"])
