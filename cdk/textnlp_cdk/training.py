@@ -1,4 +1,5 @@
-"""The role SageMaker training jobs run as (TEXTNLP_SAGEMAKER_ROLE_ARN): read training files, write models."""
+"""The role SageMaker runs fine-tune jobs as (TEXTNLP_SAGEMAKER_ROLE_ARN): the training jobs (read training files,
+write models) and the endpoints that serve their models (read models, pull the TGI image)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ def pull_images(role: iam.IRole, image_account: str) -> None:
     allow(role, ["ecr:GetAuthorizationToken"], ["*"], why="ecr:GetAuthorizationToken supports no resource ARN.")
 
 
-def write_sagemaker_logs(role: iam.IRole, kind: str) -> None:
-    """Logs and metrics of SageMaker jobs or endpoints (``kind``: TrainingJobs or Endpoints)."""
-    groups = f"arn:{Aws.PARTITION}:logs:{Aws.REGION}:{Aws.ACCOUNT_ID}:log-group:/aws/sagemaker/{kind}*"
+def write_sagemaker_logs(role: iam.IRole, *kinds: str) -> None:
+    """Logs and metrics of SageMaker jobs or endpoints (``kinds``: TrainingJobs, Endpoints)."""
+    paths = [f"/aws/sagemaker/{kind}" for kind in kinds]
+    groups = [f"arn:{Aws.PARTITION}:logs:{Aws.REGION}:{Aws.ACCOUNT_ID}:log-group:{path}*" for path in paths]
     allow(
         role,
         ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-        [groups],
-        why=f"SageMaker names the /aws/sagemaker/{kind} log streams after the job or endpoint at run time.",
+        groups,
+        why=f"SageMaker names the {' and '.join(paths)} log streams after the job or endpoint at run time.",
     )
     allow(
         role,
@@ -51,11 +53,12 @@ class TrainingRole(Construct):
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-            description="TextNLP fine-tune jobs: read training files, write model artefacts",
+            description="TextNLP fine-tune jobs: read training files, write model artefacts, serve the models",
         )
         why = "Training input is any uploaded file of the tenant; output goes under models/<job id>/."
         allow(self.role, ["s3:GetObject"], [bucket.arn_for_objects(f"{PREFIX_FILES}*")], why=why)
         allow(self.role, ["s3:GetObject", "s3:PutObject"], [bucket.arn_for_objects(f"{PREFIX_MODELS}*")], why=why)
         allow(self.role, ["s3:ListBucket"], [bucket.bucket_arn])
         pull_images(self.role, DLC_ACCOUNT)
-        write_sagemaker_logs(self.role, "TrainingJobs")
+        # The tuner's deploy step runs the fine-tuned models' endpoints as this role too (CreateModel).
+        write_sagemaker_logs(self.role, "TrainingJobs", "Endpoints")

@@ -41,6 +41,14 @@ def test_context_from_the_command_line_is_text() -> None:
     assert all(arn.endswith(("endpoint/llama-a", "endpoint/llama-b")) for arn in endpoint_arns(config.endpoint_names))
 
 
+def test_named_endpoints_still_let_the_functions_call_fine_tuned_models() -> None:
+    from textnlp_cdk.access import invoke_arns
+
+    named = invoke_arns(("Llama-A",))
+    assert [arn.rsplit(":", 1)[-1] for arn in named] == ["endpoint/llama-a", "endpoint/textnlp-ftjob-*"]
+    assert [arn.rsplit(":", 1)[-1] for arn in invoke_arns(())] == ["endpoint/textnlp-*"]
+
+
 def test_lmi_container_environment() -> None:
     from textnlp_cdk.config import SageMakerSettings
     from textnlp_cdk.sagemaker_endpoint import container_environment
