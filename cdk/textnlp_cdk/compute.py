@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,14 @@ PIP_PLATFORM_ARGS = (
     "--python-version=3.12",
     "--only-binary=:all:",
 )
+#: Requirements that PyPI has as an sdist only (no wheel), all pure Python. ``--platform`` needs
+#: ``--only-binary=:all:``, which cannot install an sdist, so the layer build first makes their wheels on
+#: this machine (``pip wheel --no-deps``, sdist -> ``py3-none-any``) and the install finds them there
+#: (``--find-links``). The install still takes only wheels whose tags fit PIP_PLATFORM_ARGS, and
+#: ``build_layer`` stops at a wheel that is not ``*-none-any``: no code compiled for this machine gets in.
+SDIST_ONLY = ("rouge-score",)
+#: Lambda's limit is 250 MB unzipped for a function and all its layers; the code asset takes a few MB.
+LAYER_BUDGET_MB = 200
 # The code asset is the repository root filtered down to the three packages the handlers import.
 CODE_EXCLUDES = [
     "*",
@@ -51,6 +63,81 @@ def code_asset() -> lambda_.Code:
     return lambda_.Code.from_asset(str(REPO_ROOT), exclude=CODE_EXCLUDES)
 
 
+def canonical_name(name: str) -> str:
+    """PEP 503 normalisation: ``Rouge_Score`` -> ``rouge-score``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_REQUIREMENT_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def sdist_only_requirements(requirements: Path) -> list[str]:
+    """The lines of ``requirements`` (version specifiers included) that name a package of SDIST_ONLY."""
+    lines = []
+    for raw in requirements.read_text().splitlines():
+        line = re.sub(r"(^|\s)#.*", "", raw).strip()
+        match = _REQUIREMENT_NAME.match(line)
+        if match and canonical_name(match.group(1)) in SDIST_ONLY:
+            lines.append(line)
+    return lines
+
+
+def layer_commands(
+    pip: Sequence[str],
+    requirements: str,
+    target: str,
+    wheelhouse: str,
+    sdists: Sequence[str],
+    platform_args: Sequence[str] = PIP_PLATFORM_ARGS,
+) -> tuple[list[str] | None, list[str]]:
+    """The pip runs that build the layer: the wheels of ``sdists`` (``None`` when there are none) into
+    ``wheelhouse``, then the install of ``requirements`` into ``target`` for ``platform_args``."""
+    quiet = ["--quiet", "--disable-pip-version-check"]
+    wheel = None
+    if sdists:
+        no_binary = ",".join(canonical_name(n) for n in SDIST_ONLY)
+        wheel = [*pip, "wheel", *quiet, "--no-deps", f"--no-binary={no_binary}", "--wheel-dir", wheelhouse, *sdists]
+    install = [*pip, "install", *quiet, "--no-compile", *platform_args, "--find-links", wheelhouse]
+    return wheel, [*install, "--target", target, "-r", requirements]
+
+
+def impure_wheels(wheelhouse: Path) -> list[str]:
+    """Wheels that carry compiled code (``<name>-<version>-<python>-<abi>-<platform>.whl`` not ``*-none-any``)."""
+    return sorted(w.name for w in wheelhouse.glob("*.whl") if not w.name.endswith("-none-any.whl"))
+
+
+def tree_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+
+
+def build_layer(
+    target: Path, requirements: Path = REQUIREMENTS, platform_args: Sequence[str] = PIP_PLATFORM_ARGS
+) -> None:
+    """pip-install ``requirements`` into ``target`` (the layer's ``python/``) for ``platform_args``, with this
+    machine's pip: no Docker. ``platform_args`` other than PIP_PLATFORM_ARGS are for tests (a layer this
+    machine can import)."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="textnlp-wheels-") as wheelhouse:
+        pip = [sys.executable, "-m", "pip"]
+        wheel, install = layer_commands(
+            pip, str(requirements), str(target), wheelhouse, sdist_only_requirements(requirements), platform_args
+        )
+        if wheel is not None:
+            subprocess.run(wheel, check=True)  # noqa: S603 - fixed argv, no shell
+            impure = impure_wheels(Path(wheelhouse))
+            if impure:
+                raise RuntimeError(
+                    f"{', '.join(impure)}: built with compiled code for this machine, not for Lambda arm64; "
+                    "it cannot be in SDIST_ONLY (cdk/textnlp_cdk/compute.py): find an arm64 wheel"
+                )
+        subprocess.run(install, check=True)  # noqa: S603 - fixed argv, no shell
+    for cache in list(target.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
+    size = tree_mb(target)
+    if size > LAYER_BUDGET_MB:
+        raise RuntimeError(f"the dependency layer takes {size:.0f} MB unzipped, above {LAYER_BUDGET_MB} MB")
+
+
 @jsii.implements(ILocalBundling)
 class PipLayerBundling:
     """Builds the layer with this machine's pip (no Docker): wheels for cp312 arm64 into ``python/``."""
@@ -66,20 +153,28 @@ class PipLayerBundling:
         if self._skip:
             (target / "LAYER_NOT_BUILT.txt").write_text("TEXTNLP_SKIP_LAYER_BUILD was set: do not deploy this layer\n")
             return True
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
-        command += [*PIP_PLATFORM_ARGS, "--target", str(target), "-r", str(self._requirements)]
-        subprocess.run(command, check=True)  # noqa: S603 - fixed argv, no shell
-        for cache in target.rglob("__pycache__"):
-            shutil.rmtree(cache, ignore_errors=True)
+        build_layer(target, self._requirements)
         return True
+
+
+def docker_layer_command(requirements: Path = REQUIREMENTS) -> str:
+    """The same build in the SAM build image, should local bundling ever decline (it does not today)."""
+    commands = layer_commands(
+        ["python", "-m", "pip"],
+        requirements.name,
+        "/asset-output/python",
+        "/tmp/wheelhouse",  # noqa: S108 - inside the throw-away build container
+        sdist_only_requirements(requirements),
+    )
+    return " && ".join(shlex.join(c) for c in commands if c is not None)
 
 
 def dependency_layer(scope: Construct, construct_id: str, *, skip_build: bool) -> lambda_.LayerVersion:
     """The third-party packages of functions/aws/requirements.txt (Powertools included: bundled, not a public layer)."""
+    docker_command = docker_layer_command()
     digest = hashlib.sha256(REQUIREMENTS.read_bytes())
-    digest.update(" ".join(PIP_PLATFORM_ARGS).encode())
+    digest.update(docker_command.encode())  # the platform, the sdist-only packages: what the build does
     digest.update(b"skipped" if skip_build else b"built")
-    docker_command = f"pip install {' '.join(PIP_PLATFORM_ARGS)} -r requirements.txt -t /asset-output/python"
     code = lambda_.Code.from_asset(
         str(REQUIREMENTS.parent),
         asset_hash_type=AssetHashType.CUSTOM,
@@ -96,7 +191,8 @@ def dependency_layer(scope: Construct, construct_id: str, *, skip_build: bool) -
         code=code,
         compatible_runtimes=[RUNTIME],
         compatible_architectures=[ARCHITECTURE],
-        description="TextNLP third-party Python packages (pydantic, pyjwt, pynamodb, Powertools, httpx)",
+        description="TextNLP third-party Python packages (pydantic, pyjwt, pynamodb, Powertools, httpx, "
+        "sacrebleu, rouge-score)",
         removal_policy=RemovalPolicy.RETAIN,
     )
 
