@@ -2,14 +2,19 @@
 
 Gateway: a fresh process imports ``functions.aws.api`` and handles its first event, an authenticated
 GET /v1/models (API Gateway HTTP API payload 2.0), against a moto server in another process: from process
-start to the Lambda result. That first invocation builds the runtime (boto3 clients, the DynamoDB store,
-the bootstrap admin key from Secrets Manager) and answers (key and model lookups in DynamoDB).
-Floor: a fresh process that imports boto3 and pydantic and creates the same boto3 clients (dynamodb, s3,
-secretsmanager, sqs), timed the same way. Medians of ``--runs``. Then the import time of
-``functions.aws.api`` alone and its heaviest imports (``python -X importtime``).
+start to the Lambda result. That first invocation builds the runtime (the DynamoDB store and its client, the
+Secrets Manager client and the bootstrap admin key read from it; S3, SQS and SageMaker clients are made on
+first use) and answers (key and model lookups in DynamoDB). Twice: as the tests run it (tracing disabled:
+not in Lambda) and as deployed, X-Ray tracing Active (``LAMBDA_TASK_ROOT`` and ``_X_AMZN_TRACE_ID`` set:
+the X-Ray SDK imported, botocore patched; the segments go to a UDP port nobody listens on).
+Floor: a fresh process that imports boto3 and pydantic and creates the boto3 clients the api function
+creates on that first request (``FLOOR_CLIENTS``, checked against a probe of the api process), timed the
+same way; and, for information, the same with botocore alone (the api process no longer imports boto3).
+Medians of ``--runs``, wall time and the child's CPU time up to its line (user + system: less disturbed by
+other work on the host). Then the import time of ``functions.aws.api`` alone and its heaviest imports
+(``python -X importtime``).
 
-What this does not include: Lambda's own init (the runtime, the layer unzip), TLS to real endpoints, and
-X-Ray: outside Lambda Powertools' Tracer is disabled, while the deployed function has tracing ACTIVE.
+What this does not include: Lambda's own init (the runtime, the layer unzip) and TLS to real endpoints.
 
     python -m bench.aws_cold_start [--runs 5] [--top 15]
 """
@@ -42,6 +47,16 @@ CREDENTIALS = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
 EVENT_FILE = ROOT / "events" / "aws" / "apigw_http_models_list_ok.json"
+#: The clients the api function creates on its first GET /v1/models: the table's, and Secrets Manager for
+#: the admin-key secret read on every cold start (S3, SQS, SageMaker: on first use; see ``probe_clients``).
+FLOOR_CLIENTS = ("dynamodb", "secretsmanager")
+#: What Lambda sets in a function with tracing Active (the trace header changes per invocation there).
+TRACING_ACTIVE_ENV = {
+    "LAMBDA_TASK_ROOT": str(ROOT),
+    "AWS_LAMBDA_FUNCTION_NAME": "bench",
+    "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+    "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:9",  # discard: nothing listens there
+}
 
 GATEWAY_CHILD = """
 import json, sys, time
@@ -59,16 +74,45 @@ event = json.loads(sys.argv[1])
 result = api.handler(event, Context())
 t3 = time.perf_counter()
 print(json.dumps({"status": result["statusCode"], "import_ms": 1000 * (t1 - t0), "runtime_ms": 1000 * (t2 - t1),
-                  "request_ms": 1000 * (t3 - t2)}), flush=True)
+                  "request_ms": 1000 * (t3 - t2), "cpu_ms": 1000 * time.process_time()}), flush=True)
 """
 
 FLOOR_CHILD = """
-import json, os, time
+import json, os, sys, time
 t0 = time.perf_counter()
 import boto3, pydantic
-clients = [boto3.client(s, endpoint_url=os.environ["TEXTNLP_AWS_ENDPOINT_URL"])
-           for s in ("dynamodb", "s3", "secretsmanager", "sqs")]
-print(json.dumps({"ms": 1000 * (time.perf_counter() - t0)}), flush=True)
+clients = [boto3.client(s, endpoint_url=os.environ["TEXTNLP_AWS_ENDPOINT_URL"]) for s in sys.argv[1].split(",")]
+print(json.dumps({"ms": 1000 * (time.perf_counter() - t0), "cpu_ms": 1000 * time.process_time()}), flush=True)
+"""
+
+BOTOCORE_FLOOR_CHILD = """
+import json, os, sys, time
+t0 = time.perf_counter()
+import botocore.session, pydantic
+session, url = botocore.session.get_session(), os.environ["TEXTNLP_AWS_ENDPOINT_URL"]
+clients = [session.create_client(s, endpoint_url=url) for s in sys.argv[1].split(",")]
+print(json.dumps({"ms": 1000 * (time.perf_counter() - t0), "cpu_ms": 1000 * time.process_time()}), flush=True)
+"""
+
+PROBE_CHILD = """
+import json, sys
+import botocore.session
+made = []
+create = botocore.session.Session.create_client
+def recording(self, service_name, *args, **kwargs):
+    made.append(service_name)
+    return create(self, service_name, *args, **kwargs)
+botocore.session.Session.create_client = recording
+import functions.aws.api as api
+from functions.aws.bootstrap import runtime
+runtime()
+class Context:
+    function_name = "bench"; aws_request_id = "probe"; memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
+    def get_remaining_time_in_millis(self): return 30000
+status = api.handler(json.loads(sys.argv[1]), Context())["statusCode"]
+mods = [m for m in ("boto3", "aws_xray_sdk.core", "httpx", "jwt") if m in sys.modules]
+print(json.dumps({"status": status, "clients": sorted(set(made)), "modules": mods}), flush=True)
 """
 
 
@@ -149,11 +193,14 @@ def api_event(key: str, path: str = "/v1/models", method: str = "GET", body: str
     return event
 
 
-def floor_run(env: dict[str, str], cpus: set[int] | None) -> float:
-    """Seconds from spawning the floor process to its line."""
+def floor_run(env: dict[str, str], cpus: set[int] | None, child: str = FLOOR_CHILD) -> tuple[float, float]:
+    """(wall seconds from spawning the floor process to its line, the process's CPU seconds by then)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", FLOOR_CHILD], cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE
+        [sys.executable, "-c", child, ",".join(FLOOR_CLIENTS)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
     )
     pin(proc.pid, cpus)
     assert proc.stdout is not None
@@ -162,11 +209,12 @@ def floor_run(env: dict[str, str], cpus: set[int] | None) -> float:
     proc.wait()
     if not line:
         raise RuntimeError(f"the floor process printed nothing (exit {proc.returncode})")
-    return elapsed
+    return elapsed, json.loads(line)["cpu_ms"] / 1000
 
 
-def gateway_run(env: dict[str, str], key: str, cpus: set[int] | None) -> tuple[float, dict[str, Any]]:
-    """Seconds from spawning a fresh api process to its first Lambda result, and the child's own timings."""
+def gateway_run(env: dict[str, str], key: str, cpus: set[int] | None) -> tuple[float, float, dict[str, Any]]:
+    """(wall seconds from spawning a fresh api process to its first Lambda result, its CPU seconds by then,
+    the child's own timings)."""
     event = json.dumps(api_event(key))
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -186,9 +234,35 @@ def gateway_run(env: dict[str, str], key: str, cpus: set[int] | None) -> tuple[f
             data: dict[str, Any] = json.loads(line)
             if data["status"] != 200:
                 raise RuntimeError(f"the first event was answered {data['status']}")
-            return elapsed, data
+            return elapsed, data["cpu_ms"] / 1000, data
     proc.wait()
     raise RuntimeError(f"the child printed no result (exit {proc.returncode})")
+
+
+def probe_clients(env: dict[str, str], key: str) -> dict[str, Any]:
+    """Which botocore clients (and heavy modules) the api process makes on its first request (untimed)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE_CHILD, json.dumps(api_event(key))],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    probe: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return probe
+
+
+def _row(label: str, runs: list[tuple[float, float]], floor: list[tuple[float, float]] | None = None) -> str:
+    """A line of medians: wall ms, CPU ms, and with ``floor`` the ratios to it and the wall ms over it."""
+    wall = statistics.median(r[0] for r in runs) * 1000
+    cpu = statistics.median(r[1] for r in runs) * 1000
+    text = f"  {label:<58} {wall:6.0f} ms  cpu {cpu:5.0f} ms"
+    if floor is None:
+        return text + "   1.00x"
+    floor_wall = statistics.median(r[0] for r in floor) * 1000
+    floor_cpu = statistics.median(r[1] for r in floor) * 1000
+    return text + f"   {wall / floor_wall:4.2f}x (cpu {cpu / floor_cpu:4.2f}x)   {wall - floor_wall:+5.0f} ms"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,25 +277,39 @@ def main(argv: list[str] | None = None) -> None:
     try:
         env = deploy(url)
         _, key = seed_tenant(env)
+        traced_env = {**env, **TRACING_ACTIVE_ENV}
         gateway_run(env, key, measured)  # the first container imports the admin key; .pyc and page cache warm
+        gateway_run(traced_env, key, measured)
+        probe = probe_clients(env, key)
         floor_run(env, measured)
         floor = [floor_run(env, measured) for _ in range(args.runs)]
+        botocore_floor = [floor_run(env, measured, BOTOCORE_FLOOR_CHILD) for _ in range(args.runs)]
         runs = [gateway_run(env, key, measured) for _ in range(args.runs)]
+        traced = [gateway_run(traced_env, key, measured) for _ in range(args.runs)]
     finally:
         stop(moto)
-    floor_s = statistics.median(floor)
-    cold_s = statistics.median(r[0] for r in runs)
-    import_ms = statistics.median(r[1]["import_ms"] for r in runs)
-    runtime_ms = statistics.median(r[1]["runtime_ms"] for r in runs)
-    request_ms = statistics.median(r[1]["request_ms"] for r in runs)
-    print(f"  floor: boto3 + pydantic, 4 clients created          {floor_s * 1000:7.0f} ms   1.00x")
+    if probe["clients"] != sorted(FLOOR_CLIENTS):
+        made, floor_makes = probe["clients"], sorted(FLOOR_CLIENTS)
+        print(f"  !! the api made the clients {made}, the floor makes {floor_makes}: fix FLOOR_CLIENTS")
+    clients = ", ".join(FLOOR_CLIENTS)
+    print(f"  {'':<58} {'wall':>9}  {'':>4}{'cpu':>8}   ratio to the floor (wall, cpu), wall over it")
+    print(_row(f"floor: boto3 + pydantic, clients {clients}", floor))
+    print(_row("  same with botocore alone, no boto3 (information)", botocore_floor, floor))
+    print(_row("api: import + 1st GET /v1/models, tracing disabled", [r[:2] for r in runs], floor))
+    print(_row("api: the same, X-Ray tracing Active (as deployed)", [r[:2] for r in traced], floor))
+    for name, group in (("disabled", runs), ("Active", traced)):
+        import_ms = statistics.median(r[2]["import_ms"] for r in group)
+        runtime_ms = statistics.median(r[2]["runtime_ms"] for r in group)
+        request_ms = statistics.median(r[2]["request_ms"] for r in group)
+        print(
+            f"     in the child, tracing {name}: import functions.aws.api {import_ms:.0f} ms, runtime() "
+            f"{runtime_ms:.0f} ms (clients, admin-key secret), first request {request_ms:.0f} ms "
+            "(key, tenant, models from DynamoDB)"
+        )
     print(
-        f"  api: import + 1st GET /v1/models (API key)          {cold_s * 1000:7.0f} ms   {cold_s / floor_s:4.2f}x"
-        f"   (+{(cold_s - floor_s) * 1000:.0f} ms over the floor)"
-    )
-    print(
-        f"     in the child: import functions.aws.api {import_ms:.0f} ms, runtime() {runtime_ms:.0f} ms "
-        f"(boto3 clients, admin-key secret), first request {request_ms:.0f} ms (key, tenant, models from DynamoDB)"
+        f"     the api process's first request made the clients {', '.join(probe['clients'])} "
+        f"(S3, SQS, SageMaker on first use); of boto3, aws_xray_sdk.core, httpx and jwt it imported "
+        f"{', '.join(probe['modules']) or 'none'}"
     )
 
     rows = import_profile("import functions.aws.api")

@@ -1,6 +1,6 @@
 """Lambda handler of the HTTP API: API Gateway event -> core Request -> Gateway -> API Gateway result.
 
-Parse, call core, map: nothing else happens here. The gateway, its boto3 clients and an event loop are
+Parse, call core, map: nothing else happens here. The gateway, its botocore clients and an event loop are
 built on the first invocation of a container and reused (``bootstrap.runtime``).
 """
 
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 
+from adapters.aws.tracing import make_tracer
 from core.clock import new_id
 from core.errors import InvalidRequest
 from core.http import Response
@@ -17,7 +18,9 @@ from functions.aws.apigw import SANE_REQUEST_ID, BadEvent, request_id_of, to_req
 from functions.aws.bootstrap import Runtime, runtime
 
 logger = Logger(service="textnlp")
-tracer = Tracer(service="textnlp")
+# Powertools' Tracer; the X-Ray SDK is imported only where tracing is on (Lambda, tracing Active), and
+# patches botocore (every AWS call) and httpx on its import, not every library it knows (adapters.aws.tracing).
+tracer = make_tracer("textnlp")
 
 
 @tracer.capture_lambda_handler(capture_response=False)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from types import ModuleType
 from typing import Any
 
 from core.app import Gateway
@@ -111,7 +112,6 @@ class AwsBackends:
 
     def _local_sagemaker_client(self) -> Any:
         """A client on the emulator (tests), configured like the adapter's own clients."""
-        import boto3
         from botocore.config import Config
 
         from adapters.aws.sagemaker import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
@@ -122,15 +122,18 @@ class AwsBackends:
             retries={"total_max_attempts": 1},
             max_pool_connections=64,
         )
-        make: Any = boto3.client
-        return make("sagemaker-runtime", region_name=self._region, endpoint_url=self._endpoint_url, config=config)
+        session = botocore_session()
+        with _CLIENT_LOCK:
+            return session.create_client(
+                "sagemaker-runtime", region_name=self._region, endpoint_url=self._endpoint_url, config=config
+            )
 
 
 class NoJobQueue:
     """Without TEXTNLP_BATCH_QUEUE_URL batches cannot run: core's in-process queue would run them on the
     container's loop only while an invocation runs (frozen in between, lost with the container)."""
 
-    def submit(self, kind: str, job_id: str) -> None:
+    def submit(self, kind: str, tenant_id: str, job_id: str) -> None:
         raise ServiceUnavailable(
             "batches are not configured on this deployment (no TEXTNLP_BATCH_QUEUE_URL)", code="no_job_queue"
         )
@@ -153,21 +156,20 @@ class Runtime:
             close()
 
 
-_CLIENT_LOCK = threading.Lock()  # boto3's default session is not safe to create clients from concurrently
+_CLIENT_LOCK = threading.Lock()  # a botocore session is not safe to create clients from concurrently
 
 
 def _client(service: str, settings: AwsSettings) -> Any:
-    import boto3
-
-    botocore_session()
-    make: Any = boto3.client  # one helper for several services; each adapter types its own client
+    """A client of the container's botocore session (what ``boto3.client`` returns, without importing boto3:
+    ~25 ms of a cold start, with s3transfer, that no client of the api function needs)."""
+    session = botocore_session()
     with _CLIENT_LOCK:
-        return make(service, region_name=settings.region, endpoint_url=settings.endpoint_url)
+        return session.create_client(service, region_name=settings.region, endpoint_url=settings.endpoint_url)
 
 
 class LazyClient:
-    """A boto3 client made on first use: most api requests never touch S3 or SQS, and an S3 client
-    alone costs ~80 ms of a cold start. Attribute access is forwarded to the real client."""
+    """A client made on first use: most api requests never touch S3 or SQS, and an S3 client alone costs
+    ~80 ms of a cold start. Attribute access is forwarded to the real client."""
 
     def __init__(self, service: str, settings: AwsSettings) -> None:
         self._service = service
@@ -189,14 +191,21 @@ class LazyClient:
 
 @cache
 def botocore_session() -> Any:
-    """The container's one botocore session, made boto3's default: every boto3 client and the table's
-    pynamodb connection load botocore's endpoint and service data into it once (a session each cost
-    ~100 ms more of a cold start)."""
-    import boto3
+    """The container's one botocore session: the runtime's clients and the table's pynamodb connection
+    load botocore's endpoint and service data into it once (a session each cost ~100 ms more of a cold
+    start). It becomes boto3's default session as soon as boto3 is imported (at once if it is already):
+    the adapters that make their own clients with ``boto3.client`` (SageMaker, training, the batch
+    function's idempotency table) share it too, while the api's first request never imports boto3."""
     import botocore.session
 
+    from adapters.aws.tracing import after_import
+
     session = botocore.session.get_session()
-    boto3.setup_default_session(botocore_session=session)
+
+    def share(boto3: ModuleType) -> None:
+        boto3.setup_default_session(botocore_session=session)
+
+    after_import("boto3", share)
     return session
 
 
@@ -226,11 +235,14 @@ def build_runtime(settings: AwsSettings) -> Runtime:
     with _CLIENT_LOCK:  # made now, on this thread: the shared session never makes two clients at once
         _ = store.client
     metrics = PowertoolsMetrics()
-    secrets_client = (
-        _client("secretsmanager", settings) if settings.signing_keys_secret or settings.admin_key_secret else None
-    )
+    # Secrets Manager: made now only for the admin-key secret, read on every cold start; the signing keys
+    # alone (the first access token, or JWKS) make it on first use.
+    secrets_client: Any = None
     if settings.admin_key_secret:
+        secrets_client = _client("secretsmanager", settings)
         bootstrap_admin_key(store, secrets_client, settings.admin_key_secret)
+    elif settings.signing_keys_secret:
+        secrets_client = LazyClient("secretsmanager", settings)
     blobs = None
     if settings.bucket:
         from adapters.aws.s3 import S3BlobStore

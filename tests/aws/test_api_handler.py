@@ -302,7 +302,7 @@ def test_without_a_queue_batches_are_refused_not_run_on_a_frozen_loop(world: Wor
     rt = bootstrap.build_runtime(settings)
     try:
         with pytest.raises(ServiceUnavailable) as refused:
-            rt.gateway.jobs.submit("batch", "batch_x")
+            rt.gateway.jobs.submit("batch", "ten_x", "batch_x")
         assert refused.value.code == "no_job_queue"
     finally:
         rt.close()
