@@ -8,19 +8,17 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import cached_property
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from core.auth.authenticator import Authenticator, require
 from core.auth.tokens import TokenService
-from core.batch.execute import Sleep
-from core.batch.runner import BatchRunner, RunnerSettings
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import Principal
 from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
-from core.fine_tuning.service import FineTuningService
 from core.generation import GenerationService
 from core.http import Request, Response, sane_request_id
 from core.jobs import InProcessJobQueue
@@ -43,6 +41,11 @@ from core.router import Route, Router
 from core.routing import ModelRouter
 from core.settings import GatewaySettings
 from core.tenants import TenantDirectory
+
+if TYPE_CHECKING:  # batches and fine-tuning are imported when first used: a cold start needs neither
+    from core.batch.execute import Sleep
+    from core.batch.runner import BatchRunner, RunnerSettings
+    from core.fine_tuning.service import FineTuningService
 
 M = TypeVar("M", bound=BaseModel)
 # Pydantic names the member of a union it tried (``prompt.str``, ``stop.list[str][0]``); callers sent ``prompt``.
@@ -138,13 +141,31 @@ class Gateway:
         self.router = router
         # Files and batches: their content in a bucket, their runs on a job queue (in-process by default).
         self.blobs = blobs
-        self.batch_settings = batch_settings or RunnerSettings()
+        self._batch_settings = batch_settings
         self.batch_sleep: Sleep = asyncio.sleep
         self.jobs: JobQueue = jobs if jobs is not None else InProcessJobQueue()
         if isinstance(self.jobs, InProcessJobQueue):
             self.jobs.bind(self.run_job)
-        # Fine-tune jobs: trained by the tuner (none: POST /v1/fine_tuning/jobs answers fine_tuning_unavailable).
-        self.fine_tuning = FineTuningService(store, self.registry, self.clock, fine_tuner)
+        self._fine_tuner = fine_tuner
+
+    @cached_property
+    def fine_tuning(self) -> FineTuningService:
+        """Fine-tune jobs, trained by the tuner (none: POST /v1/fine_tuning/jobs answers fine_tuning_unavailable)."""
+        from core.fine_tuning.service import FineTuningService
+
+        return FineTuningService(self.store, self.registry, self.clock, self._fine_tuner)
+
+    @property
+    def batch_settings(self) -> RunnerSettings:
+        if self._batch_settings is None:
+            from core.batch.runner import RunnerSettings
+
+            self._batch_settings = RunnerSettings()
+        return self._batch_settings
+
+    @batch_settings.setter
+    def batch_settings(self, settings: RunnerSettings) -> None:
+        self._batch_settings = settings
 
     def require_blobs(self) -> BlobStore:
         if self.blobs is None:
@@ -153,6 +174,8 @@ class Gateway:
 
     def batch_runner(self, blobs: BlobStore | None = None, settings: RunnerSettings | None = None) -> BatchRunner:
         """A runner of batches whose files live in ``blobs`` (the gateway's own by default)."""
+        from core.batch.runner import BatchRunner
+
         return BatchRunner(
             self.store,
             blobs or self.require_blobs(),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,15 +47,45 @@ class Route:
 
 
 class Router:
-    """Static paths are a dict lookup; templated ones are tried in order."""
+    """Static paths are a dict lookup; templated ones are tried in order.
+
+    Areas of routes may be included lazily (``include``): a module's routes are registered the first time a
+    request needs them, so a cold start imports only the handlers and schemas of the route it serves.
+    """
 
     def __init__(self) -> None:
-        self.routes: list[Route] = []
+        self._routes: list[Route] = []
         self._static: dict[str, dict[str, Route]] = {}
         self._dynamic: list[tuple[re.Pattern[str], dict[str, Route]]] = []
+        self._areas: list[tuple[str, tuple[str, ...]]] = []  # (module, path prefixes), not imported yet
+        self._order: dict[str, int] = {}  # module -> its place in listings
+        self._loading = threading.Lock()
+
+    def include(self, module: str, *prefixes: str) -> None:
+        """Register ``module``'s routes (its ``register(router)``) on first need: a request whose path starts
+        with one of ``prefixes``, a request no loaded route matches, or a listing of every route."""
+        self._order[module] = len(self._order) + 1
+        self._areas.append((module, prefixes))
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every route, in the order their areas were included (routes added directly first)."""
+        self._load(lambda _: True)
+        return sorted(self._routes, key=lambda r: self._order.get(r.handler.__module__, 0))
+
+    def _load(self, wanted: Callable[[tuple[str, ...]], bool]) -> bool:
+        """Import the areas ``wanted`` picks by their prefixes; whether any was."""
+        if not self._areas:
+            return False
+        with self._loading:
+            chosen = [area for area in self._areas if wanted(area[1])]
+            for area in chosen:
+                importlib.import_module(area[0]).register(self)
+                self._areas.remove(area)
+        return bool(chosen)
 
     def add(self, route: Route) -> None:
-        self.routes.append(route)
+        self._routes.append(route)
         if "{" not in route.path:
             self._static.setdefault(route.path, {})[route.method] = route
             return
@@ -77,6 +109,16 @@ class Router:
         return max([default, *(r.max_body_bytes for r in self.routes if r.max_body_bytes is not None)])
 
     def match(self, request: Request) -> Route:
+        try:
+            return self._match(request)
+        except (NotFound, MethodNotAllowed):
+            path = request.path
+            # The area the path names; failing that (an unknown path), every area still to load.
+            if self._load(lambda prefixes: path.startswith(prefixes)) or self._load(lambda _: True):
+                return self._match(request)
+            raise
+
+    def _match(self, request: Request) -> Route:
         path = request.path.rstrip("/") or "/"
         by_method = self._static.get(path)
         if by_method is None:
