@@ -13,8 +13,8 @@ from aws_lambda_powertools import Logger
 from adapters.aws.tracing import make_tracer
 from core.clock import new_id
 from core.errors import InvalidRequest
-from core.http import Response
-from functions.aws.apigw import SANE_REQUEST_ID, BadEvent, request_id_of, to_request, to_result
+from core.http import Response, sane_request_id
+from functions.aws.apigw import BadEvent, request_id_of, to_request, to_result
 from functions.aws.bootstrap import Runtime, runtime
 
 logger = Logger(service="textnlp")
@@ -37,7 +37,7 @@ def handle(rt: Runtime, event: Any) -> dict[str, Any]:
         response = Response.error(InvalidRequest(str(exc), code="bad_event"))
         response.headers["x-request-id"] = request_id_of(event) or new_id("req")
         return rt.loop.run_until_complete(to_result(response))
-    if not SANE_REQUEST_ID.match(request.headers.get("x-request-id", "")):
+    if sane_request_id(request.headers.get("x-request-id")) is None:
         # No usable id from the caller: API Gateway's becomes the request id, so its access log, our request
         # log (core logs through the Powertools logger, "textnlp"), metrics and the response share one.
         request.headers = {**request.headers, "x-request-id": request_id_of(event) or new_id("req")}

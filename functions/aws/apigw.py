@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from core.http import Request, Response
-
-# What core accepts as a caller's request id (core.app): anything else would be replaced by a new id there.
-SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_NOT_IN_REQUEST_ID = re.compile(r"[^A-Za-z0-9._:-]")
+from core.http import Request, Response, sane_request_id
 
 
 class BadEvent(ValueError):
@@ -52,11 +47,10 @@ def to_request(event: Any) -> Request:
 
 
 def request_id_of(event: Any) -> str | None:
-    """API Gateway's request id, made acceptable to core (HTTP API ids end in ``=``, which core refuses)."""
+    """API Gateway's request id (base64 with its "=" padding, which core accepts), if the event has a sane one."""
     context = event.get("requestContext") if isinstance(event, Mapping) else None
     found = context.get("requestId") if isinstance(context, Mapping) else None
-    cleaned = _NOT_IN_REQUEST_ID.sub("", found)[:128] if isinstance(found, str) else ""
-    return cleaned or None
+    return sane_request_id(found) if isinstance(found, str) else None
 
 
 async def to_result(response: Response) -> dict[str, Any]:

@@ -16,17 +16,18 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from adapters.aws.tracing import make_tracer
 from core.batch.objects import object_batch
 from core.batch.records import load_batch
 from functions.aws.bootstrap import Runtime, runtime
 from functions.aws.s3_events import JobMessage, ObjectCreated, UnknownMessage, parse_body
 
 logger = Logger(service="textnlp")
-tracer = Tracer(service="textnlp")
+tracer = make_tracer("textnlp")
 processor = BatchProcessor(event_type=EventType.SQS)
 #: Seconds kept free before the Lambda time limit: the runner's last checkpoint and the continuation.
 SAFETY_MARGIN_S = 45.0
