@@ -1,8 +1,10 @@
-"""Lambda packaging: the repository as the code asset, a pip-built dependency layer, and the function defaults."""
+"""Lambda packaging: the code asset (core/, adapters/, functions/), a pip-built dependency layer, both with
+CPython 3.12 bytecode (textnlp_cdk.bytecode), and the function defaults."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -20,6 +22,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from textnlp_cdk.bytecode import compile_tree, compileall_command, recipe
 from textnlp_cdk.config import StackConfig
 from textnlp_cdk.nag import acknowledge, allow
 
@@ -43,24 +46,96 @@ PIP_PLATFORM_ARGS = (
 SDIST_ONLY = ("rouge-score",)
 #: Lambda's limit is 250 MB unzipped for a function and all its layers; the code asset takes a few MB.
 LAYER_BUDGET_MB = 200
-# The code asset is the repository root filtered down to the three packages the handlers import.
-CODE_EXCLUDES = [
-    "*",
-    ".*",
-    "!core",
-    "!core/**",
-    "!adapters",
-    "!adapters/**",
-    "!functions",
-    "!functions/**",
-    "**/__pycache__",
-    "**/*.pyc",
-    "functions/aws/requirements.txt",
-]
+#: Where Lambda puts the function's code and a layer's ``python/``: the paths the bytecode records.
+TASK_ROOT = "/var/task"
+LAYER_PYTHON = "/opt/python"
+#: The build image of the Docker fallbacks (local bundling always runs today); its ``python`` is 3.12.
+BUILD_IMAGE = "public.ecr.aws/sam/build-python3.12"
+#: The code asset: the three packages the handlers import, without caches, dotfiles or compiled files of this
+#: machine, and without the layer's input.
+CODE_PACKAGES = ("core", "adapters", "functions")
+CODE_LEAVE_OUT = ("functions/aws/requirements.txt",)
+#: Folders of the layer's packages that nothing imports at run time (numpy's, nltk's... test suites): not
+#: byte-compiled, ~9 MB of .pyc saved.
+LAYER_SKIP_DIRS = ("test", "tests")
+
+
+def _kept(name: str) -> bool:
+    return not name.startswith(".") and name != "__pycache__" and not name.endswith((".pyc", ".pyo"))
+
+
+def code_files(root: Path = REPO_ROOT) -> list[str]:
+    """The files of the code asset, as sorted POSIX paths relative to ``root``."""
+    files = []
+    for package in CODE_PACKAGES:
+        for folder, dirs, names in os.walk(root / package):
+            dirs[:] = sorted(d for d in dirs if _kept(d))
+            for name in sorted(filter(_kept, names)):
+                relative = (Path(folder) / name).relative_to(root).as_posix()
+                if relative not in CODE_LEAVE_OUT:
+                    files.append(relative)
+    return files
+
+
+def code_hash(root: Path = REPO_ROOT) -> str:
+    """The code asset's hash: every file's path and content, and how it is built (the Docker fallback's
+    command, with or without bytecode), so code changes make a new asset and nothing else does."""
+    digest = hashlib.sha256()
+    for relative in code_files(root):
+        digest.update(relative.encode() + b"\0" + hashlib.sha256((root / relative).read_bytes()).digest())
+    digest.update(docker_code_command().encode())
+    digest.update(recipe().encode())
+    return digest.hexdigest()
+
+
+def copy_code(output: Path, root: Path = REPO_ROOT) -> None:
+    for relative in code_files(root):
+        (output / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / relative, output / relative)
+
+
+@jsii.implements(ILocalBundling)
+class CodeBundling:
+    """Copies the packages (``code_files``) into the asset and byte-compiles them with CPython 3.12 (under a
+    second: it runs on every synth, TEXTNLP_SKIP_LAYER_BUILD or not)."""
+
+    def __init__(self, root: Path = REPO_ROOT) -> None:
+        self._root = root
+
+    def try_bundle(self, output_dir: str, options: Any) -> bool:
+        """Called by CDK before Docker bundling; ``options`` are the Docker settings, unused here."""
+        output = Path(output_dir)
+        copy_code(output, self._root)
+        compile_tree(output, TASK_ROOT, what="the code asset", jobs=1)
+        return True
+
+
+def docker_code_command(source: str = "/asset-input", output: str = "/asset-output", python: str = "python") -> str:
+    """What CodeBundling does, in the build image, should local bundling ever decline (it does not today)."""
+    pruned = r"find {out} -mindepth 1 \( -name '.*' -o -name __pycache__ \) -prune -exec rm -rf {{}} +"
+    commands = [
+        f"cd {shlex.quote(source)}",
+        f"cp -R {' '.join(CODE_PACKAGES)} {shlex.quote(output)}/",
+        pruned.format(out=shlex.quote(output)),
+        f"find {shlex.quote(output)} \\( -name '*.pyc' -o -name '*.pyo' \\) -delete",
+        shlex.join(["rm", "-f", *(f"{output}/{p}" for p in CODE_LEAVE_OUT)]),
+        shlex.join(["env", "PYTHONHASHSEED=0", *compileall_command(python, output, TASK_ROOT, jobs=1)]),
+    ]
+    return " && ".join(commands)
 
 
 def code_asset() -> lambda_.Code:
-    return lambda_.Code.from_asset(str(REPO_ROOT), exclude=CODE_EXCLUDES)
+    """The code of both functions, with its bytecode; the hash is ``code_hash`` (no walk of the repository)."""
+    return lambda_.Code.from_asset(
+        str(REPO_ROOT),
+        asset_hash_type=AssetHashType.CUSTOM,
+        asset_hash=code_hash(),
+        bundling=BundlingOptions(
+            image=DockerImage.from_registry(BUILD_IMAGE),
+            command=["bash", "-c", docker_code_command()],
+            local=CodeBundling(),
+        ),
+    )
 
 
 def canonical_name(name: str) -> str:
@@ -111,11 +186,16 @@ def tree_mb(path: Path) -> float:
 
 
 def build_layer(
-    target: Path, requirements: Path = REQUIREMENTS, platform_args: Sequence[str] = PIP_PLATFORM_ARGS
+    target: Path,
+    requirements: Path = REQUIREMENTS,
+    platform_args: Sequence[str] = PIP_PLATFORM_ARGS,
+    *,
+    bytecode: bool = True,
 ) -> None:
     """pip-install ``requirements`` into ``target`` (the layer's ``python/``) for ``platform_args``, with this
-    machine's pip: no Docker. ``platform_args`` other than PIP_PLATFORM_ARGS are for tests (a layer this
-    machine can import)."""
+    machine's pip (no Docker), then byte-compile it with CPython 3.12 (without one: no .pyc, NO_BYTECODE.txt).
+    ``platform_args`` other than PIP_PLATFORM_ARGS and ``bytecode=False`` are for tests (a layer this machine
+    can import, sooner)."""
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="textnlp-wheels-") as wheelhouse:
         pip = [sys.executable, "-m", "pip"]
@@ -133,6 +213,8 @@ def build_layer(
         subprocess.run(install, check=True)  # noqa: S603 - fixed argv, no shell
     for cache in list(target.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
+    if bytecode:
+        compile_tree(target, LAYER_PYTHON, what="the dependency layer", skip_dirs=LAYER_SKIP_DIRS)
     size = tree_mb(target)
     if size > LAYER_BUDGET_MB:
         raise RuntimeError(f"the dependency layer takes {size:.0f} MB unzipped, above {LAYER_BUDGET_MB} MB")
@@ -140,7 +222,8 @@ def build_layer(
 
 @jsii.implements(ILocalBundling)
 class PipLayerBundling:
-    """Builds the layer with this machine's pip (no Docker): wheels for cp312 arm64 into ``python/``."""
+    """Builds the layer with this machine's pip (no Docker): wheels for cp312 arm64 into ``python/``, then
+    their bytecode."""
 
     def __init__(self, requirements: Path, skip: bool) -> None:
         self._requirements = requirements
@@ -159,13 +242,17 @@ class PipLayerBundling:
 
 def docker_layer_command(requirements: Path = REQUIREMENTS) -> str:
     """The same build in the SAM build image, should local bundling ever decline (it does not today)."""
-    commands = layer_commands(
-        ["python", "-m", "pip"],
-        requirements.name,
-        "/asset-output/python",
-        "/tmp/wheelhouse",  # noqa: S108 - inside the throw-away build container
-        sdist_only_requirements(requirements),
-    )
+    target = "/asset-output/python"
+    commands = [
+        *layer_commands(
+            ["python", "-m", "pip"],
+            requirements.name,
+            target,
+            "/tmp/wheelhouse",  # noqa: S108 - inside the throw-away build container
+            sdist_only_requirements(requirements),
+        ),
+        ["env", "PYTHONHASHSEED=0", *compileall_command("python", target, LAYER_PYTHON, skip_dirs=LAYER_SKIP_DIRS)],
+    ]
     return " && ".join(shlex.join(c) for c in commands if c is not None)
 
 
@@ -175,12 +262,13 @@ def dependency_layer(scope: Construct, construct_id: str, *, skip_build: bool) -
     digest = hashlib.sha256(REQUIREMENTS.read_bytes())
     digest.update(docker_command.encode())  # the platform, the sdist-only packages: what the build does
     digest.update(b"skipped" if skip_build else b"built")
+    digest.update(recipe().encode())  # with or without bytecode
     code = lambda_.Code.from_asset(
         str(REQUIREMENTS.parent),
         asset_hash_type=AssetHashType.CUSTOM,
         asset_hash=digest.hexdigest(),
         bundling=BundlingOptions(
-            image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.12"),
+            image=DockerImage.from_registry(BUILD_IMAGE),
             command=["bash", "-c", docker_command],
             local=PipLayerBundling(REQUIREMENTS, skip_build),
         ),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.infra.conftest import Synth
+from tests.infra.conftest import ROOT, Synth
 from tests.infra.template_query import flat, function, logical
 
 pytestmark = pytest.mark.infra
@@ -69,13 +72,160 @@ def test_dependency_layer(synth: Synth) -> None:
     )
 
 
-def test_code_asset_holds_only_the_packages(synth: Synth) -> None:
+# --- the code asset: the three packages and their CPython 3.12 bytecode ---------------------------------
+
+PACKAGES = ("core", "adapters", "functions")
+
+
+def code_asset(synth: Synth) -> Path:
     code = function(synth, "ApiFunction")["Code"]["S3Key"].removesuffix(".zip")
-    asset = synth.outdir / f"asset.{code}"
-    assert sorted(p.name for p in asset.iterdir()) == ["adapters", "core", "functions"]
-    assert not list(asset.rglob("__pycache__"))
-    assert not list(asset.rglob("*.pyc"))
+    return synth.outdir / f"asset.{code}"
+
+
+def sources(root: Path) -> set[str]:
+    """The files under ``root`` outside ``__pycache__``, as POSIX paths relative to it."""
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.relative_to(root).parts
+    }
+
+
+def test_code_asset_holds_only_the_packages(synth: Synth) -> None:
+    from textnlp_cdk.bytecode import NO_BYTECODE
+
+    asset = code_asset(synth)
+    assert sorted(p.name for p in asset.iterdir() if p.name != NO_BYTECODE) == sorted(PACKAGES)
+    in_repo = {f"{package}/{f}" for package in PACKAGES for f in sources(ROOT / package)}
+    in_repo = {f for f in in_repo if not f.endswith((".pyc", ".pyo")) and "/." not in f}
+    assert sources(asset) - {NO_BYTECODE} == in_repo - {"functions/aws/requirements.txt"}
+    # Nothing compiled on the developer's machine (another Python, other files): 3.12 bytecode of these sources.
+    stray = [
+        p.relative_to(asset).as_posix()
+        for p in asset.rglob("__pycache__/*")
+        if not (p.name.endswith(".cpython-312.pyc") and (p.parent.parent / f"{p.name.split('.')[0]}.py").is_file())
+    ]
+    assert not stray
     assert function(synth, "BatchWorkerFunction")["Code"] == function(synth, "ApiFunction")["Code"]
+
+
+BYTECODE_PROBE = """
+import importlib, importlib.util, json, marshal, sys
+from pathlib import Path
+asset = Path(sys.argv[1]).resolve()
+compiled = []
+sys.addaudithook(lambda event, args: compiled.append(args[1]) if event == "compile" else None)
+headers = {}
+for pyc in asset.rglob("__pycache__/*.pyc"):
+    data = pyc.read_bytes()
+    code = marshal.loads(data[16:])
+    magic = data[:4] == importlib.util.MAGIC_NUMBER
+    headers[pyc.relative_to(asset).as_posix()] = [magic, int.from_bytes(data[4:8], "little"), code.co_filename]
+imported = []
+for package in ("core", "adapters", "functions"):
+    for py in sorted((asset / package).rglob("*.py")):
+        parts = py.relative_to(asset).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        try:
+            importlib.import_module(name)
+        except Exception:  # a third-party import (the layer is not here)
+            continue
+        imported.append(name)
+elsewhere = [n for n in imported if not Path(sys.modules[n].__file__).resolve().is_relative_to(asset)]
+mine = [f for f in compiled if str(asset) in f or f.startswith("/var/task")]
+magic = importlib.util.MAGIC_NUMBER.hex()
+print(json.dumps({"headers": headers, "imported": imported, "elsewhere": elsewhere, "compiled": mine, "magic": magic}))
+"""
+
+
+def test_code_asset_bytecode_is_what_python312_loads(synth: Synth, tmp_path: Path) -> None:
+    """Every module has its unchecked-hash .pyc for the runtime's magic number, recording its Lambda path; a
+    python3.12 importing the asset (``-B``: no writing) compiles no module of it from source."""
+    from textnlp_cdk.bytecode import NO_BYTECODE, python312
+
+    interpreter = python312()
+    asset = code_asset(synth)
+    if interpreter is None:
+        assert (asset / NO_BYTECODE).is_file(), "built without bytecode but not marked"
+        pytest.skip("no CPython 3.12 (PATH, pyenv or TEXTNLP_PYTHON312): the asset has no .pyc, as its marker says")
+    assert not (asset / NO_BYTECODE).exists()
+    assert (asset / "core" / "__pycache__" / "app.cpython-312.pyc").is_file()
+    modules = sorted(asset.rglob("*.py"))
+    missing = [
+        str(m.relative_to(asset))
+        for m in modules
+        if not (m.parent / "__pycache__" / f"{m.stem}.cpython-312.pyc").is_file()
+    ]
+    assert not missing, f"no .pyc for {missing}"
+    done = subprocess.run(
+        [str(interpreter), "-S", "-B", "-c", BYTECODE_PROBE, str(asset)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(asset), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path), "PATH": os.defpath},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout)
+    assert len(probe["headers"]) == len(modules)
+    for pyc, (magic, flags, filename) in probe["headers"].items():
+        assert magic, f"{pyc}: not python3.12's magic number {probe['magic']}"
+        assert flags == 0b01, f"{pyc}: flags {flags:#b}, not unchecked-hash"
+        assert filename.startswith("/var/task/"), f"{pyc}: compiled as {filename}"
+    assert {"core.domain", "core.settings", "core.validation.report"} <= set(probe["imported"])
+    assert len(probe["imported"]) >= 20, probe["imported"]
+    assert not probe["elsewhere"], "imported from outside the asset"
+    assert not probe["compiled"], f"compiled from source despite the .pyc: {probe['compiled']}"
+
+
+def test_code_asset_hash_follows_the_code_and_the_bytecode(
+    cdk: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textnlp_cdk import bytecode, compute
+
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "app.py").write_text("x = 1\n")
+    first = compute.code_hash(tmp_path)
+    for junk in ("core/__pycache__/app.cpython-311.pyc", "core/.DS_Store", "tests/test_app.py", "README.md"):
+        (tmp_path / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / junk).write_text("not in the asset")
+    assert compute.code_hash(tmp_path) == first, "files outside the asset do not change its hash"
+    (tmp_path / "core" / "app.py").write_text("x = 2\n")
+    changed = compute.code_hash(tmp_path)
+    assert changed != first
+    monkeypatch.setattr(bytecode, "python312", lambda: None)
+    assert compute.code_hash(tmp_path) != changed, "built without .pyc: another asset"
+
+
+def test_docker_fallback_builds_the_same_code_asset(synth: Synth, tmp_path: Path) -> None:
+    """The Docker command (never run today: local bundling does not decline) gives the same files, byte for
+    byte, as the local bundling; here with this machine's shell and python3.12."""
+    from textnlp_cdk.bytecode import python312
+    from textnlp_cdk.compute import docker_code_command
+
+    interpreter = python312()
+    if interpreter is None:
+        pytest.skip("no CPython 3.12 (PATH, pyenv or TEXTNLP_PYTHON312)")
+    (tmp_path / "out").mkdir()
+    command = docker_code_command(str(ROOT), str(tmp_path / "out"), str(interpreter))
+    done = subprocess.run(
+        ["bash", "-c", command],
+        env={"PATH": os.defpath, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    asset = code_asset(synth)
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    built, local = tree(tmp_path / "out"), tree(asset)
+    assert sorted(built) == sorted(local)
+    assert [f for f in built if built[f] != local[f]] == []
 
 
 def test_sqs_event_source(synth: Synth) -> None:

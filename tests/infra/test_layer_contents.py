@@ -1,10 +1,11 @@
 """The dependency layer holds what the handlers import (POST /v1/validate's sacrebleu and rouge-score included).
 
 Derived from the code, not from a list kept by hand: the third-party imports reachable from the handlers of
-template.yaml (following first-party imports, function-level ones too), and the modules that loading and
-running every CPU metric of core/validation actually loads, are mapped to their distributions
-(``importlib.metadata.packages_distributions``) and looked up in functions/aws/requirements.txt. The slow
-tests at the end run the real layer build (pip, PyPI, no Docker) into a temporary folder.
+template.yaml (following first-party imports, function-level ones too, and the route areas the router loads
+by name), and the modules that loading and running every CPU metric of core/validation actually loads, are
+mapped to their distributions (``importlib.metadata.packages_distributions``) and looked up in
+functions/aws/requirements.txt. The slow tests at the end run the real layer build (pip, PyPI, no Docker) into
+a temporary folder, and check its CPython 3.12 bytecode.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from tests.infra.conftest import ROOT
-from tests.infra.test_sam import python312
 
 pytestmark = pytest.mark.infra
 
@@ -92,6 +92,14 @@ def imported_names(module: str, source: Path) -> Iterator[str]:
     yield from visit(ast.parse(source.read_text(), str(source)))
 
 
+def loaded_by_name(module: str) -> list[str]:
+    """Modules that ``module`` has imported at run time by name, with no import statement to follow: core.api's
+    route areas (``build_router`` -> ``Router.include``, each loaded on first need)."""
+    if module == "core.api":
+        return [f"core.api.{area}" for area, _ in importlib.import_module("core.api").AREAS]
+    return []
+
+
 @cache
 def reachable(starts: tuple[str, ...]) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
     """First-party modules reachable from ``starts``, and third-party top-level modules -> who imports them."""
@@ -108,6 +116,7 @@ def reachable(starts: tuple[str, ...]) -> tuple[frozenset[str], dict[str, frozen
             continue
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
+        todo += loaded_by_name(module)
         for name in imported_names(module, source):
             top = name.split(".")[0]
             if top in FIRST_PARTY:
@@ -259,6 +268,12 @@ def compute(cdk: None) -> ModuleType:
     return importlib.import_module("textnlp_cdk.compute")  # cdk/ is on sys.path (conftest)
 
 
+@pytest.fixture(scope="module")
+def bytecode(cdk: None) -> ModuleType:
+    """``python312()``, the one finder of CPython 3.12 (PATH, pyenv, TEXTNLP_PYTHON312), and the compile step."""
+    return importlib.import_module("textnlp_cdk.bytecode")
+
+
 def test_sdist_only_packages_are_built_to_wheels_first(compute: ModuleType) -> None:
     sdists = compute.sdist_only_requirements(REQUIREMENTS)
     assert sdists == ["rouge-score>=0.1.2"], "keep the floor: rouge-score 0.0.4 has a wheel pip would fall back to"
@@ -293,11 +308,35 @@ def test_no_wheel_step_without_sdist_only_requirements(compute: ModuleType, tmp_
 
 def test_docker_command_does_the_same(compute: ModuleType) -> None:
     command = compute.docker_layer_command()
-    wheel, install = command.split(" && ")
+    wheel, install, compile_ = command.split(" && ")
     assert "pip wheel" in wheel
     assert "'rouge-score>=0.1.2'" in wheel
     assert "--find-links /tmp/wheelhouse" in install
     assert "-r requirements.txt" in install
+    assert compile_.startswith("env PYTHONHASHSEED=0 python -m compileall ")  # the build image's python is 3.12
+    assert "--invalidation-mode unchecked-hash" in compile_
+    assert compile_.endswith("-s /asset-output/python -p /opt/python /asset-output/python")
+
+
+def test_compileall_leaves_out_test_folders_below_the_root_only(bytecode: ModuleType) -> None:
+    pattern = re.compile(bytecode.skip_dirs_regex("/work/tests/out/python", ["test", "tests"]))
+    assert pattern.search("/work/tests/out/python/numpy/_core/tests/test_api.py")
+    assert pattern.search("/work/tests/out/python/nltk/test/unit/test_x.py")
+    assert not pattern.search("/work/tests/out/python/numpy/testing/__init__.py")
+    assert not pattern.search("/work/tests/out/python/botocore/session.py"), "the root's own /tests/ is no test folder"
+
+
+def test_without_python312_the_layer_says_so(
+    bytecode: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No CPython 3.12 on the build machine: the synth goes on, with a warning, a marker, another hash."""
+    monkeypatch.setattr(bytecode, "python312", lambda: None)
+    (tmp_path / "m.py").write_text("x = 1\n")
+    assert bytecode.compile_tree(tmp_path, "/opt/python", what="the dependency layer") is False
+    assert "WARNING: no CPython 3.12 found" in capsys.readouterr().err
+    assert "Install Python 3.12" in (tmp_path / bytecode.NO_BYTECODE).read_text()
+    assert not list(tmp_path.rglob("*.pyc"))
+    assert bytecode.recipe() == "no-bytecode"
 
 
 def test_impure_wheels(compute: ModuleType, tmp_path: Path) -> None:
@@ -371,7 +410,66 @@ def test_layer_holds_no_code_for_another_machine(arm64_layer: Path) -> None:
     assert not wrong, f"not arm64: {wrong}"
     extensions = [p.name for p in shared if ".cpython-" in p.name]
     assert all(".cpython-312-aarch64-linux-gnu.so" in n for n in extensions), extensions
-    assert not list(arm64_layer.rglob("__pycache__"))
+    cached = [p for p in arm64_layer.rglob("__pycache__/*") if p.is_file()]
+    assert all(p.name.endswith(".cpython-312.pyc") for p in cached), "bytecode of python3.12 only (no -O, no other)"
+
+
+LAYER_PROBE = """
+import importlib, json, sys
+from pathlib import Path
+layer = Path(sys.argv[1]).resolve()
+compiled = []
+sys.addaudithook(lambda event, args: compiled.append(args[1]) if event == "compile" else None)
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+files = {n: Path(getattr(m, "__file__", None) or "/").resolve() for n, m in list(sys.modules.items())}
+loaded = sorted(n for n, f in files.items() if f.is_relative_to(layer))
+print(json.dumps({"loaded": loaded, "compiled": [f for f in compiled if str(layer) in f]}))
+"""
+#: Pure-Python packages of the layer, importable here whatever the CPU (pydantic needs its arm64 pydantic_core).
+PURE = ("botocore.session", "botocore.client", "pynamodb.models", "httpx", "dateutil.parser")
+
+
+def test_layer_bytecode_is_python312_unchecked_hash(arm64_layer: Path, bytecode: ModuleType, tmp_path: Path) -> None:
+    """botocore, pydantic... have python3.12 .pyc (magic number of 3.12, unchecked-hash), and python3.12 uses
+    them: importing the layer's pure-Python packages compiles nothing from source."""
+    interpreter = bytecode.python312()
+    if interpreter is None:
+        assert (arm64_layer / bytecode.NO_BYTECODE).is_file(), "built without bytecode but not marked"
+        pytest.skip("no CPython 3.12 (PATH, pyenv or TEXTNLP_PYTHON312): the layer has no .pyc, as its marker says")
+    assert not (arm64_layer / bytecode.NO_BYTECODE).exists()
+    magic = subprocess.run(
+        [str(interpreter), "-c", "import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    for module in ("botocore/__init__", "botocore/session", "pydantic/__init__", "pydantic/main", "jwt/api_jwt"):
+        pyc = bytecode.cached(arm64_layer / f"{module}.py")
+        assert pyc.is_file(), f"no bytecode for {module}.py"
+        assert pyc.read_bytes()[:4].hex() == magic, f"{pyc.name}: not python3.12's magic number"
+        assert bytecode.pyc_flags(pyc) == 0b01, f"{pyc.name}: not unchecked-hash"
+    skip = re.compile(bytecode.skip_dirs_regex(str(arm64_layer), ["test", "tests"]))
+    sources = [p for p in arm64_layer.rglob("*.py") if not skip.search(str(p))]
+    missing = [str(p.relative_to(arm64_layer)) for p in sources if not bytecode.cached(p).is_file()]
+    assert not missing, f"{len(missing)} of {len(sources)} modules without .pyc: {missing[:10]}"
+    tests = [p for p in arm64_layer.rglob("__pycache__/*.pyc") if skip.search(str(p))]
+    assert not tests, "test suites are left uncompiled"
+    pyc_mb = sum(p.stat().st_size for p in arm64_layer.rglob("*.pyc")) / 1e6
+    print(f"\nlayer bytecode: {len(sources)} modules, {pyc_mb:.1f} MB of .pyc")
+    done = subprocess.run(
+        [str(interpreter), "-S", "-B", "-c", LAYER_PROBE, str(arm64_layer), *PURE],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(arm64_layer), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path), "PATH": os.defpath},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout)
+    assert {"botocore", "pynamodb", "httpx", "urllib3"} <= {n.split(".")[0] for n in probe["loaded"]}
+    assert not probe["compiled"], f"compiled from source despite the .pyc: {probe['compiled'][:10]}"
 
 
 def host_platform_args(compute: ModuleType) -> list[str]:
@@ -380,14 +478,17 @@ def host_platform_args(compute: ModuleType) -> list[str]:
     return [a.replace("aarch64", machine) for a in compute.PIP_PLATFORM_ARGS]
 
 
-def test_same_build_for_this_machine_serves_the_metrics(compute: ModuleType, tmp_path: Path, arm64_layer: Path) -> None:
+def test_same_build_for_this_machine_serves_the_metrics(
+    compute: ModuleType, bytecode: ModuleType, tmp_path: Path, arm64_layer: Path
+) -> None:
     """The arm64 layer cannot be imported here; the same build for this machine's CPU must run every metric
     in a bare python3.12 (no site-packages: the layer and the repository only), as Lambda would."""
-    interpreter = python312()
+    interpreter = bytecode.python312()
     if interpreter is None or platform.machine() not in ("x86_64", "aarch64"):
         pytest.skip("needs CPython 3.12 on x86_64 or aarch64 (PATH, pyenv or TEXTNLP_PYTHON312)")
     layer = tmp_path / "python"
-    compute.build_layer(layer, platform_args=host_platform_args(compute))
+    # No bytecode (~5 s saved): the arm64 layer's .pyc, the same for every CPU, are checked above.
+    compute.build_layer(layer, platform_args=host_platform_args(compute), bytecode=False)
     assert set(dist_infos(layer)) == set(dist_infos(arm64_layer)), "same distributions whatever the machine"
     env = {"PYTHONPATH": f"{layer}{os.pathsep}{ROOT}", "HOME": str(tmp_path), "PATH": os.defpath}
     done = subprocess.run(
