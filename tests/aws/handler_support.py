@@ -130,6 +130,14 @@ def deployed(moto_url: str, url: str) -> Iterator[Stack]:
             drop_runtime()
 
 
+@contextmanager
+def deployed_with_key(moto_url: str, url: str, tenant: str) -> Iterator[tuple[Stack, str]]:
+    """``deployed``, plus an API key of a new tenant made through the api handler."""
+    with deployed(moto_url, url) as stack:
+        admin = Admin()
+        yield stack, admin.key(admin.tenant(tenant))
+
+
 # -- API Gateway events ----------------------------------------------------------------------------------
 
 

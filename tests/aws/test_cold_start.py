@@ -20,7 +20,7 @@ import pytest
 from bench.aws_cold_start import FLOOR_CLIENTS
 from functions.aws import api
 from functions.aws.bootstrap import AwsSettings, LazyClient, build_runtime
-from tests.aws.handler_support import TABLE, Admin, Result, Stack, api_event, deployed
+from tests.aws.handler_support import TABLE, Result, Stack, api_event, deployed_with_key
 from tests.aws.support import REGION
 
 pytestmark = pytest.mark.aws
@@ -29,9 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def stack_and_key(moto_url: str, atomic_moto_url: str) -> Iterator[tuple[Stack, str]]:
-    with deployed(moto_url, atomic_moto_url) as stack:
-        admin = Admin()
-        yield stack, admin.key(admin.tenant("cold"))
+    with deployed_with_key(moto_url, atomic_moto_url, "cold") as made:
+        yield made
 
 
 FIRST_REQUEST = """

@@ -24,7 +24,7 @@ from aws_lambda_powertools import Tracer
 
 from adapters.aws import tracing
 from adapters.aws.tracing import NoOpProvider, after_import, make_tracer, tracing_disabled
-from tests.aws.handler_support import Admin, Stack, api_event, deployed
+from tests.aws.handler_support import Stack, api_event, deployed_with_key
 
 pytestmark = pytest.mark.aws
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,9 +162,8 @@ def test_after_import_runs_once_the_module_is_imported_and_then_leaves(
 
 @pytest.fixture(scope="module")
 def stack_and_key(moto_url: str, atomic_moto_url: str) -> Iterator[tuple[Stack, str]]:
-    with deployed(moto_url, atomic_moto_url) as stack:
-        admin = Admin()
-        yield stack, admin.key(admin.tenant("traced"))
+    with deployed_with_key(moto_url, atomic_moto_url, "traced") as made:
+        yield made
 
 
 ACTIVE_CHILD = """

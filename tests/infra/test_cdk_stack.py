@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.infra.conftest import ROOT, Synth
+from tests.infra.isolated_python import run_probe
 from tests.infra.template_query import flat, function, logical
 
 pytestmark = pytest.mark.infra
@@ -157,17 +158,7 @@ def test_code_asset_bytecode_is_what_python312_loads(synth: Synth, tmp_path: Pat
         if not (m.parent / "__pycache__" / f"{m.stem}.cpython-312.pyc").is_file()
     ]
     assert not missing, f"no .pyc for {missing}"
-    done = subprocess.run(
-        [str(interpreter), "-S", "-B", "-c", BYTECODE_PROBE, str(asset)],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(asset), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path), "PATH": os.defpath},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    probe = json.loads(done.stdout)
+    probe = run_probe(interpreter, BYTECODE_PROBE, asset, cwd=tmp_path)
     assert len(probe["headers"]) == len(modules)
     for pyc, (magic, flags, filename) in probe["headers"].items():
         assert magic, f"{pyc}: not python3.12's magic number {probe['magic']}"

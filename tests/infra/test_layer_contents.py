@@ -32,6 +32,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from tests.infra.conftest import ROOT
+from tests.infra.isolated_python import run_probe
 
 pytestmark = pytest.mark.infra
 
@@ -457,17 +458,7 @@ def test_layer_bytecode_is_python312_unchecked_hash(arm64_layer: Path, bytecode:
     assert not tests, "test suites are left uncompiled"
     pyc_mb = sum(p.stat().st_size for p in arm64_layer.rglob("*.pyc")) / 1e6
     print(f"\nlayer bytecode: {len(sources)} modules, {pyc_mb:.1f} MB of .pyc")
-    done = subprocess.run(
-        [str(interpreter), "-S", "-B", "-c", LAYER_PROBE, str(arm64_layer), *PURE],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(arm64_layer), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path), "PATH": os.defpath},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    probe = json.loads(done.stdout)
+    probe = run_probe(interpreter, LAYER_PROBE, arm64_layer, *PURE, cwd=tmp_path)
     assert {"botocore", "pynamodb", "httpx", "urllib3"} <= {n.split(".")[0] for n in probe["loaded"]}
     assert not probe["compiled"], f"compiled from source despite the .pyc: {probe['compiled'][:10]}"
 
