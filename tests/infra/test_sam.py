@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -40,19 +41,10 @@ def run_sam(sam: Path, *args: str, cwd: Path, path: str | None = None) -> subpro
 
 
 def python312() -> Path | None:
-    """A CPython 3.12 for `sam build` (it runs pip for the function's runtime): PATH, pyenv, or TEXTNLP_PYTHON312."""
-    candidates = [os.environ.get("TEXTNLP_PYTHON312"), shutil.which("python3.12")]
-    candidates += [str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"), reverse=True)]
-    for candidate in filter(None, candidates):
-        probe = subprocess.run(
-            [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if probe.returncode == 0 and probe.stdout.strip() == "True":
-            return Path(candidate)
-    return None
+    """A CPython 3.12 for `sam build` (it runs pip for the function's runtime): the CDK app's own finder."""
+    bytecode = importlib.import_module("textnlp_cdk.bytecode")  # cdk/ is on sys.path (conftest)
+    found: Path | None = bytecode.python312()
+    return found
 
 
 def test_sam_validate_lint(sam: Path) -> None:
