@@ -73,16 +73,14 @@ class Router:
         self._load(lambda _: True)
         return sorted(self._routes, key=lambda r: self._order.get(r.handler.__module__, 0))
 
-    def _load(self, wanted: Callable[[tuple[str, ...]], bool]) -> bool:
-        """Import the areas ``wanted`` picks by their prefixes; whether any was."""
+    def _load(self, wanted: Callable[[tuple[str, ...]], bool]) -> None:
+        """Import the areas ``wanted`` picks by their prefixes (one thread at a time; an area once)."""
         if not self._areas:
-            return False
+            return
         with self._loading:
-            chosen = [area for area in self._areas if wanted(area[1])]
-            for area in chosen:
+            for area in [area for area in self._areas if wanted(area[1])]:
                 importlib.import_module(area[0]).register(self)
                 self._areas.remove(area)
-        return bool(chosen)
 
     def add(self, route: Route) -> None:
         self._routes.append(route)
@@ -112,11 +110,15 @@ class Router:
         try:
             return self._match(request)
         except (NotFound, MethodNotAllowed):
+            # The area the path names; failing that (an unknown path), every area still to load. Matched again
+            # either way: another thread may have registered the area between our miss and our load.
             path = request.path
-            # The area the path names; failing that (an unknown path), every area still to load.
-            if self._load(lambda prefixes: path.startswith(prefixes)) or self._load(lambda _: True):
-                return self._match(request)
-            raise
+            self._load(lambda prefixes: path.startswith(prefixes))
+        try:
+            return self._match(request)
+        except (NotFound, MethodNotAllowed):
+            self._load(lambda _: True)
+        return self._match(request)
 
     def _match(self, request: Request) -> Route:
         path = request.path.rstrip("/") or "/"

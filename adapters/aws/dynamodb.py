@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.client import BaseClient
 from pynamodb.connection import Connection
+from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.operand import Path
 
 from adapters.aws.dynamodb_counters import DynamoDBCounters
@@ -31,7 +32,7 @@ from adapters.aws.dynamodb_models import (
     sortable,
     ttl_seconds,
 )
-from adapters.aws.dynamodb_table import DynamoDBTable, Item, connect
+from adapters.aws.dynamodb_table import CONFLICT_ROUNDS, ConditionFailed, DynamoDBTable, Item, connect, unavailable
 from adapters.aws.dynamodb_usage import DynamoDBUsage
 from core.domain import ApiKeyRecord, Limits, ModelSpec, SigningKey, Tenant
 
@@ -162,9 +163,9 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
     def put_key(self, key: ApiKeyRecord) -> None:
         """The record under its tenant, and the key's index entry naming that tenant.
 
-        A new key (or one moving to another tenant: an imported key's id derives from its text) writes
-        both in one transaction, dropping the other tenant's record; a revocation or an update writes the
-        record only.
+        One transaction: a new key (or one moving to another tenant: an imported key's id derives from its
+        text) writes both, dropping the other tenant's record; a revocation or an update writes the record,
+        checking that the index still names its tenant.
         """
         record = KeyItem(
             pk=f"T#{key.tenant_id}",
@@ -180,15 +181,28 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
             limits=_limits(key.limits),
             prefix=key.prefix,
         ).serialize()
-        previous = self._indexed_tenant(key.id)
-        if previous == key.tenant_id:
-            self._table.put(record)
-            return
         entry = KeyIndexItem(pk=key_index_pk(key.id), sk=KEY_SK, tenant_id=key.tenant_id).serialize()
-        moved = [] if previous is None else [self._table.delete_kwargs(f"T#{previous}", key_sk(key.id))]
-        puts = [self._table.put_kwargs(record), self._table.put_kwargs(entry)]
-        self._table.transact(puts, [], uuid.uuid4().hex, deletes=moved)
-        self._remember_tenant(key.id, key.tenant_id)
+        for _ in range(CONFLICT_ROUNDS):
+            previous = self._indexed_tenant(key.id)
+            # Every write is conditioned on the index still saying what was read, so that two admins moving or
+            # updating one key at once can neither orphan a record nor revive one under its former tenant.
+            still: Condition = (
+                KeyIndexItem.pk.does_not_exist() if previous is None else KeyIndexItem.tenant_id == previous
+            )
+            if previous == key.tenant_id:
+                checks = [self._table.delete_kwargs(key_index_pk(key.id), KEY_SK, still)]
+                writes, moved = [self._table.put_kwargs(record)], []
+            else:
+                checks = []
+                writes = [self._table.put_kwargs(record), self._table.put_kwargs(entry, still)]
+                moved = [] if previous is None else [self._table.delete_kwargs(f"T#{previous}", key_sk(key.id))]
+            try:
+                self._table.transact(writes, [], uuid.uuid4().hex, deletes=moved, checks=checks)
+            except ConditionFailed:
+                continue  # the index changed between our read and our write: read it again
+            self._remember_tenant(key.id, key.tenant_id)
+            return
+        raise unavailable()
 
     def get_key(self, key_id: str) -> ApiKeyRecord | None:
         """The index entry (remembered: a key's tenant only changes on a re-import) then the record."""

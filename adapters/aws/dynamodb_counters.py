@@ -23,6 +23,7 @@ expired slot found there is cleared (a conditional REMOVE) before writing again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -43,6 +44,12 @@ SOLE_SLOT = "-"
 # Each extra round means an expired slot was cleared, or a removal raced another writer: a few are plenty.
 _ROUNDS = 8
 _STALE_MEMORY = 10_000  # items whose expired slots this process remembers, at most
+# Expired slots with at most this many attributes go inside the reservation's own UpdateItem; bigger ones (a
+# minute in which a tenant used hundreds of keys) in separate writes of at most _REMOVALS_PER_WRITE names, so
+# that no UpdateExpression nears DynamoDB's 4 KB.
+_INLINE_REMOVALS = 32
+_REMOVALS_PER_WRITE = 50  # moto's expression parser fails somewhere below 100 names; DynamoDB takes more
+_log = logging.getLogger(__name__)
 
 
 class Slot(NamedTuple):
@@ -167,7 +174,16 @@ def _plus(values: Mapping[str, int], increments: Mapping[str, int]) -> dict[str,
 
 
 def _contended(pk: str) -> ServiceUnavailable:
-    return ServiceUnavailable(f"the counters of {pk!r} are contended; retry shortly", code="store_unavailable")
+    return ServiceUnavailable(
+        f"the counters of {pk!r} are contended; retry shortly", code="store_unavailable", headers={"retry-after": "1"}
+    )
+
+
+def _gone_or_expired(slot: str, now: float) -> Condition:
+    """Nobody revived an expired slot meanwhile: it is still expired, or already removed."""
+    expiry = _path(expiry_attribute(slot))
+    condition: Condition = expiry.does_not_exist() | (expiry < now)
+    return condition
 
 
 class _Write(NamedTuple):
@@ -225,11 +241,10 @@ class DynamoDBCounters:
                 actions.append(expiry.set(w.expires_at) if w.expires_at is not None else expiry.remove())
                 condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits)))
             stale = self._take_stale(pk, (w.slot for w in writes))
-            for slot, names in stale.items():
+            inline = stale if sum(map(len, stale.values())) <= _INLINE_REMOVALS else {}
+            for slot, names in inline.items():
                 actions += [_path(name).remove() for name in names]
-                expiry = _path(expiry_attribute(slot))
-                gone_or_expired: Condition = expiry.does_not_exist() | (expiry < now)
-                condition = _and(condition, gone_or_expired)  # nobody revived it meanwhile
+                condition = _and(condition, _gone_or_expired(slot, now))
             try:
                 old = self._table.update(pk, SK, actions, condition, return_values="ALL_OLD", old_on_failure=True)
             except ConditionFailed as refused:
@@ -238,15 +253,32 @@ class DynamoDBCounters:
                 if expired:
                     self._clear(pk, seen, expired)
                     continue
-                if stale:
+                if inline:
                     continue  # perhaps refused for a removal only: try once more without it
                 return False, [values_of(seen, w.slot) for w in writes]
+            if stale and not inline:
+                self._remove_stale(pk, stale, now)
             self._note_stale(pk, old, now, (w.slot for w in writes))
             return True, [values_of(old, w.slot) for w in writes]
         raise _contended(pk)
 
+    def _remove_stale(self, pk: str, stale: Mapping[str, Sequence[str]], now: float) -> None:
+        """Remove big expired slots in writes of their own; best effort (what stays is removed another time)."""
+        for slot, names in stale.items():
+            for start in range(0, len(names), _REMOVALS_PER_WRITE):
+                actions = [_path(name).remove() for name in names[start : start + _REMOVALS_PER_WRITE]]
+                try:
+                    self._table.update(pk, SK, actions, _gone_or_expired(slot, now))
+                except ConditionFailed:
+                    return  # revived meanwhile: not ours to remove
+                except Exception:  # housekeeping must never fail the reservation it follows
+                    _log.warning("could not remove an expired counter slot; it is tried again later", exc_info=True)
+                    return
+
     def _clear(self, pk: str, seen: Item | None, slots: Sequence[str]) -> None:
         """Remove expired slots as they were seen; if one changed meanwhile, the caller reads it again."""
+        if not slots:
+            return
         actions: list[Action] = []
         condition: Condition | None = None
         for slot in slots:
@@ -348,7 +380,7 @@ class DynamoDBCounters:
             expired = [w for w in pending if _expired(seen, w.slot, now)]
             past = [w for w in expired if w.expires_at is not None and w.expires_at < now]
             pending = [w for w in pending if w not in past]
-            self._clear(pk, seen, [w.slot for w in expired if w not in past])
+            self._clear(pk, seen, [w.slot for w in expired if w not in past])  # nothing when all were past
         raise _contended(pk)
 
     def read(self, item: str) -> dict[str, int]:

@@ -255,9 +255,9 @@ class DynamoDBTable:
         )
         return kwargs
 
-    def delete_kwargs(self, pk: str, sk: str) -> dict[str, Any]:
-        """A Delete of a transaction."""
-        kwargs: dict[str, Any] = self.connection.get_operation_kwargs(self.name, pk, range_key=sk)
+    def delete_kwargs(self, pk: str, sk: str, condition: Condition | None = None) -> dict[str, Any]:
+        """A Delete of a transaction, or with a ``condition`` a ConditionCheck (the same shape)."""
+        kwargs: dict[str, Any] = self.connection.get_operation_kwargs(self.name, pk, range_key=sk, condition=condition)
         return kwargs
 
     def transact(
@@ -267,6 +267,7 @@ class DynamoDBTable:
         token: str,
         *,
         deletes: Sequence[dict[str, Any]] = (),
+        checks: Sequence[dict[str, Any]] = (),
     ) -> None:
         """TransactWriteItems: all or nothing. Raises ConditionFailed with each item's cancellation reason.
 
@@ -276,7 +277,7 @@ class DynamoDBTable:
         """
         self._call(
             self.connection.transact_write_items,
-            condition_check_items=[],
+            condition_check_items=list(checks),
             delete_items=list(deletes),
             put_items=list(puts),
             update_items=list(updates),

@@ -44,7 +44,6 @@ from adapters.aws.dynamodb_table import (
     unavailable,
 )
 from core.domain import CounterChange, UsageAggregate, UsageRecord
-from core.errors import ServiceUnavailable
 
 USAGE_SK = "USAGE"
 AGGREGATE_SHARDS = 8
@@ -193,8 +192,8 @@ class DynamoDBUsage:
             return
         try:
             self.add_all(settle)
-        except ServiceUnavailable:
-            _log.warning("a reservation could not be settled; it stays counted until its window ends")
+        except Exception:  # the record is written: the call must not fail for its settlement
+            _log.warning("a reservation could not be settled; it stays counted until its window ends", exc_info=True)
 
     def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         found = self._table.get(usage_pk(tenant_id, request_id), USAGE_SK)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pynamodb.connection import Connection
 
+from adapters.aws import dynamodb_counters
 from adapters.aws.dynamodb import DynamoDBStore
 from adapters.aws.dynamodb_models import create_table
 from adapters.aws.dynamodb_table import connect
@@ -205,3 +207,59 @@ def test_a_cache_entry_too_big_for_an_item_is_not_kept(store: DynamoDBStore) -> 
     assert store.cache_get("t1", "big", T0) is None
     store.cache_put("t1", "fits", b"x" * 390_000, T0 + 60)
     assert store.cache_get("t1", "fits", T0) == b"x" * 390_000
+
+
+def test_settling_after_the_minute_ended_settles_the_month_only(store: DynamoDBStore, clock: FakeClock) -> None:
+    """A long stream settles after its minute slot expired: the month gets its tokens back, nothing fails."""
+    minute, month = "rl|t1|100", "q|t1|2024-03"
+    reserved = [
+        CounterChange(minute, {"req": 1, "tok": 500}, {"tok": 1000}, T0 + 120),
+        CounterChange(month, {"used": 500}, {"used": 10_000}, T0 + 86_400),
+    ]
+    assert store.try_add_all(reserved)[0] is True
+    clock.now = T0 + 200  # the minute slot expired at T0 + 120
+    usage = UsageRecord("r-late", "t1", "k1", "m", "/v1/generate", 1, 1, False, 1.0, 200, T0, 0.0)
+    settle = [
+        CounterChange(minute, {"tok": -400}, expires_at=T0 + 120),
+        CounterChange(month, {"used": -400}, expires_at=T0 + 86_400),
+    ]
+    assert store.record_usage(usage, settle) is True
+    assert store.read(month) == {"used": 100}
+    assert store.read(minute) == {}
+    store.add(minute, {"req": -1}, T0 + 120)  # a late release of an ended window: nothing to do, no error
+    assert store.read(minute) == {}
+
+
+def test_a_big_expired_slot_is_removed_in_writes_of_its_own(store: DynamoDBStore, clock: FakeClock) -> None:
+    """A minute in which a tenant used hundreds of keys: removing it must not overflow the reservation's
+    UpdateExpression (4 KB), so it goes in separate, chunked writes after the reservation."""
+    for n in range(150):  # one request per key: 2 + 2 x 150 fields in the minute's slot
+        store.try_add("rl|t1|1", {"req": 1, "tok": 5, f"req|key_{n:04d}": 1, f"tok|key_{n:04d}": 5}, {}, T0 + 120)
+    clock.now = T0 + 130
+    store.try_add("rl|t1|2", {"req": 1}, {"req": 10}, T0 + 240)  # sees minute 1 expired
+    calls = record_calls(store)
+    clock.now = T0 + 150
+    assert store.try_add("rl|t1|2", {"req": 1}, {"req": 10}, T0 + 240) == (True, {"req": 2})
+    removals = math.ceil((2 + 2 * 150 + 1) / dynamodb_counters._REMOVALS_PER_WRITE)  # fields and the expiry
+    assert [op for op, _ in calls] == ["UpdateItem"] * (1 + removals)  # the reservation, then the removals
+    assert all(len(kwargs["UpdateExpression"]) < 4096 for _, kwargs in calls)
+    raw = store._table.get("T#t1", "LIMITS")
+    assert raw is not None
+    assert not [name for name in raw if name.startswith(("c_rl|1#", "x_rl|1"))]
+
+
+def test_a_key_update_racing_a_move_reads_the_index_again(
+    store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = ApiKeyRecord("k1", "t1", "n", "h", frozenset({"generate"}), T0)
+    store.put_key(key)
+    store.put_key(dataclasses.replace(key, tenant_id="t2"))  # another admin moved it
+    reads = iter(["t1"])  # our read of the index happened before that move
+    real = store._indexed_tenant
+    monkeypatch.setattr(store, "_indexed_tenant", lambda key_id: next(reads, None) or real(key_id))
+    store.put_key(dataclasses.replace(key, revoked_at=T0 + 1))  # refused once (the index moved), then redone
+    assert [k.revoked_at for k in store.list_keys("t1")] == [T0 + 1]
+    assert store.list_keys("t2") == []  # last writer wins, and no tenant is left holding a stale copy
+    got = store.get_key("k1")
+    assert got is not None
+    assert (got.tenant_id, got.revoked_at) == ("t1", T0 + 1)

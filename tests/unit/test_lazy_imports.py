@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from core.api import AREAS, build_router
 from core.errors import NotFound
 from core.http import Request
+from core.router import Router
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +57,7 @@ from core.auth import api_keys
 from core.clock import FixedClock
 from core.domain import Tenant
 from core.http import Request
+from core.router import Router
 
 clock = FixedClock()
 store = MemoryStore(clock=clock.now)
@@ -75,3 +78,33 @@ def test_a_first_request_with_an_api_key_imports_no_jwt_batch_fine_tuning_or_val
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "loaded": []}
+
+
+def _race(router: Router, paths: list[str]) -> tuple[list[str], list[BaseException]]:
+    """Every path matched at once, one thread each."""
+    found: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(paths))
+
+    def call(path: str) -> None:
+        start.wait()
+        try:
+            found.append(router.match(Request("GET", path)).path)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(path,)) for path in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found, errors
+
+
+def test_threads_racing_to_load_areas_all_find_their_routes() -> None:
+    """A thread that misses while another registers the area must match again, not answer 404/405."""
+    paths = ["/health", "/v1/models", "/v1/files", "/admin/tenants", "/v1/usage", "/v1/batches"] * 3
+    for _ in range(50):  # a lost race is rare: many rounds
+        found, errors = _race(build_router(), paths)
+        assert errors == []
+        assert sorted(found) == sorted(paths)
