@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from bench._procs import ROOT, cpu_plan, free_port, host_note, pin, stop, wait_http
-from bench.cold_start import import_profile
+from bench.cold_start import print_import_report
 
 REGION = "us-east-1"
 TABLE = "textnlp-bench"
@@ -312,24 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{', '.join(probe['modules']) or 'none'}"
     )
 
-    rows = import_profile("import functions.aws.api")
-    floor_rows = import_profile("import boto3, pydantic")
-    floor_mods = {r[3] for r in floor_rows}
-    total = sum(r[0] for r in rows)
-    print(
-        f"\n  -X importtime of functions.aws.api: {total / 1000:.0f} ms of imports in total "
-        f"(floor imports: {sum(r[0] for r in floor_rows) / 1000:.0f} ms)"
-    )
-    print(f"  top {args.top} imports by cumulative time, depth 1-3 (* = not imported by the floor):")
-    subtrees = sorted((r for r in rows if 1 <= r[2] <= 3), key=lambda r: -r[1])[: args.top]
-    for _self_us, cum_us, depth, name in subtrees:
-        star = " " if name in floor_mods else "*"
-        print(f"    {star} {cum_us / 1000:7.1f} ms  {'  ' * (depth - 1)}{name}")
-    extra = [r for r in rows if r[3] not in floor_mods]
-    print(f"  top {args.top} modules by own (self) time, not in the floor:")
-    for self_us, _cum_us, _depth, name in sorted(extra, key=lambda r: -r[0])[: args.top]:
-        print(f"      {self_us / 1000:7.1f} ms  {name}")
-    print(f"  not in the floor: {sum(r[0] for r in extra) / 1000:.0f} ms of imports over {len(extra)} modules")
+    print_import_report("import functions.aws.api", "import boto3, pydantic", args.top)
 
 
 if __name__ == "__main__":

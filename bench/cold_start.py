@@ -151,6 +151,29 @@ def import_profile(statement: str) -> list[tuple[int, int, int, str]]:
     return rows
 
 
+def print_import_report(statement: str, floor_statement: str, top: int) -> None:
+    """``-X importtime`` of ``statement`` against the floor's: the heaviest subtrees and the modules the floor
+    does not import, by their own time."""
+    rows = import_profile(statement)
+    floor_rows = import_profile(floor_statement)
+    floor_mods = {r[3] for r in floor_rows}
+    total = sum(r[0] for r in rows)
+    print(
+        f"\n  -X importtime of `{statement}`: {total / 1000:.0f} ms of imports in total "
+        f"(floor `{floor_statement}`: {sum(r[0] for r in floor_rows) / 1000:.0f} ms)"
+    )
+    print(f"  top {top} imports by cumulative time, depth 1-3 (* = not imported by the floor):")
+    subtrees = sorted((r for r in rows if 1 <= r[2] <= 3), key=lambda r: -r[1])[:top]
+    for _self_us, cum_us, depth, name in subtrees:
+        star = " " if name in floor_mods else "*"
+        print(f"    {star} {cum_us / 1000:7.1f} ms  {'  ' * (depth - 1)}{name}")
+    print(f"  top {top} modules by own (self) time, not in the floor:")
+    extra = [r for r in rows if r[3] not in floor_mods]
+    for self_us, _cum_us, _depth, name in sorted(extra, key=lambda r: -r[0])[:top]:
+        print(f"      {self_us / 1000:7.1f} ms  {name}")
+    print(f"  not in the floor: {sum(r[0] for r in extra) / 1000:.0f} ms of imports over {len(extra)} modules")
+
+
 def in_process_phases() -> tuple[float, float]:
     """Import time and create_app() time of the ASGI factory in a fresh process (ms)."""
     code = (
@@ -210,24 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     imp, create = in_process_phases()
     print(f"  in a fresh process: import functions.local.asgi {imp:.0f} ms, create_app() {create:.0f} ms")
 
-    rows = import_profile("from functions.local.asgi import create_app")
-    floor_rows = import_profile("import pydantic, jwt, uvicorn")
-    floor_mods = {r[3] for r in floor_rows}
-    total = sum(r[0] for r in rows)
-    print(
-        f"\n  -X importtime of functions.local.asgi: {total / 1000:.0f} ms of imports in total "
-        f"(floor imports: {sum(r[0] for r in floor_rows) / 1000:.0f} ms)"
-    )
-    print(f"  top {args.top} imports by cumulative time, depth 1-3 under the app (* = not imported by the floor):")
-    subtrees = sorted((r for r in rows if 1 <= r[2] <= 3), key=lambda r: -r[1])[: args.top]
-    for _self_us, cum_us, depth, name in subtrees:
-        star = " " if name in floor_mods else "*"
-        print(f"    {star} {cum_us / 1000:7.1f} ms  {'  ' * (depth - 1)}{name}")
-    print(f"  top {args.top} modules by own (self) time, not in the floor:")
-    extra = [r for r in rows if r[3] not in floor_mods]
-    for self_us, _cum_us, _depth, name in sorted(extra, key=lambda r: -r[0])[: args.top]:
-        print(f"      {self_us / 1000:7.1f} ms  {name}")
-    print(f"  not in the floor: {sum(r[0] for r in extra) / 1000:.0f} ms of imports over {len(extra)} modules")
+    print_import_report("from functions.local.asgi import create_app", "import pydantic, jwt, uvicorn", args.top)
 
 
 if __name__ == "__main__":

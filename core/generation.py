@@ -194,23 +194,11 @@ class GenerationService:
     def _served_from_cache(self, ctx: CallContext, spec: ModelSpec, started: float) -> dict[str, str]:
         """A cached answer costs no tokens: it counts against the request rate only, recorded with 0 tokens."""
         reservation = self._reserve(ctx, 0)
-        self._record(
-            reservation,
-            0,
-            request_id=ctx.request_id,
-            principal=ctx.principal,
-            model=spec,
-            endpoint=ctx.endpoint,
-            prompt_tokens=0,
-            completion_tokens=0,
-            cached=True,
-            latency_ms=_ms(started),
-            status=200,
-        )
+        self._record_tokenless(ctx, spec, reservation, started, cached=True, status=200)
         return reservation.headers
 
     def _record(self, reservation: Reservation, used_tokens: int, **fields: Any) -> None:
-        """Settle the reservation and write the usage record in one store write; a request id already
+        """Settle the reservation and write the usage record in one store call; a request id already
         recorded was charged before, so this attempt's whole reservation is released instead."""
         if not self._meter.record(settle=self._limits.settlement(reservation, used_tokens), **fields):
             self._limits.release(reservation)
@@ -220,6 +208,12 @@ class GenerationService:
     ) -> None:
         """A failed call is charged nothing; its usage record says how it ended."""
         status = exc.status if isinstance(exc, APIError) else 499 if isinstance(exc, asyncio.CancelledError) else 500
+        self._record_tokenless(ctx, spec, reservation, started, cached=False, status=status)
+
+    def _record_tokenless(
+        self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, *, cached: bool, status: int
+    ) -> None:
+        """A usage record of no tokens (a cached answer, a failed call); the whole token reservation goes back."""
         self._record(
             reservation,
             0,
@@ -229,7 +223,7 @@ class GenerationService:
             endpoint=ctx.endpoint,
             prompt_tokens=0,
             completion_tokens=0,
-            cached=False,
+            cached=cached,
             latency_ms=_ms(started),
             status=status,
         )

@@ -188,11 +188,6 @@ class LimitEnforcer:
             )
         return changes
 
-    def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        """Settle now, on its own (callers that write no usage record with it)."""
-        for change in self.settlement(reservation, used_tokens):
-            self._counters.add(change.item, change.increments, change.expires_at)
-
     def release(self, reservation: Reservation) -> None:
         """Give back a whole reservation, the request included: it was charged under another attempt."""
         kid = reservation.key_id

@@ -261,6 +261,12 @@ class Harness:
         """Every usage record (of one tenant, if given), oldest first."""
         return self.store.list_usage(tenant_id, 0.0, float("inf"))
 
+    def key_with(self, *scopes: str, tenant: str | None = None) -> str:
+        """A new key of the harness's tenant (or ``tenant``) with just ``scopes``: its plaintext."""
+        plaintext, record = api_keys.mint(tenant or self.tenant.id, "test", frozenset(scopes), self.clock.now())
+        self.store.put_key(record)
+        return plaintext
+
     def new_tenant(
         self, name: str, limits: Limits | None = None, scopes: frozenset[str] | None = None
     ) -> tuple[Tenant, str]:

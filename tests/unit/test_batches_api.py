@@ -20,12 +20,6 @@ def chat_line(custom_id: str, content: str = "hello batch world", model: str = "
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}).encode()
 
 
-def key_with(h: Harness, *scopes: str, tenant: str | None = None) -> str:
-    plaintext, record = api_keys.mint(tenant or h.tenant.id, "batches", frozenset(scopes), h.clock.now())
-    h.store.put_key(record)
-    return plaintext
-
-
 @pytest.fixture
 def h() -> Harness:
     return make_harness()
@@ -33,7 +27,7 @@ def h() -> Harness:
 
 @pytest.fixture
 def key(h: Harness) -> str:
-    return key_with(h, "batch", "generate", "embed")
+    return h.key_with("batch", "generate", "embed")
 
 
 def upload(h: Harness, key: str, lines: list[bytes]) -> str:
@@ -126,7 +120,7 @@ def test_create_checks_its_input(h: Harness, key: str) -> None:
         response = h.call_json("POST", "/v1/batches", payload, key=key)
         assert response.status == 400, payload
         assert error_of(response)["param"] == param
-    tuning_key = key_with(h, "batch", "fine_tune")
+    tuning_key = h.key_with("batch", "fine_tune")
     tuning = json_of(h.upload(b'{"prompt": "q", "completion": "a"}', purpose="fine-tune", key=tuning_key))["id"]
     wrong = h.call_json("POST", "/v1/batches", {"input_file_id": tuning, "endpoint": "/v1/completions"}, key=key)
     assert "purpose" in error_of(wrong)["message"]
@@ -143,7 +137,7 @@ def test_batches_need_the_batch_scope(h: Harness, key: str) -> None:
 
 
 def test_a_batch_key_without_the_generate_scope_fails_each_line(h: Harness) -> None:
-    batch_only = key_with(h, "batch")
+    batch_only = h.key_with("batch")
     batch = create(h, batch_only, upload(h, batch_only, [chat_line("a")]))
     h.run_jobs()
     done = json_of(h.call("GET", f"/v1/batches/{batch['id']}", key=batch_only))
@@ -155,7 +149,7 @@ def test_a_batch_key_without_the_generate_scope_fails_each_line(h: Harness) -> N
 def test_other_tenants_batches_do_not_exist_for_the_caller(h: Harness, key: str) -> None:
     batch = create(h, key, upload(h, key, [chat_line("a")]))
     other, _ = h.new_tenant("other")
-    other_key = key_with(h, "batch", "generate", tenant=other.id)
+    other_key = h.key_with("batch", "generate", tenant=other.id)
     assert h.call("GET", f"/v1/batches/{batch['id']}", key=other_key).status == 404
     assert h.call("POST", f"/v1/batches/{batch['id']}/cancel", key=other_key).status == 404
     assert json_of(h.call("GET", "/v1/batches", key=other_key))["data"] == []
@@ -210,7 +204,7 @@ def test_in_process_queue_runs_the_batch_in_the_background_and_cancel_stops_it()
     assert isinstance(gateway.jobs, InProcessJobQueue)
     gateway.batch_settings = type(gateway.batch_settings)(concurrency=4, flush_every=2)
     h.gateway = gateway
-    key = key_with(h, "batch", "generate")
+    key = h.key_with("batch", "generate")
     file_id = upload(h, key, [chat_line(f"c{i}") for i in range(300)])
 
     async def scenario() -> dict[str, Any]:

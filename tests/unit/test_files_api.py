@@ -8,7 +8,6 @@ import pytest
 
 from core.api import files as files_api
 from core.app import Gateway
-from core.auth import api_keys
 from core.batch.lines import MAX_LINE_BYTES
 from tests.fakes import Harness, Resolver, error_of, json_of, make_harness, multipart
 
@@ -19,12 +18,6 @@ def batch_line(custom_id: str, body: dict[str, object] | None = None, url: str =
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body or CHAT}).encode()
 
 
-def key_with(h: Harness, *scopes: str, tenant: str | None = None) -> str:
-    plaintext, record = api_keys.mint(tenant or h.tenant.id, "files", frozenset(scopes), h.clock.now())
-    h.store.put_key(record)
-    return plaintext
-
-
 @pytest.fixture
 def h() -> Harness:
     return make_harness()
@@ -32,7 +25,7 @@ def h() -> Harness:
 
 @pytest.fixture
 def key(h: Harness) -> str:
-    return key_with(h, "batch", "fine_tune", "generate")
+    return h.key_with("batch", "fine_tune", "generate")
 
 
 def test_upload_a_batch_file(h: Harness, key: str) -> None:
@@ -107,13 +100,13 @@ def test_purpose_and_form_fields_are_checked(h: Harness, key: str) -> None:
 
 
 def test_scopes(h: Harness) -> None:
-    generate_only = key_with(h, "generate", "embed")
+    generate_only = h.key_with("generate", "embed")
     assert error_of(h.upload(batch_line("a"), key=generate_only))["code"] == "insufficient_scope"
     assert h.call("GET", "/v1/files", key=generate_only).status == 403
-    fine_tune_only = key_with(h, "fine_tune")
+    fine_tune_only = h.key_with("fine_tune")
     assert h.upload(batch_line("a"), key=fine_tune_only).status == 403  # batch purpose needs batch
     assert h.call("GET", "/v1/files", key=fine_tune_only).status == 200
-    batch_only = key_with(h, "batch")
+    batch_only = h.key_with("batch")
     assert h.upload(b'{"prompt": "q", "completion": "a"}', purpose="fine-tune", key=batch_only).status == 403
 
 
@@ -138,7 +131,7 @@ def test_list_pages_and_filters_by_purpose(h: Harness, key: str) -> None:
 def test_other_tenants_files_do_not_exist_for_the_caller(h: Harness, key: str) -> None:
     file_id = json_of(h.upload(batch_line("a"), key=key))["id"]
     other, _ = h.new_tenant("other")
-    other_key = key_with(h, "batch", tenant=other.id)
+    other_key = h.key_with("batch", tenant=other.id)
     for method, path in (
         ("GET", f"/v1/files/{file_id}"),
         ("GET", f"/v1/files/{file_id}/content"),

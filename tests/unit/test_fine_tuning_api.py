@@ -7,18 +7,11 @@ from typing import Any
 import pytest
 
 from adapters.local.fine_tuner import MESSAGE, UnavailableFineTuner
-from core.auth import api_keys
 from core.fine_tuning.job import JOBS, TunerStatus
 from tests.fakes import FakeFineTuner, Harness, error_of, json_of, make_harness, training_jsonl
 
 ROUTE = {"type": "local", "name": "gen"}
 JOBS_PATH = "/v1/fine_tuning/jobs"
-
-
-def key_with(h: Harness, *scopes: str, tenant: str | None = None) -> str:
-    plaintext, record = api_keys.mint(tenant or h.tenant.id, "ft", frozenset(scopes), h.clock.now())
-    h.store.put_key(record)
-    return plaintext
 
 
 def upload(h: Harness, key: str, content: bytes | None = None, purpose: str = "fine-tune") -> str:
@@ -40,7 +33,7 @@ def h(tuner: FakeFineTuner) -> Harness:
 
 @pytest.fixture
 def key(h: Harness) -> str:
-    return key_with(h, "fine_tune", "batch", "generate")
+    return h.key_with("fine_tune", "batch", "generate")
 
 
 def post(h: Harness, key: str, **payload: Any) -> Any:
@@ -56,7 +49,7 @@ def test_bad_training_files_are_rejected_before_a_job_exists(h: Harness, key: st
     few = upload(h, key, training_jsonl(3))
     mixed = upload(h, key, training_jsonl(6) + training_jsonl(6, kind="completion"))
     other, _ = h.new_tenant("other")
-    foreign = upload(h, key_with(h, "fine_tune", tenant=other.id))
+    foreign = upload(h, h.key_with("fine_tune", tenant=other.id))
     good = upload(h, key)
     cases = [
         ({"training_file": "file-nope"}, 404, "training_file", "file_not_found"),
@@ -151,7 +144,7 @@ def test_other_tenants_see_neither_the_job_nor_its_events_nor_its_model(h: Harne
     model = done["fine_tuned_model"]
     assert (done["status"], model) == ("succeeded", f"ft:fake-gen:a:{job['id'][-12:]}")
     other, _ = h.new_tenant("other")
-    intruder = key_with(h, "fine_tune", "generate", "embed", "batch", tenant=other.id)
+    intruder = h.key_with("fine_tune", "generate", "embed", "batch", tenant=other.id)
     for method, path in (
         ("GET", f"{JOBS_PATH}/{job['id']}"),
         ("GET", f"{JOBS_PATH}/{job['id']}/events"),
@@ -184,7 +177,7 @@ def test_list_newest_first_with_after_and_limit(h: Harness, key: str) -> None:
 
 def test_without_a_tuner_fine_tuning_is_unavailable() -> None:
     h = make_harness()
-    key = key_with(h, "fine_tune")
+    key = h.key_with("fine_tune")
     response = post(h, key, training_file=upload(h, key))
     assert (response.status, error_of(response)["code"]) == (400, "fine_tuning_unavailable")
     assert json_of(h.call("GET", JOBS_PATH, key=key))["data"] == []
@@ -192,7 +185,7 @@ def test_without_a_tuner_fine_tuning_is_unavailable() -> None:
 
 def test_the_local_runtime_says_plainly_that_it_cannot_train() -> None:
     h = make_harness(fine_tuner=UnavailableFineTuner())
-    key = key_with(h, "fine_tune")
+    key = h.key_with("fine_tune")
     file_id = upload(h, key)
     response = post(h, key, training_file=file_id)
     error = error_of(response)
