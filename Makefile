@@ -8,16 +8,23 @@ WORKERS ?= 1
 DATA_DIR ?= .textnlp
 SAM_VENV ?= .venv-sam
 SAM := $(SAM_VENV)/bin/sam
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha1sum | cut -c1-12)
+# llama-cpp-python is compiled by scripts/llama-wheel.sh with portable CPU flags (AVX2 on x86-64, armv8-a on
+# arm64; never -march=native) into a folder keyed by version, CPU architecture, Python and flags, outside
+# pip's cache, so a wheel built with other flags is never picked up. Shared by every clone of the project.
+LLAMA_CPP_VERSION := 0.3.36
+WHEEL_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/textnlp/wheels
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt scripts/llama-wheel.sh 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: install serve test unit lint typecheck contracts security coverage bench clean infra sam-check
+.PHONY: install serve quickstart test unit lint typecheck contracts security coverage bench clean infra sam-check llama-wheel
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "Installing (the first time, pip compiles llama-cpp-python: ~15 min on 2 cores; it is cached after)"
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements/no-deps.txt
-	$(BIN)/python -m pip install --quiet -e '.[local,dev,aws,infra]'
+	@echo "Installing (the first time, llama-cpp-python is compiled with portable flags: ~8 min on 2 cores; kept in $(WHEEL_DIR))"
+	wheel=$$(PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) WHEEL_DIR=$(WHEEL_DIR) scripts/llama-wheel.sh) && \
+	  $(BIN)/python -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
+	  $(BIN)/python -m pip install --quiet --no-deps -r requirements/no-deps.txt && \
+	  $(BIN)/python -m pip install --quiet -e '.[local,dev,aws,infra]' "$$wheel"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.local import llama_probe
 from core.errors import BackendError
 from core.inference import (
     Embeddings,
@@ -62,8 +63,12 @@ class LlamaCppBackend:
 
     llama.cpp is not thread-safe, so generation runs on one dedicated worker thread and requests
     queue for it. llama-cpp-python reuses the KV cache of the longest common prompt prefix (the
-    chat template's system prompt, say): on CPU that gives the same logits bit for bit as a fresh
-    evaluation, and the first token comes ~4x sooner for a short chat. ``n_threads``
+    chat template's system prompt, say), so the first token comes ~4x sooner for a short chat. The
+    logits then depend on what was reused: a prompt evaluated in one batch and one whose last token
+    is evaluated alone over a cached prefix run different kernels, and greedy decoding can part ways
+    (seen with the portable AVX2 build). A deterministic request (temperature 0, or a seed) is
+    therefore always evaluated from an empty cache, so it gives the same answer every time, streamed
+    or not, whatever ran before it; sampled requests keep the reuse. ``n_threads``
     defaults to the machine's cores (at most 8), not llama.cpp's half of them: on 2 cores that
     decodes ~1.5x faster.
     """
@@ -77,19 +82,29 @@ class LlamaCppBackend:
         self._vocab: Any = None
         self._tally = _Tally()
         self._lock = threading.Lock()
+        self._load_error: BackendError | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
         self.load_seconds: float | None = None
 
     # -- loading ----------------------------------------------------------------------------
 
     def load(self) -> Any:
-        """Load the model once (thread-safe) and return the ``llama_cpp.Llama``."""
+        """Load the model once (thread-safe) and return the ``llama_cpp.Llama``.
+
+        A load that failed fails the same way on every later call, without trying again.
+        """
         llama = self._llama
         if llama is None:
             with self._lock:
+                if self._load_error is not None:
+                    raise self._load_error
                 llama = self._llama
                 if llama is None:
-                    llama = self._llama = self._open()
+                    try:
+                        llama = self._llama = self._open()
+                    except BackendError as exc:
+                        self._load_error = exc
+                        raise
         return llama
 
     def _open(self) -> Any:
@@ -99,6 +114,7 @@ class LlamaCppBackend:
         path = self._model_path or default_model_path()
         if not Path(path).is_file():
             raise BackendError(f"model file not found: {path}", status=503, code="model_unavailable")
+        llama_probe.check(path)  # in a child process: a build for another CPU crashes there, not here
         started = time.perf_counter()
         llama: Any = llama_cpp.Llama(model_path=path, n_ctx=self._n_ctx, n_threads=self._n_threads, verbose=False)
         self.load_seconds = time.perf_counter() - started
@@ -196,6 +212,8 @@ class LlamaCppBackend:
                 raise _context_error(counted, n_ctx)
             self._tally.prompt_tokens = self._tally.completion_tokens = 0
             self._tally.cancel = cancel
+            if params.deterministic:
+                llama.reset()  # no reused prefix: the same logits as any other evaluation of this prompt
             if prompt.is_chat:
                 chunks = llama.create_chat_completion(messages=_messages(prompt), **kwargs)
             else:

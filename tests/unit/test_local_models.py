@@ -111,6 +111,23 @@ def test_stream_matches_generate(llm: LlamaCppBackend, prompt: Prompt) -> None:
     )
 
 
+@pytest.mark.parametrize("question", ["Name three colours.", "Tell me about Paris.", "Write a haiku about the sea."])
+def test_temperature_zero_gives_one_answer_whatever_ran_before(llm: LlamaCppBackend, question: str) -> None:
+    """The same greedy request asked again at once, after another prompt, streamed or not: one answer.
+
+    Asked twice in a row, the second call would reuse the first's KV cache and evaluate only the last
+    prompt token, which on the portable AVX2 build changed the answer to the first two questions.
+    """
+    prompt = Prompt(messages=(ChatMessage("user", question),))
+    params = GenerationParams(max_tokens=48, temperature=0)
+    first = asyncio.run(llm.generate(ROUTE, prompt, params)).text
+    again = asyncio.run(llm.generate(ROUTE, prompt, params)).text
+    streamed, _ = asyncio.run(_collect(llm.stream(ROUTE, prompt, params)))
+    asyncio.run(llm.generate(ROUTE, COLORS, GenerationParams(max_tokens=8, temperature=0.9)))
+    after_other = asyncio.run(llm.generate(ROUTE, prompt, params)).text
+    assert [again, streamed, after_other] == [first] * 3
+
+
 def test_stop_sequence_ends_the_text(llm: LlamaCppBackend) -> None:
     params = GenerationParams(max_tokens=40, temperature=0, stop=(".",))
     out = asyncio.run(llm.generate(ROUTE, FRANCE, params))
