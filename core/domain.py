@@ -93,6 +93,8 @@ class ModelSpec:
     timeout_s: float = 60.0
     max_retries: int = 2
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Other names callers may use for this model (``gpt2``); unique across ids and aliases of all models.
+    aliases: tuple[str, ...] = ()
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return round(

@@ -85,6 +85,7 @@ def _model_from(item: Item) -> ModelSpec:
         k: v for k, v in json.loads(ModelItem.from_raw_data(item).spec).items() if k in _MODEL_FIELDS
     }
     data["fallbacks"] = tuple(data.get("fallbacks", ()))
+    data["aliases"] = tuple(data.get("aliases", ()))  # JSON has lists; entries written before aliases have none
     return ModelSpec(**data)
 
 

@@ -125,6 +125,7 @@ def _usage_from(row: sqlite3.Row) -> UsageRecord:
 def _model_from(row: sqlite3.Row) -> ModelSpec:
     data: dict[str, Any] = {k: v for k, v in json.loads(row["spec"]).items() if k in _MODEL_FIELDS}
     data["fallbacks"] = tuple(data.get("fallbacks", ()))
+    data["aliases"] = tuple(data.get("aliases", ()))  # JSON has lists; entries written before aliases have none
     return ModelSpec(**data)
 
 

@@ -64,6 +64,7 @@ def _key(ctx: RequestContext) -> ApiKeyRecord:
 def spec_from(body: ModelIn, created_at: float) -> ModelSpec:
     data = body.model_dump()
     data["fallbacks"] = tuple(data["fallbacks"])
+    data["aliases"] = tuple(data["aliases"])
     return ModelSpec(created_at=created_at, **data)
 
 
@@ -198,9 +199,10 @@ def register(router: Router) -> None:
     )
     async def create_model(ctx: RequestContext) -> Response:
         body = ctx.body(ModelIn)
-        if ctx.gateway.registry.find(body.id) is not None:
+        if ctx.gateway.registry.by_id(body.id) is not None:
             raise Conflict(f"the model '{body.id}' exists; use PUT /admin/models/{body.id}", param="id")
         spec = spec_from(body, ctx.gateway.clock.now())
+        ctx.gateway.registry.check_names(spec)
         ctx.gateway.registry.put(spec)
         return Response.json(card(spec), status=201)
 
@@ -219,8 +221,13 @@ def register(router: Router) -> None:
         if body.id not in (None, model_id):
             raise InvalidRequest("the id in the body differs from the path", param="id")
         body.id = model_id
-        existing = ctx.gateway.registry.find(model_id)
+        if model_id in body.aliases:  # the body's validator could not check this: the id came from the path
+            raise InvalidRequest("a model's id cannot also be its alias", param="aliases")
+        if model_id in body.fallbacks:
+            raise InvalidRequest("a model cannot be its own fallback", param="fallbacks")
+        existing = ctx.gateway.registry.by_id(model_id)
         spec = spec_from(body, existing.created_at if existing else ctx.gateway.clock.now())
+        ctx.gateway.registry.check_names(spec)
         ctx.gateway.registry.put(spec)
         return Response.json(card(spec))
 

@@ -113,11 +113,12 @@ def register(router: Router) -> None:
             id=f"gen-{ctx.request.request_id}",
             created=int(ctx.gateway.clock.now()),
             model=done.model.id,
+            text=results[0].text if isinstance(body.prompt, str) else None,
             results=results,
             usage=_usage(done.prompt_tokens, done.completion_tokens),
             cached=done.cached,
         )
-        return _with_headers(Response.json(out), done.headers, done.cached)
+        return _with_headers(Response.json(out.to_json()), done.headers, done.cached)
 
     @router.route(
         "POST",

@@ -1,4 +1,8 @@
-"""``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's shape, plus the registry's fields."""
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's shape, plus the registry's fields.
+
+An alias is a field of its model (``aliases``), not an entry of its own: the list holds the models that
+actually serve, under the ids that answers and usage reports carry. ``/v1/models/{alias}`` answers its model.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ def card(spec: ModelSpec) -> ModelCard:
         price_per_1k_completion_tokens=spec.price_per_1k_completion_tokens,
         fallbacks=list(spec.fallbacks),
         metadata=spec.metadata,
+        aliases=list(spec.aliases),
     )
 
 
@@ -34,7 +39,7 @@ def register(router: Router) -> None:
         "GET",
         "/v1/models/{model_id:path}",
         scope=None,
-        summary="Describe a model",
+        summary="Describe a model, named by its id or an alias",
         response=ModelCard,
         tags=("models",),
     )

@@ -48,18 +48,25 @@ class Authenticator:
         # A token never carries more than its key has now.
         return Principal(principal.tenant_id, principal.key_id, principal.scopes & record.scopes, via="jwt")
 
+    def _check_tenant(self, tenant_id: str) -> None:
+        if self._tenants is not None and self._tenants.get(tenant_id).suspended_at is not None:
+            raise Forbidden("the tenant of this credential is suspended", code="tenant_suspended")
+
+    @staticmethod
+    def presented(request: Request) -> list[str]:
+        """The credentials the headers present, in the order they count: a bearer value, an ``x-api-key``."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        found = [value.strip()] if scheme.lower() == "bearer" else []
+        found.append(request.headers.get("x-api-key", "").strip())
+        return [c for c in found if c]
+
     def authenticate(self, request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, credential = header.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            api_key = request.headers.get("x-api-key", "").strip()
-            if not api_key:
-                raise Unauthorized(
-                    "missing credentials: send 'Authorization: Bearer <API key or access token>'",
-                    code="missing_credentials",
-                )
-            credential = api_key
+        credential = next(iter(self.presented(request)), None)
+        if credential is None:
+            raise Unauthorized(
+                "missing credentials: send 'Authorization: Bearer <API key or access token>'",
+                code="missing_credentials",
+            )
         if credential.count(".") == 2 and not credential.startswith(api_keys.KEY_PREFIX + "_"):
             return self.from_token(credential)
         return self.from_api_key(credential)

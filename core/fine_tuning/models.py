@@ -38,6 +38,7 @@ def fine_tuned_spec(
         kind="generation",
         backend=route,
         fallbacks=(),
+        aliases=(),  # the base model's names stay the base model's
         version="1",
         owned_by=job.tenant_id,
         created_at=now,

@@ -17,6 +17,8 @@ _REQUIRED_ROUTE_FIELDS = {
 }
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
+ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")]
+MAX_ALIASES = 32
 Positive = Annotated[int, Field(ge=0)]
 
 
@@ -75,18 +77,23 @@ class KeyOut(BaseModel):
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    api_key: str | None = Field(
+        default=None,
+        description="The API key to exchange, when the request has no Authorization or x-api-key header",
+    )
     scopes: list[str] | None = None
 
 
 class TokenResponse(BaseModel):
     access_token: str
+    token: str = Field(description="The same access token as access_token (the name some clients read)")
     token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
     expires_in: int
 
 
 class ModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")]
+    id: ModelName
     kind: Literal["generation", "embedding"]
     backend: dict[str, Any]
     context_length: Annotated[int, Field(ge=16)] = 2048
@@ -99,6 +106,10 @@ class ModelIn(BaseModel):
     timeout_s: Annotated[float, Field(gt=0, le=900)] = 60.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     metadata: dict[str, Any] = {}
+    aliases: Annotated[
+        list[ModelName],
+        Field(max_length=MAX_ALIASES, description="Other names callers may use; unique across all models"),
+    ] = []
 
     @model_validator(mode="after")
     def _route(self) -> ModelIn:
@@ -108,12 +119,16 @@ class ModelIn(BaseModel):
         missing = [f for f in _REQUIRED_ROUTE_FIELDS.get(kind, ()) if not self.backend.get(f)]
         if missing:
             raise ValueError(f"backend of type {kind!r} needs {missing}")
-        if self.id in self.fallbacks:
+        if self.id in self.fallbacks or set(self.aliases) & set(self.fallbacks):
             raise ValueError("a model cannot be its own fallback")
+        if self.id in self.aliases:
+            raise ValueError("a model's id cannot also be its alias")
+        if len(set(self.aliases)) != len(self.aliases):
+            raise ValueError("aliases must not repeat")
         if self.max_output_tokens >= self.context_length:
             raise ValueError("max_output_tokens must be below context_length")
         return self
 
 
 class ModelUpdate(ModelIn):
-    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")] | None = None  # type: ignore[assignment]
+    id: ModelName | None = None  # type: ignore[assignment]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from core.schemas.common import SamplingFields, Usage
 from core.schemas.openai import MAX_PROMPTS
@@ -39,6 +39,14 @@ class GenerateResponse(BaseModel):
     object: Literal["generation"] = "generation"
     created: int
     model: str
+    text: str | None = Field(
+        default=None,
+        description="The first result's text; present only when prompt is a single string (one prompt, one answer)",
+    )
     results: list[GenerateResult]
     usage: Usage
     cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer as sent: ``text`` left out, not null, for a list of prompts (no single answer to give)."""
+        return self.model_dump(mode="json", exclude={"text"} if self.text is None else None)

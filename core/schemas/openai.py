@@ -157,6 +157,7 @@ class ModelCard(BaseModel):
     price_per_1k_completion_tokens: float
     fallbacks: list[str]
     metadata: dict[str, Any] = {}
+    aliases: list[str] = Field(default=[], description="Other names this model answers to, in any request")
 
 
 class ModelList(BaseModel):

@@ -51,9 +51,11 @@ def test_generate_native(api: httpx.Client) -> None:
     # n=2 generations of each prompt, each charged its own prompt and completion.
     assert body["usage"] == {"prompt_tokens": 3 + 3 + 2 + 2, "completion_tokens": 8, "total_tokens": 18}
     assert body["cached"] is False
+    assert "text" not in body  # several prompts: no single answer at the top
 
     single = api.post("/v1/generate", json={"model": FAKE_GEN, "prompt": "solo run", "max_tokens": 5})
     assert single.json()["results"][0]["text"] == "solo run"
+    assert single.json()["text"] == "solo run"
 
     streamed = api.post("/v1/generate", json={"model": FAKE_GEN, "prompt": "x", "stream": True})
     assert streamed.status_code == 400

@@ -106,11 +106,26 @@ def test_native_generate_runs_every_prompt_n_times_and_reserves_for_all() -> Non
         (3, 1, "d e"),
     ]
     assert out["usage"] == {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+    assert "text" not in out  # several prompts: no single answer at the top
     assert h.backend.calls == 4
     # n * (each prompt's byte bound + max_tokens per prompt)
     assert reserved(resp) == 2 * ((5 + 1) + (3 + 1) + 2 * 5)
     (record,) = h.usage()
     assert record.total_tokens == 20
+
+
+def test_native_generate_with_one_prompt_answers_its_text_at_the_top(harness: Harness) -> None:
+    """A prompt given as a string: ``text`` is the first result's, beside ``results`` and ``usage``."""
+    out = json_of(harness.call_json("POST", "/v1/generate", {"model": "fake-gen", "prompt": "a b c", "max_tokens": 2}))
+    assert list(out) == ["id", "object", "created", "model", "text", "results", "usage", "cached"]
+    assert out["text"] == out["results"][0]["text"] == "a b"
+    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    several = json_of(harness.call_json("POST", "/v1/generate", {"model": "fake-gen", "prompt": "x y", "n": 2}))
+    assert several["text"] == several["results"][0]["text"] == "x y"
+    assert len(several["results"]) == 2
+    listed = json_of(harness.call_json("POST", "/v1/generate", {"model": "fake-gen", "prompt": ["x y"]}))
+    assert "text" not in listed  # a list, even of one: the answer's shape follows the request's
+    assert listed["results"][0]["text"] == "x y"
 
 
 def test_chat_reserves_bytes_plus_the_template_allowance() -> None:

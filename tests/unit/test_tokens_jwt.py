@@ -74,6 +74,7 @@ def issue(h: Harness, key: str | None = None, scopes: list[str] | None = None) -
     assert data["expires_in"] == TTL
     token = data["access_token"]
     assert isinstance(token, str)
+    assert data["token"] == token  # the same token under the name the seed's client reads
     return token
 
 
