@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from core.auth.authenticator import Authenticator, require
+from core.auth.revocation import Revocations
 from core.auth.tokens import TokenService
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
@@ -111,10 +112,11 @@ class Gateway:
         self.log = logging.getLogger(LOGGER_NAME)
         # Signing keys may live apart from the rest (Secrets Manager on AWS); the store keeps them otherwise.
         self.tokens = TokenService(signing_keys or store, self.clock, self.settings.tokens)
-        self.auth = Authenticator(store, self.tokens, self.clock, self.settings.key_cache_ttl_s)
         self.tenants = TenantDirectory(store, self.clock, self.settings.tenant_cache_ttl_s)
+        self.auth = Authenticator(store, self.tokens, self.clock, self.settings.key_cache_ttl_s, self.tenants)
         self.registry = ModelRegistry(store, self.clock, self.settings.model_cache_ttl_s)
         self.limits = LimitEnforcer(store, self.clock, self.metrics)
+        self.revocations = Revocations(store, self.limits, self.clock, self.auth, self.tenants)
         self.cache = ResponseCache(
             store,
             self.clock,

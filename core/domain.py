@@ -36,6 +36,8 @@ class Tenant:
     name: str
     created_at: float
     limits: Limits = field(default_factory=Limits)
+    # Set while an operator has suspended the tenant: its keys and tokens are refused everywhere.
+    suspended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

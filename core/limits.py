@@ -6,6 +6,13 @@ daily quota's field is named after its day, so tenant and key may count over dif
 Reserving is ONE atomic conditional write over both items (``CounterStore.try_add_all``) that checks
 every limit in them; settling is written together with the request's usage record. No interleaving
 of concurrent requests can push a counter past its limit, because each check-and-add is atomic.
+
+Revocation rides on the same write. Every reservation writes the tenant's minute item (it counts the
+request) and its condition also asks that the guard fields ``off`` (the tenant is suspended) and
+``off|<key>`` (the key is revoked) be absent or 0. Revoking a key or suspending a tenant sets those
+fields in every minute item a reservation can name until each process's cached key and tenant
+records have expired (``GUARD_SPAN_S``), so a revocation stops spending at once on every instance,
+with no store call added to the hot path and no item that every request of every tenant writes.
 """
 
 from __future__ import annotations
@@ -16,10 +23,34 @@ import time
 from dataclasses import dataclass, field
 
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant
-from core.errors import QuotaExceeded, RateLimited
+from core.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
 from core.ports import Clock, CounterStore, Metrics
 
 MINUTE = 60
+# The longest a process may trust a cached key or tenant record (settings are clamped to it).
+MAX_RECORD_CACHE_S = 60.0
+# How far a revocation's guard reaches each way from its time: the record caches' lifetime, plus a minute
+# for clocks that disagree between instances (a reservation names its minute by its own clock).
+GUARD_SPAN_S = MAX_RECORD_CACHE_S + MINUTE
+TENANT_OFF = "off"
+
+
+def key_off(key_id: str) -> str:
+    """The guard field of one key: non-zero once the key is revoked."""
+    return f"{TENANT_OFF}|{key_id}"
+
+
+def minute_item(tenant_id: str, window: int) -> str:
+    return f"rl|{tenant_id}|{window}"
+
+
+def minute_expiry(window: int) -> float:
+    return (window + 2) * MINUTE
+
+
+def guarded_windows(at: float) -> range:
+    """The minute windows a guard set at ``at`` must be written to."""
+    return range(int((at - GUARD_SPAN_S) // MINUTE), int((at + GUARD_SPAN_S) // MINUTE) + 1)
 
 
 def period_bounds(now: float, period: str) -> tuple[str, float]:
@@ -41,6 +72,7 @@ class Reservation:
     minute_item: str | None
     period_item: str | None
     key_id: str
+    minute_token_fields: tuple[str, ...] = ()
     minute_expires_at: float = 0.0
     period_expires_at: float = 0.0
     period_fields: tuple[str, ...] = ()
@@ -67,12 +99,9 @@ class LimitEnforcer:
         self._clock = clock
         self._metrics = metrics
 
-    def _minute_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan | None:
+    def _minute_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan:
+        """The minute item: always written (it counts the request and carries the revocation guard)."""
         t, k = tenant.limits, key.limits
-        if all(
-            v is None for v in (t.requests_per_minute, t.tokens_per_minute, k.requests_per_minute, k.tokens_per_minute)
-        ):
-            return None
         window = int(now // MINUTE)
         kid = key.id
         limits = {
@@ -85,8 +114,11 @@ class LimitEnforcer:
             )
             if value is not None
         }
-        increments = {"req": 1, "tok": tokens, f"req|{kid}": 1, f"tok|{kid}": tokens}
-        return _Plan(f"rl|{tenant.id}|{window}", increments, limits, (window + 2) * MINUTE)
+        # Tokens per minute are counted only where a limit needs them: a settlement then has nothing to
+        # give back on this item, which saves a write for tenants without token rates.
+        increments = {"req": 1, f"req|{kid}": 1} | {f: tokens for f in ("tok", f"tok|{kid}") if f in limits}
+        limits |= {TENANT_OFF: 0, key_off(kid): 0}
+        return _Plan(minute_item(tenant.id, window), increments, limits, minute_expiry(window))
 
     def _period_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan | None:
         t, k = tenant.limits, key.limits
@@ -105,34 +137,53 @@ class LimitEnforcer:
         return _Plan(f"q|{tenant.id}|{month}", {tenant_field: tokens, key_field: tokens}, limits, ends + 86_400)
 
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
-        """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise 429."""
+        """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise.
+
+        401 ``key_revoked`` or 403 ``tenant_suspended`` when a guard is set; 429 when a limit refuses.
+        """
         now = self._clock.now()
         minute = self._minute_plan(tenant, key, tokens, now)
         # A request that costs no tokens (a cache hit) counts against the request rate only.
         period = self._period_plan(tenant, key, tokens, now) if tokens else None
         plans = [p for p in (minute, period) if p is not None]
-        reservation = Reservation(tokens, None, None, key.id)
-        if not plans:
-            return reservation
         ok, seen = self._counters.try_add_all(
             [CounterChange(p.item, p.increments, p.limits, p.expires_at) for p in plans]
         )
-        minute_values = seen[0] if minute is not None else {}
+        minute_values = seen[0]
         if not ok:
-            if minute is not None and _violates(minute, minute_values):
+            _refuse_guarded(minute_values, key.id)
+            if _violates(minute, minute_values):
                 self._refuse_rate(minute, minute_values, tokens, now, tenant.limits, key.limits)
             if period is None:
                 raise RuntimeError("the counter store refused a reservation no limit refuses")
             self._refuse_quota(period, seen[-1], tokens, now, tenant, minute, minute_values)
-        if minute is not None:
-            reservation.minute_item = minute.item
-            reservation.minute_expires_at = minute.expires_at
-            reservation.headers = self._rate_headers(minute, minute_values, now)
+        reservation = Reservation(tokens, minute.item, None, key.id)
+        reservation.minute_token_fields = tuple(f for f in minute.increments if f.startswith("tok"))
+        reservation.minute_expires_at = minute.expires_at
+        reservation.headers = self._rate_headers(minute, minute_values, now)
         if period is not None:
             reservation.period_item = period.item
             reservation.period_expires_at = period.expires_at
             reservation.period_fields = tuple(period.increments)
         return reservation
+
+    def guard_key(self, tenant_id: str, key_id: str) -> None:
+        """Refuse every reservation of a key from now on, on every instance (before its record says so)."""
+        self._set_guard(tenant_id, key_off(key_id), +1, self._clock.now())
+
+    def guard_tenant(self, tenant_id: str, suspended_at: float) -> None:
+        """Refuse every reservation of a tenant's keys from ``suspended_at`` (now) on, on every instance."""
+        self._set_guard(tenant_id, TENANT_OFF, +1, suspended_at)
+
+    def unguard_tenant(self, tenant_id: str, suspended_at: float) -> None:
+        """Take back exactly what ``guard_tenant(tenant_id, suspended_at)`` wrote (what is still live)."""
+        self._set_guard(tenant_id, TENANT_OFF, -1, suspended_at)
+
+    def _set_guard(self, tenant_id: str, name: str, delta: int, at: float) -> None:
+        now = self._clock.now()
+        for window in guarded_windows(at):
+            if minute_expiry(window) > now:
+                self._counters.add(minute_item(tenant_id, window), {name: delta}, minute_expiry(window))
 
     def _refuse_quota(
         self,
@@ -169,12 +220,11 @@ class LimitEnforcer:
         if not delta:
             return []
         changes = []
-        kid = reservation.key_id
-        if reservation.minute_item is not None:
+        if reservation.minute_item is not None and reservation.minute_token_fields:
             changes.append(
                 CounterChange(
                     reservation.minute_item,
-                    {"tok": delta, f"tok|{kid}": delta},
+                    dict.fromkeys(reservation.minute_token_fields, delta),
                     expires_at=reservation.minute_expires_at,
                 )
             )
@@ -195,7 +245,7 @@ class LimitEnforcer:
         if reservation.minute_item is not None:
             self._counters.add(
                 reservation.minute_item,
-                {"req": -1, f"req|{kid}": -1, "tok": -tokens, f"tok|{kid}": -tokens},
+                {"req": -1, f"req|{kid}": -1} | dict.fromkeys(reservation.minute_token_fields, -tokens),
                 reservation.minute_expires_at,
             )
         if reservation.period_item is not None and tokens:
@@ -212,7 +262,7 @@ class LimitEnforcer:
         reset = max(1, math.ceil((int(now // MINUTE) + 1) * MINUTE - now))
         headers = self._rate_headers(plan, values, now)
         headers["retry-after"] = str(reset)
-        over = [f for f, lim in plan.limits.items() if values.get(f, 0) + plan.increments[f] > lim]
+        over = [f for f, lim in plan.limits.items() if values.get(f, 0) + plan.increments.get(f, 0) > lim]
         what = "requests" if over and over[0].startswith("req") else "tokens"
         whose = "this key" if over and "|" in over[0] else "this tenant"
         limit = plan.limits[over[0]] if over else 0
@@ -241,5 +291,12 @@ class LimitEnforcer:
         return headers
 
 
+def _refuse_guarded(values: dict[str, int], key_id: str) -> None:
+    if values.get(key_off(key_id), 0) > 0:
+        raise Unauthorized("API key revoked or expired", code="key_revoked")
+    if values.get(TENANT_OFF, 0) > 0:
+        raise Forbidden("the tenant of this credential is suspended", code="tenant_suspended")
+
+
 def _violates(plan: _Plan, values: dict[str, int]) -> bool:
-    return any(values.get(f, 0) + plan.increments[f] > lim for f, lim in plan.limits.items())
+    return any(values.get(f, 0) + plan.increments.get(f, 0) > lim for f, lim in plan.limits.items())

@@ -61,7 +61,10 @@ def _limits(limits: Limits) -> dict[str, Any]:
 
 def _tenant_from(item: Item) -> Tenant:
     t = TenantItem.from_raw_data(item)
-    return Tenant(id=t.id, name=t.name, created_at=float(t.created_at), limits=Limits(**t.limits))
+    suspended_at = float(t.suspended_at) if t.suspended_at is not None else None
+    return Tenant(
+        id=t.id, name=t.name, created_at=float(t.created_at), limits=Limits(**t.limits), suspended_at=suspended_at
+    )
 
 
 def _key_from(item: Item) -> ApiKeyRecord:
@@ -150,6 +153,7 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
             name=tenant.name,
             created_at=tenant.created_at,
             limits=_limits(tenant.limits),
+            suspended_at=tenant.suspended_at,
         )
         self._table.put(item.serialize())
 

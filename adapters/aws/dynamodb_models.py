@@ -97,6 +97,7 @@ class TenantItem(_Item):
     name = UnicodeAttribute()
     created_at = NumberAttribute()
     limits = JSONAttribute()
+    suspended_at = NumberAttribute(null=True)
 
 
 class KeyItem(_Item):

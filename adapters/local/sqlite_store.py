@@ -31,7 +31,7 @@ _PURGE_EVERY = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL, limits TEXT NOT NULL);
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL, limits TEXT NOT NULL, suspended_at REAL);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL, key_hash TEXT NOT NULL,
     scopes TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,
@@ -206,6 +206,10 @@ class SQLiteStore(SQLiteDocuments):
         with self._tx() as conn:
             for statement in _SCHEMA_STATEMENTS:
                 conn.execute(statement)
+            # Columns added since a data directory may have been created.
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(tenants)")}
+            if "suspended_at" not in columns:
+                conn.execute("ALTER TABLE tenants ADD COLUMN suspended_at REAL")
 
     def _wrote(self) -> None:
         self._writes += 1
@@ -233,8 +237,8 @@ class SQLiteStore(SQLiteDocuments):
 
     def put_tenant(self, tenant: Tenant) -> None:
         self._conn().execute(
-            "INSERT OR REPLACE INTO tenants (id, name, created_at, limits) VALUES (?, ?, ?, ?)",
-            (tenant.id, tenant.name, tenant.created_at, _limits_json(tenant.limits)),
+            "INSERT OR REPLACE INTO tenants (id, name, created_at, limits, suspended_at) VALUES (?, ?, ?, ?, ?)",
+            (tenant.id, tenant.name, tenant.created_at, _limits_json(tenant.limits), tenant.suspended_at),
         )
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:

@@ -20,7 +20,13 @@ ADMIN = Scope.ADMIN
 
 
 def tenant_out(t: Tenant) -> TenantOut:
-    return TenantOut(id=t.id, name=t.name, created_at=t.created_at, limits=LimitsOut(**_limits_dict(t.limits)))
+    return TenantOut(
+        id=t.id,
+        name=t.name,
+        created_at=t.created_at,
+        limits=LimitsOut(**_limits_dict(t.limits)),
+        suspended_at=t.suspended_at,
+    )
 
 
 def key_out(k: ApiKeyRecord, plaintext: str | None = None) -> KeyOut:
@@ -149,12 +155,33 @@ def register(router: Router) -> None:
         "DELETE", "/admin/keys/{key_id}", scope=ADMIN, summary="Revoke a key", response=KeyOut, tags=("admin",)
     )
     async def revoke_key(ctx: RequestContext) -> Response:
-        key = _key(ctx)
-        if key.revoked_at is None:
-            key = api_keys.revoked(key, ctx.gateway.clock.now())
-            ctx.gateway.store.put_key(key)
-        ctx.gateway.auth.forget(key.id)
-        return Response.json(key_out(key))
+        """Refused at once on every instance for every route that spends tokens (core.auth.revocation)."""
+        return Response.json(key_out(ctx.gateway.revocations.revoke_key(_key(ctx))))
+
+    @router.route(
+        "POST",
+        "/admin/tenants/{tenant_id}/suspend",
+        scope=ADMIN,
+        summary="Suspend a tenant: its keys and tokens are refused until it is resumed",
+        response=TenantOut,
+        tags=("admin",),
+    )
+    async def suspend_tenant(ctx: RequestContext) -> Response:
+        tenant = _tenant(ctx)
+        if tenant.id == ctx.caller.tenant_id:
+            raise InvalidRequest("a key cannot suspend its own tenant", param="tenant_id")
+        return Response.json(tenant_out(ctx.gateway.revocations.suspend(tenant)))
+
+    @router.route(
+        "POST",
+        "/admin/tenants/{tenant_id}/resume",
+        scope=ADMIN,
+        summary="Lift a tenant's suspension",
+        response=TenantOut,
+        tags=("admin",),
+    )
+    async def resume_tenant(ctx: RequestContext) -> Response:
+        return Response.json(tenant_out(ctx.gateway.revocations.resume(_tenant(ctx))))
 
     @router.route(
         "PUT",

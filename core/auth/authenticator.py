@@ -9,17 +9,27 @@ from core.domain import ApiKeyRecord, Principal
 from core.errors import Forbidden, Unauthorized
 from core.http import Request
 from core.ports import Clock, KeyStore
+from core.tenants import TenantDirectory
 
 
 class Authenticator:
-    """Resolves credentials. Key records are cached per process for ``key_cache_ttl_s`` seconds,
-    so a revocation made in another process takes effect within that time (at once in this one).
+    """Resolves credentials. Key and tenant records are cached per process for a few seconds, so a
+    revocation or suspension made in another process reaches this one's routes within that time (at once in
+    this one). Routes that spend tokens refuse at once everywhere: see ``core.auth.revocation``.
     """
 
-    def __init__(self, keys: KeyStore, tokens: TokenService, clock: Clock, key_cache_ttl_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        tokens: TokenService,
+        clock: Clock,
+        key_cache_ttl_s: float = 5.0,
+        tenants: TenantDirectory | None = None,
+    ) -> None:
         self._keys = keys
         self._tokens = tokens
         self._clock = clock
+        self._tenants = tenants
         self._cache: TTLCache[str, ApiKeyRecord | None] = TTLCache(maxsize=10_000, ttl_s=key_cache_ttl_s, clock=clock)
 
     def key_record(self, key_id: str) -> ApiKeyRecord | None:
@@ -38,6 +48,7 @@ class Authenticator:
             raise Unauthorized("invalid API key")
         if not record.is_active(self._clock.now()):
             raise Unauthorized("API key revoked or expired", code="key_revoked")
+        self._check_tenant(record.tenant_id)
         return Principal(tenant_id=record.tenant_id, key_id=record.id, scopes=record.scopes, via="api_key")
 
     def from_token(self, token: str) -> Principal:
@@ -45,6 +56,7 @@ class Authenticator:
         record = self.key_record(principal.key_id)
         if record is None or record.tenant_id != principal.tenant_id or not record.is_active(self._clock.now()):
             raise Unauthorized("the API key behind this token is revoked or expired", code="key_revoked")
+        self._check_tenant(record.tenant_id)
         # A token never carries more than its key has now.
         return Principal(principal.tenant_id, principal.key_id, principal.scopes & record.scopes, via="jwt")
 

@@ -44,6 +44,7 @@ class TenantOut(BaseModel):
     name: str
     created_at: float
     limits: LimitsOut
+    suspended_at: float | None = None
 
 
 class KeyCreate(BaseModel):

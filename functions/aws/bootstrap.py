@@ -21,6 +21,8 @@ from typing import Any
 
 from core.app import Gateway
 from core.auth import api_keys
+from core.auth.revocation import Revocations
+from core.clock import SystemClock
 from core.domain import ALL_SCOPES, Tenant
 from core.errors import APIError, BackendError, ServiceUnavailable
 from core.observability import LOGGER_NAME, log_event
@@ -299,7 +301,7 @@ def seed_admin_key(store: Store, plaintext: str, now: float) -> bool:
         store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
     for old in store.list_keys(ADMIN_TENANT):
         if old.name == SECRET_ADMIN_KEY_NAME and old.id != record.id and old.revoked_at is None:
-            store.put_key(api_keys.revoked(old, now))
+            Revocations.beside_the_servers(store, SystemClock()).revoke_key(old)
     store.put_key(record)
     return True
 

@@ -12,6 +12,7 @@ from adapters.local.prometheus import PrometheusMetrics
 from adapters.local.sqlite_store import SQLiteStore
 from core.app import Gateway
 from core.auth import api_keys
+from core.auth.revocation import Revocations
 from core.auth.tokens import TokenSettings
 from core.clock import SystemClock, new_id
 from core.domain import ALL_SCOPES, ModelSpec, Tenant
@@ -98,7 +99,7 @@ def seed(store: Store, admin_key: str | None = None) -> str | None:
         # A changed TEXTNLP_ADMIN_KEY replaces the previous one: the old key must stop working.
         for old in store.list_keys(ADMIN_TENANT):
             if old.name == ENV_ADMIN_KEY_NAME and old.id != record.id and old.revoked_at is None:
-                store.put_key(api_keys.revoked(old, now))
+                Revocations.beside_the_servers(store, SystemClock()).revoke_key(old)
         if store.get_key(record.id) is None:
             store.put_key(record)
         return None

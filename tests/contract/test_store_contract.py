@@ -94,7 +94,7 @@ def _model(model_id: str = "small", **overrides: object) -> ModelSpec:
 
 def test_tenant_round_trip_overwrite_and_list(store: Store) -> None:
     limits = Limits(requests_per_minute=60, tokens_per_minute=1000, token_quota=10**9, quota_period="day")
-    b = Tenant(id="b", name="Bee", created_at=T0 + 1, limits=limits)
+    b = Tenant(id="b", name="Bee", created_at=T0 + 1, limits=limits, suspended_at=T0 + 2.5)
     a = Tenant(id="a", name="Ay", created_at=T0)
     store.put_tenant(b)
     store.put_tenant(a)
@@ -102,7 +102,7 @@ def test_tenant_round_trip_overwrite_and_list(store: Store) -> None:
     assert store.get_tenant("a") == a
     assert store.get_tenant("missing") is None
     assert store.list_tenants() == [a, b]
-    renamed = dataclasses.replace(b, name="Bee 2", limits=Limits())
+    renamed = dataclasses.replace(b, name="Bee 2", limits=Limits(), suspended_at=None)
     store.put_tenant(renamed)
     assert store.get_tenant("b") == renamed
     assert len(store.list_tenants()) == 2

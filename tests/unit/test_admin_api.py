@@ -45,6 +45,8 @@ def test_the_admin_surface_is_what_we_test() -> None:
             ("GET", "/admin/tenants"),
             ("GET", "/admin/tenants/{tenant_id}"),
             ("PUT", "/admin/tenants/{tenant_id}/limits"),
+            ("POST", "/admin/tenants/{tenant_id}/suspend"),
+            ("POST", "/admin/tenants/{tenant_id}/resume"),
             ("POST", "/admin/tenants/{tenant_id}/keys"),
             ("GET", "/admin/tenants/{tenant_id}/keys"),
             ("DELETE", "/admin/keys/{key_id}"),
@@ -220,6 +222,9 @@ def test_key_limits_apply_at_once(harness: Harness) -> None:
     out = ok(admin(harness, "PUT", f"/admin/keys/{kid}/limits", {"requests_per_minute": 1}))
     assert out["limits"]["requests_per_minute"] == 1
     assert out["key"] is None
+    # Every request is counted in its minute, limited or not: the one made before the limit counts too.
+    assert harness.call_json("POST", "/v1/completions", body).status == 429
+    harness.clock.advance(60)
     assert harness.call_json("POST", "/v1/completions", body).status == 200
     assert harness.call_json("POST", "/v1/completions", body).status == 429
 
