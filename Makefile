@@ -46,6 +46,10 @@ infra: $(STAMP) $(SAM)
 serve: $(STAMP)
 	$(BIN)/textnlp --data-dir $(DATA_DIR) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
+# A demo tenant and key for the server of DATA_DIR, and a curl line and an openai snippet that work as printed.
+quickstart: $(STAMP)
+	$(BIN)/textnlp --data-dir $(DATA_DIR) quickstart --host $(HOST) --port $(PORT)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from core.auth import api_keys
+from core.auth.revocation import Revocations
 from core.clock import SystemClock, new_id
 from core.domain import ALL_SCOPES, Tenant
+
+DEFAULT_DATA_DIR = ".textnlp"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
 
 
 def _store(data_dir: str):  # type: ignore[no-untyped-def]
@@ -32,9 +38,14 @@ def serve(args: argparse.Namespace) -> int:
         print("Created the first admin key (shown once, keep it safe):", flush=True)
         print(f"  {created}", flush=True)
     else:
-        print("Admin key: the one printed on first start, or TEXTNLP_ADMIN_KEY.", flush=True)
+        print("Admin key: the one printed when this data directory was set up, or TEXTNLP_ADMIN_KEY.", flush=True)
     print(
         f"TextNLP listening on http://{args.host}:{args.port}  (OpenAI base URL: http://{args.host}:{args.port}/v1)",
+        flush=True,
+    )
+    print(
+        f"First call: run `{quickstart_command(args)}` in another terminal here"
+        " (a demo key, then a curl line and a Python snippet to paste).",
         flush=True,
     )
     uvicorn.run(
@@ -49,6 +60,43 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
     )
     return 0
+
+
+def quickstart_command(args: argparse.Namespace) -> str:
+    """The command that prints snippets for THIS server: same data directory, host and port.
+
+    Under make (it exports MAKELEVEL) that is ``make quickstart`` with the variables that differ from the
+    Makefile's defaults (the same as ours); otherwise the ``textnlp`` command this server was started with.
+    """
+    differs = [
+        (make_var, flag, value)
+        for make_var, flag, value, default in (
+            ("DATA_DIR", "--data-dir", str(args.data_dir), DEFAULT_DATA_DIR),
+            ("HOST", "--host", str(args.host), DEFAULT_HOST),
+            ("PORT", "--port", str(args.port), str(DEFAULT_PORT)),
+        )
+        if value != default
+    ]
+    if os.environ.get("MAKELEVEL"):
+        return shlex.join(["make", "quickstart", *(f"{var}={value}" for var, _, value in differs)])
+    program = sys.argv[0] if Path(sys.argv[0]).name == "textnlp" else "textnlp"
+    data_dir = [arg for var, flag, value in differs if var == "DATA_DIR" for arg in (flag, value)]
+    server = [arg for var, flag, value in differs if var != "DATA_DIR" for arg in (flag, value)]
+    return shlex.join([program, *data_dir, "quickstart", *server])
+
+
+def quickstart(args: argparse.Namespace) -> int:
+    from functions.local import quickstart as qs
+
+    return qs.run(
+        Path(args.data_dir),
+        args.host,
+        args.port,
+        model=args.model,
+        json_output=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def tenants(args: argparse.Namespace) -> int:
@@ -92,7 +140,7 @@ def keys(args: argparse.Namespace) -> int:
         if record is None:
             print(f"no such key: {args.key_id}", file=sys.stderr)
             return 2
-        store.put_key(api_keys.revoked(record, now))
+        Revocations.beside_the_servers(store, SystemClock()).revoke_key(record)
         print(json.dumps({"id": record.id, "revoked": True}))
     return 0
 
@@ -120,15 +168,29 @@ def usage(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="textnlp", description="TextNLP local runtime")
-    p.add_argument("--data-dir", default=os.environ.get("TEXTNLP_DATA_DIR", ".textnlp"))
+    p.add_argument("--data-dir", default=os.environ.get("TEXTNLP_DATA_DIR", DEFAULT_DATA_DIR))
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the API")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--host", default=DEFAULT_HOST)
+    s.add_argument("--port", type=int, default=DEFAULT_PORT)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--data-dir", default=argparse.SUPPRESS)
     s.set_defaults(func=serve)
+
+    q = sub.add_parser(
+        "quickstart",
+        help="a demo tenant and key, and a curl line and a Python snippet that call the server with it",
+        description="Creates the tenant 'demo' once and a new key for it on each run (the previous quickstart"
+        " key is revoked), then prints a curl line and an openai snippet for the server on --host/--port."
+        " Use the --data-dir of that server. Snippets go to stdout, the rest to stderr.",
+    )
+    q.add_argument("--host", default=DEFAULT_HOST, help="the host the server listens on (as given to serve)")
+    q.add_argument("--port", type=int, default=DEFAULT_PORT, help="the port the server listens on")
+    q.add_argument("--model", default=None, help="a generation model (default: smollm2-135m-instruct)")
+    q.add_argument("--json", action="store_true", help="one JSON object: key, base URL, model, curl, python")
+    q.add_argument("--data-dir", default=argparse.SUPPRESS)
+    q.set_defaults(func=quickstart)
 
     t = sub.add_parser("tenants", help="create or list tenants")
     tsub = t.add_subparsers(dest="action", required=True)
