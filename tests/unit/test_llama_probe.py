@@ -86,3 +86,32 @@ def test_a_success_is_remembered_per_library_model_and_cpu(tmp_path: Path, monke
     model.write_bytes(b"GGUF, another model")  # another file: asked again
     llama_probe.check(str(model))
     assert len(ran) == 2
+
+
+def test_the_local_runtime_answers_a_clear_503_when_the_model_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a dead worker: the first call (and every later one) is a 503 in the error shape."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (textnlp[local])")
+    import asyncio
+    import json
+
+    from core.http import Request
+    from functions.local.bootstrap import LocalSettings, build_gateway, open_store, seed
+
+    def crashing(path: str) -> None:
+        raise BackendError(llama_probe.describe_failure(-signal.SIGILL, ""), status=503, code="model_unavailable")
+
+    monkeypatch.setattr(llama_probe, "check", crashing)
+    settings = LocalSettings(data_dir=tmp_path)
+    seed(open_store(tmp_path), "probe-admin-key-0123456789")
+    gateway, _, _ = build_gateway(settings)
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    headers = {"authorization": "Bearer probe-admin-key-0123456789"}
+    for _ in range(2):
+        request = Request("POST", "/v1/chat/completions", headers, {}, json.dumps(body).encode())
+        response = asyncio.run(gateway.handle(request))
+        assert response.status == 503
+        error = json.loads(response.body)["error"]
+        assert error["code"] == "model_unavailable"
+        assert "SIGILL" in error["message"]
