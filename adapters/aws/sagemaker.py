@@ -160,10 +160,20 @@ class SageMakerBackend:
                         pieces.append(chunk.text)
                         yield TextDelta(chunk.text)
         finally:
-            events.close()
+            # Closing waits for a read in progress to return (a stalled stream: until the stall ends), so it
+            # runs on a worker thread: a stream cut at its deadline must not block the event loop.
+            asyncio.get_running_loop().run_in_executor(None, events.close)
+        if final.finish_reason is None:
+            # TGI and LMI end with a `details` chunk, the messages schema with a finish reason: without it the
+            # answer was cut, and saying "stop" would hide that from the caller.
+            raise BackendError(
+                f"the stream of SageMaker endpoint {cfg.endpoint_name} ended before it finished (no finish reason)",
+                status=502,
+                code="stream_truncated",
+            )
         reply = Reply("".join(pieces), final.finish_reason, final.prompt_tokens, final.completion_tokens)
         prompt_tokens, completion_tokens = self._usage(prompt, reply.text, params, reply)
-        yield StreamEnd(final.finish_reason or "stop", prompt_tokens, completion_tokens)
+        yield StreamEnd(final.finish_reason, prompt_tokens, completion_tokens)
 
     async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings:
         cfg = SageMakerRoute.parse(route)

@@ -1,4 +1,25 @@
-"""OpenAICompatBackend: the InferenceBackend for any server that speaks OpenAI's HTTP API."""
+"""OpenAICompatBackend: the InferenceBackend for any server that speaks OpenAI's HTTP API.
+
+When an answer is whole. A non-streamed answer is whole when its body arrived as framed and parses as JSON;
+otherwise it is a 502 ``backend_bad_response`` (retryable when the transfer broke off: nothing reached the
+caller). A stream is whole when a chunk carried a ``finish_reason``: vLLM, TGI, llama.cpp server and Ollama
+all send one, then (asked by ``stream_options.include_usage``) a chunk with the usage and no choices, then
+``data: [DONE]``. A stream that ends without a finish reason was cut, and never ends with a ``StreamEnd``:
+
+======================================================  ======  ======================
+how the body ended, before any finish reason            status  code
+======================================================  ======  ======================
+cleanly: EOF, the last chunk, or ``data: [DONE]``       502     ``stream_truncated``
+broken: a reset, or closed mid-chunk or mid-length      502     ``stream_interrupted``
+no byte within the read timeout                         504     ``backend_timeout``
+======================================================  ======  ======================
+
+These are retryable only while no text was yielded (the router retries only then anyway). After the finish
+reason, a body that breaks off before the usage chunk or ``[DONE]`` still ends the stream: the answer is
+whole, and the usage falls back to the conservative count. An unterminated last line is dropped, as the SSE
+spec drops an event cut by the end of the stream. Both transports (the built-in pool and httpx) map their
+failures to these same errors.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +55,9 @@ UsageFallback = Callable[[Prompt, str], Usage]
 # (ChatML adds 4 tokens, Llama 3 adds 5) and before the reply (a role header of up to ~13 tokens).
 CHAT_TOKENS_PER_MESSAGE = 8
 CHAT_TOKENS_PER_REPLY = 16
-DEFAULT_TIMEOUT_S = 60.0
+# The read timeout (inactivity) when the route sets none: the largest model timeout the admin API accepts
+# (``ModelSpec.timeout_s`` <= 900), so the model's own timeout in core/routing.py is always the one that fires.
+DEFAULT_TIMEOUT_S = 900.0
 _CONNECT_TIMEOUT_S = 10.0
 _MAX_MESSAGE_CHARS = 500
 # After ``data: [DONE]``, how long to wait for the end of the body so the connection can be reused.
@@ -138,6 +161,18 @@ def sse_data(line: str) -> str | None:
     if not line.startswith("data:"):
         return None
     return line[5:].strip()
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The complete lines of an event stream, without their line ends; an unterminated last line is dropped."""
+    pending = b""
+    async for piece in chunks:
+        if b"\n" not in piece:
+            pending += piece
+            continue
+        *lines, pending = (pending + piece).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode(errors="replace")
 
 
 def to_embeddings_payload(model: str, inputs: list[str]) -> dict[str, Any]:
@@ -244,8 +279,41 @@ def _decode(content: bytes | str) -> dict[str, Any]:
     return data
 
 
-def _bad_response(detail: str) -> BackendError:
-    return BackendError(f"the model backend sent a malformed response: {detail}", code="backend_bad_response")
+def _bad_response(detail: str, *, retryable: bool = False) -> BackendError:
+    message = f"the model backend sent a malformed response: {detail}"
+    return BackendError(message, retryable=retryable, code="backend_bad_response")
+
+
+def _cut_body(kind: str) -> BackendError:
+    """A non-streamed body that broke off: nothing reached the caller, so another attempt may do better."""
+    return _bad_response(f"the body was cut off ({kind})", retryable=True)
+
+
+class _BodyBroken(Exception):
+    """A response body broke off after its head arrived: ``kind`` as httpx names it (ReadError, ...)."""
+
+    def __init__(self, kind: str, *, timed_out: bool = False) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.timed_out = timed_out
+
+
+def _truncated(ending: str, *, delivered: bool) -> BackendError:
+    return BackendError(
+        f"the model's stream ended before it finished: {ending} without a finish reason",
+        retryable=not delivered,
+        code="stream_truncated",
+    )
+
+
+def _interrupted(broken: _BodyBroken, *, delivered: bool) -> BackendError:
+    if broken.timed_out:
+        error: BackendError = BackendTimeout("the model's stream stalled: no data within the read timeout")
+    else:
+        message = f"the model's stream was interrupted before it finished: {broken.kind}"
+        error = BackendError(message, code="stream_interrupted")
+    error.retryable = not delivered
+    return error
 
 
 def _misconfigured(detail: str) -> BackendError:
@@ -288,11 +356,13 @@ class OpenAICompatBackend:
     async def stream(
         self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
     ) -> AsyncIterator[StreamEvent]:
+        """Text deltas as they arrive, then a ``StreamEnd`` only if the server gave a finish reason."""
         cfg = OpenAIRoute.parse(route)
         path, payload = _request(cfg.model, prompt, params, stream=True)
         pieces: list[str] = []
-        reason: FinishReason = "stop"
+        reason: FinishReason | None = None
         usage: Usage | None = None
+        ending = "the body ended"
         target = self._target(cfg.base_url)
         if target is not None:
             lines = self._fast_lines(target, cfg, path, payload)
@@ -304,6 +374,7 @@ class OpenAICompatBackend:
                 if not data:
                     continue
                 if data == "[DONE]":
+                    ending = "data: [DONE] came"
                     break
                 chunk = from_stream_chunk(_decode(data))
                 reason = chunk.finish_reason or reason
@@ -311,8 +382,14 @@ class OpenAICompatBackend:
                 if chunk.text:
                     pieces.append(chunk.text)
                     yield TextDelta(chunk.text)
+        except _BodyBroken as broken:
+            if reason is None:
+                raise _interrupted(broken, delivered=bool(pieces)) from None
+            # The finish reason came: only the usage chunk or [DONE] is missing, the answer is whole.
         finally:
             await lines.aclose()
+        if reason is None:
+            raise _truncated(ending, delivered=bool(pieces))
         usage = usage or self._fallback(prompt, "".join(pieces), params)
         yield StreamEnd(reason, usage[0], usage[1])
 
@@ -367,92 +444,115 @@ class OpenAICompatBackend:
     async def _fast_request(
         self, target: _Target, cfg: OpenAIRoute, path: str, payload: dict[str, Any], accept: str
     ) -> Response:
-        """One POST through the keep-alive pool; the caller reads (or streams) the body."""
+        """One POST through the keep-alive pool, up to the response head; the caller reads the body."""
         headers = self._headers(cfg)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = accept
-        return await self._fast_pool().request(
-            "POST",
-            target.host,
-            target.port,
-            target.prefix + path,
-            headers,
-            _json_bytes(payload),
-            read_timeout=cfg.timeout_s,
-            connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
-        )
+        try:
+            return await self._fast_pool().request(
+                "POST",
+                target.host,
+                target.port,
+                target.prefix + path,
+                headers,
+                _json_bytes(payload),
+                read_timeout=cfg.timeout_s,
+                connect_timeout=min(cfg.timeout_s, _CONNECT_TIMEOUT_S),
+            )
+        except HTTPTimeout:
+            raise BackendTimeout() from None
+        except HTTPTransportError as exc:
+            raise _unreachable(exc.kind) from None
 
     async def _post(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         target = self._target(cfg.base_url)
         if target is None:
-            return await self._httpx_post(cfg, path, payload)
+            status, headers, content = await self._httpx_post(cfg, path, payload)
+        else:
+            status, headers, content = await self._fast_post(target, cfg, path, payload)
+        if status >= 300:
+            raise error_for_status(status, content, headers)
+        return _decode(content)
+
+    async def _fast_post(
+        self, target: _Target, cfg: OpenAIRoute, path: str, payload: dict[str, Any]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        response = await self._fast_request(target, cfg, path, payload, "application/json")
         try:
-            response = await self._fast_request(target, cfg, path, payload, "application/json")
             content = await response.read()
         except HTTPTimeout:
             raise BackendTimeout() from None
         except HTTPTransportError as exc:
-            raise _unreachable(exc.kind) from None
-        if response.status_code >= 300:
-            raise error_for_status(response.status_code, content, response.headers)
-        return _decode(content)
+            raise _cut_body(exc.kind) from None
+        return response.status_code, response.headers, content
 
     async def _fast_lines(
         self, target: _Target, cfg: OpenAIRoute, path: str, payload: dict[str, Any]
     ) -> AsyncGenerator[str, None]:
-        try:
-            response = await self._fast_request(target, cfg, path, payload, "text/event-stream")
-        except HTTPTimeout:
-            raise BackendTimeout() from None
-        except HTTPTransportError as exc:
-            raise _unreachable(exc.kind) from None
+        response = await self._fast_request(target, cfg, path, payload, "text/event-stream")
         try:
             if response.status_code >= 300:
                 raise error_for_status(response.status_code, await response.read(), response.headers)
-            async for line in response.iter_lines():
+            async for line in sse_lines(response.iter_bytes()):
                 if sse_data(line) == "[DONE]":
                     # The body should end right here: read its end so the connection is reused.
                     await response.drain(min(cfg.timeout_s, _DRAIN_GRACE_S))
                 yield line
-        except HTTPTimeout:
-            raise BackendTimeout() from None
+        except HTTPTimeout as exc:
+            raise _BodyBroken(exc.kind, timed_out=True) from None
         except HTTPTransportError as exc:
-            raise _unreachable(exc.kind) from None
+            raise _BodyBroken(exc.kind) from None
         finally:
             response.close()
 
     # -- transport: httpx --------------------------------------------------------------------------------
 
-    async def _httpx_post(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _httpx_send(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> httpx.Response:
+        """One POST through httpx, up to the response head; the caller reads the body and closes."""
         import httpx
 
+        client = self._http()
+        request = client.build_request(
+            "POST", cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
+        )
         try:
-            response = await self._http().post(
-                cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
-            )
+            return await client.send(request, stream=True)
         except httpx.TimeoutException:
             raise BackendTimeout() from None
         except httpx.TransportError as exc:
             raise _unreachable(type(exc).__name__) from None
-        if response.status_code >= 300:
-            raise error_for_status(response.status_code, response.content, response.headers)
-        return _decode(response.content)
+
+    async def _httpx_post(
+        self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        import httpx
+
+        response = await self._httpx_send(cfg, path, payload)
+        try:
+            content = await response.aread()
+        except httpx.TimeoutException:
+            raise BackendTimeout() from None
+        except httpx.TransportError as exc:
+            raise _cut_body(type(exc).__name__) from None
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers, content
 
     async def _httpx_lines(self, cfg: OpenAIRoute, path: str, payload: dict[str, Any]) -> AsyncGenerator[str, None]:
         import httpx
 
+        response = await self._httpx_send(cfg, path, payload)
         try:
-            async with self._http().stream(
-                "POST", cfg.base_url + path, json=payload, headers=self._headers(cfg), timeout=_timeout(cfg)
-            ) as response:
-                if response.status_code >= 300:
-                    raise error_for_status(response.status_code, await response.aread(), response.headers)
-                async for line in response.aiter_lines():
-                    yield line
-        except httpx.TimeoutException:
-            raise BackendTimeout() from None
+            if response.status_code >= 300:
+                raise error_for_status(response.status_code, await response.aread(), response.headers)
+            async for line in sse_lines(response.aiter_bytes()):
+                yield line
+        except httpx.TimeoutException as exc:
+            raise _BodyBroken(type(exc).__name__, timed_out=True) from None
         except httpx.TransportError as exc:
-            raise _unreachable(type(exc).__name__) from None
+            raise _BodyBroken(type(exc).__name__) from None
+        finally:
+            await response.aclose()
 
     def _headers(self, cfg: OpenAIRoute) -> dict[str, str]:
         key = self._api_key

@@ -11,7 +11,9 @@ Timeouts: ``connect_timeout`` bounds the TCP connect; ``read_timeout`` bounds ev
 response bytes (like httpx's read timeout: inactivity, not a total) and the wait for a connection
 when the pool is at its limit (like httpx's pool timeout). Errors are ``HTTPTimeout`` and
 ``HTTPTransportError``, whose ``kind`` mirrors httpx's exception names (ConnectError, ReadError,
-RemoteProtocolError, ...).
+RemoteProtocolError, ...). A body that breaks off is always an error, never a short body: a close before the
+framing says the body is over is a RemoteProtocolError, a reset (even of a body delimited by the close) a
+ReadError.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.reset = ""  # why the connection failed (a reset), if it did not end with a clean close
         self.used = False  # served a request before: a failure with no reply may be a stale connection
         self.received = False  # any byte of the current response arrived
 
@@ -71,6 +74,8 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.reset = f"{type(exc).__name__}: {exc}"
         self._lost()
 
     def _lost(self) -> None:
@@ -88,6 +93,8 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self, limit_s: float) -> None:
         """Until more bytes arrive or the connection ends; HTTPTimeout after ``limit_s`` seconds."""
+        if self.reset:
+            raise HTTPTransportError("ReadError", self.reset)
         if self.closed:
             raise HTTPTransportError("RemoteProtocolError", "the server closed the connection mid-response")
         waiter = self.waiter = self.loop.create_future()
@@ -105,7 +112,7 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class Response:
-    """Status and headers at once; the body through ``read()``, ``iter_bytes()`` or ``iter_lines()``.
+    """Status and headers at once; the body through ``read()`` or ``iter_bytes()``.
 
     Reading the body to its end returns the connection to the pool; ``close()`` before that drops it
     (a failure or a cancellation while reading drops it too).
@@ -187,6 +194,8 @@ class Response:
                         piece = bytes(conn.buf)
                         conn.buf.clear()
                         yield piece
+                    elif conn.reset:
+                        raise HTTPTransportError("ReadError", conn.reset)
                     elif conn.closed:
                         break
                     else:
@@ -231,19 +240,6 @@ class Response:
                 self._remaining = 0
                 return
             eol = end
-
-    async def iter_lines(self) -> AsyncIterator[str]:
-        """Text lines of the body (for server-sent events), without their line endings."""
-        pending = b""
-        async for piece in self.iter_bytes():
-            pending += piece
-            if b"\n" not in piece:
-                continue
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.rstrip(b"\r").decode()
-        if pending:
-            yield pending.rstrip(b"\r").decode()
 
     async def drain(self, grace: float) -> None:
         """Read whatever is left of the body within ``grace`` seconds, for reuse; else drop it."""

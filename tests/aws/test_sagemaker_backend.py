@@ -122,6 +122,23 @@ def test_tgi_stream_through_real_event_stream_frames(
     assert sent.json()["stream"] is True
 
 
+def test_a_stream_without_its_final_details_is_truncated_not_stopped(
+    runtime: RuntimeServer, local_client: SageMakerRuntimeClient
+) -> None:
+    lines = ["data:" + json.dumps({"token": {"id": i, "text": t, "special": False}}) for i, t in enumerate("ab")]
+    runtime.replies["textgen"] = stream(*lines, "")
+    events: list[Any] = []
+
+    async def read() -> None:
+        async for event in SageMakerBackend(local_client).stream(TGI, TEXT, PARAMS):
+            events.append(event)
+
+    with pytest.raises(BackendError) as caught:
+        run(read())
+    assert (caught.value.status, caught.value.code) == (502, "stream_truncated")
+    assert events == [TextDelta("a"), TextDelta("b")]  # what came is passed on; no StreamEnd follows
+
+
 def test_lmi_jsonlines_stream_with_a_fallback_prompt_count(
     runtime: RuntimeServer, local_client: SageMakerRuntimeClient
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from adapters.openai_compat.backend import CLIENT_ENV, OpenAICompatBackend, _Target
+from adapters.openai_compat.backend import CLIENT_ENV, OpenAICompatBackend, _Target, sse_lines
 from adapters.openai_compat.http11 import ConnectionPool, HTTPTimeout, HTTPTransportError
 from bench.fake_openai_server import start_in_thread
 from core.inference import ChatMessage, GenerationParams, Prompt
@@ -118,7 +120,7 @@ def test_chunked_body_with_trailers_and_lines_split_across_chunks() -> None:
             response = await pool.request(
                 "POST", "127.0.0.1", server.port, "/", {}, b"", read_timeout=5, connect_timeout=5
             )
-            lines = [line async for line in response.iter_lines()]
+            lines = [line async for line in sse_lines(response.iter_bytes())]
             assert lines == ["data: a", "", "data: bc"]
             assert await post(pool, server.port) == (200, b"data: a\n\ndata: bc\r\n")
             assert server.connections == 1
@@ -181,6 +183,46 @@ def test_a_server_that_closes_mid_body_is_a_transport_error() -> None:
             with pytest.raises(HTTPTransportError) as caught:
                 await post(pool, server.port)
             assert caught.value.kind == "RemoteProtocolError"
+            await pool.aclose()
+
+    run(body())
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Abort the connection with a TCP reset (RST), not a clean close (FIN)."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"],
+    ids=["content-length", "until-close"],
+)
+def test_a_reset_mid_body_is_a_read_error_even_when_the_close_ends_the_body(head: bytes) -> None:
+    async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(head + b"partial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        reset(writer)
+
+    async def body() -> None:
+        async with Server(resetting) as server:
+            pool = ConnectionPool()
+            response = await pool.request(
+                "POST", "127.0.0.1", server.port, "/", {}, b"", read_timeout=5, connect_timeout=5
+            )
+            received: list[bytes] = []
+
+            async def consume() -> None:
+                async for piece in response.iter_bytes():
+                    received.append(piece)
+
+            with pytest.raises(HTTPTransportError) as caught:
+                await consume()
+            assert caught.value.kind == "ReadError"
+            assert b"".join(received) == b"partial"
             await pool.aclose()
 
     run(body())

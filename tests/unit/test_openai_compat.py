@@ -14,6 +14,7 @@ import pytest
 from adapters.openai_compat.backend import (
     CHAT_TOKENS_PER_MESSAGE,
     CHAT_TOKENS_PER_REPLY,
+    DEFAULT_TIMEOUT_S,
     OpenAICompatBackend,
     OpenAIRoute,
     conservative_usage,
@@ -25,6 +26,7 @@ from adapters.openai_compat.backend import (
     from_stream_chunk,
     parse_usage,
     sse_data,
+    sse_lines,
     to_chat_payload,
     to_completion_payload,
     to_embeddings_payload,
@@ -34,6 +36,7 @@ from bench.fake_openai_server import embedding, start_in_thread
 from core.errors import BackendError, BackendTimeout
 from core.inference import ChatMessage, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
 from core.ports import InferenceBackend
+from core.schemas.admin import ModelIn
 
 TEXT = Prompt(text="one two three four")
 CHAT = Prompt(messages=(ChatMessage("system", "be brief"), ChatMessage("user", "alpha beta gamma")))
@@ -139,6 +142,25 @@ def test_sse_data() -> None:
     assert sse_data("event: message") is None
 
 
+@pytest.mark.parametrize(
+    ("chunks", "lines"),
+    [
+        ([b"data: a\n\nda", b"ta: b\r\n", b"\r\n"], ["data: a", "", "data: b", ""]),
+        ([b"data: a\n", b'data: {"cut'], ["data: a"]),  # the body ended in the middle of a line
+        ([b"data: \xc3", b"\xa9\n"], ["data: \u00e9"]),  # a character split across chunks
+    ],
+)
+def test_sse_lines_yields_complete_lines_only(chunks: list[bytes], lines: list[str]) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    async def body() -> list[str]:
+        return [line async for line in sse_lines(pieces())]
+
+    assert run(body()) == lines
+
+
 def test_embeddings_mapping_orders_by_index() -> None:
     assert to_embeddings_payload("e", ["x"]) == {"model": "e", "input": ["x"], "encoding_format": "float"}
     body = {"data": [{"index": 1, "embedding": [0, 1]}, {"index": 0, "embedding": [1, 0]}]}
@@ -163,6 +185,13 @@ def test_route_parsing() -> None:
     with pytest.raises(BackendError) as caught:
         OpenAIRoute.parse({"base_url": "http://h/v1"})
     assert (caught.value.code, caught.value.retryable) == ("backend_misconfigured", False)
+
+
+def test_without_a_route_timeout_the_models_timeout_fires_first() -> None:
+    # core/routing.py bounds a call by the model's timeout_s; the adapter's read timeout must not cut earlier.
+    assert OpenAIRoute.parse({"base_url": "http://h/v1", "model": "m"}).timeout_s == DEFAULT_TIMEOUT_S
+    longest_model_timeout = ModelIn.model_json_schema()["properties"]["timeout_s"]["maximum"]
+    assert longest_model_timeout <= DEFAULT_TIMEOUT_S
 
 
 @pytest.mark.parametrize(
@@ -377,6 +406,61 @@ def test_error_mid_stream_is_raised_after_the_text_so_far() -> None:
     with pytest.raises(BackendError, match="engine died"):
         run(consume())
     assert seen == [TextDelta("partial")]
+
+
+def sse_body(*events: dict[str, Any] | str) -> bytes:
+    return "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events).encode()
+
+
+def streamed(body: bytes) -> tuple[list[StreamEvent], BackendError | None]:
+    """The events a stream of ``body`` yields, and the error it ends with."""
+    backend = mocked(lambda request: httpx.Response(200, content=body))
+    seen: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in backend.stream(ROUTE, CHAT, PARAMS):
+            seen.append(event)
+
+    try:
+        run(consume())
+    except BackendError as exc:
+        return seen, exc
+    return seen, None
+
+
+PIECE = {"choices": [{"delta": {"content": "partial"}, "finish_reason": None}]}
+FINISH = {"choices": [{"delta": {}, "finish_reason": "length"}]}
+USAGE = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}
+
+
+def test_a_stream_ends_with_the_upstream_finish_reason_and_usage() -> None:
+    events, error = streamed(sse_body(PIECE, FINISH, USAGE, "[DONE]"))
+    assert error is None
+    assert events == [TextDelta("partial"), StreamEnd("length", 4, 3)]
+
+
+@pytest.mark.parametrize(
+    ("body", "ending"),
+    [
+        (sse_body(PIECE), "the body ended"),
+        (sse_body(PIECE, USAGE), "the body ended"),
+        (sse_body(PIECE, USAGE, "[DONE]"), "data: [DONE] came"),
+    ],
+    ids=["eof", "usage-then-eof", "done"],
+)
+def test_a_stream_without_a_finish_reason_is_truncated_never_stop(body: bytes, ending: str) -> None:
+    events, error = streamed(body)
+    assert events == [TextDelta("partial")]
+    assert error is not None
+    assert (error.status, error.code, error.retryable) == (502, "stream_truncated", False)
+    assert error.message == f"the model's stream ended before it finished: {ending} without a finish reason"
+
+
+def test_an_empty_stream_is_truncated_and_may_be_retried() -> None:
+    events, error = streamed(b"")
+    assert events == []
+    assert error is not None
+    assert (error.code, error.retryable) == ("stream_truncated", True)
 
 
 def test_api_key_from_the_route_env_or_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
