@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from core import deadlines
 from core.auth.authenticator import Authenticator, require
 from core.auth.revocation import Revocations
 from core.auth.tokens import TokenService
@@ -23,6 +24,7 @@ from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavai
 from core.generation import GenerationService
 from core.http import Request, Response, sane_request_id
 from core.jobs import InProcessJobQueue
+from core.leases import LeaseClock
 from core.limits import LimitEnforcer
 from core.metering import Meter
 from core.observability import LOGGER_NAME, NullMetrics, log_event
@@ -115,7 +117,8 @@ class Gateway:
         self.tenants = TenantDirectory(store, self.clock, self.settings.tenant_cache_ttl_s)
         self.auth = Authenticator(store, self.tokens, self.clock, self.settings.key_cache_ttl_s, self.tenants)
         self.registry = ModelRegistry(store, self.clock, self.settings.model_cache_ttl_s)
-        self.limits = LimitEnforcer(store, self.clock, self.metrics)
+        leases = LeaseClock(self.settings.max_request_s, self.settings.clock_skew_s)
+        self.limits = LimitEnforcer(store, self.clock, self.metrics, leases)
         self.revocations = Revocations(store, self.limits, self.clock, self.auth, self.tenants)
         self.cache = ResponseCache(
             store,
@@ -192,7 +195,8 @@ class Gateway:
         """The consumer of the job queue (an in-process task here; an SQS/Pub/Sub handler in the clouds)."""
         if kind != "batch":
             raise ValueError(f"unknown job kind: {kind!r}")
-        await self.batch_runner().run(tenant_id, job_id)
+        with deadlines.cleared():  # a job outlives the request that started it, and its deadline
+            await self.batch_runner().run(tenant_id, job_id)
 
     async def stop_jobs(self) -> None:
         """At shutdown: stop the in-process jobs; each records where it stopped and resumes when run again."""
@@ -228,8 +232,19 @@ class Gateway:
             return default
         return route.max_body_bytes
 
+    def deadline_of(self, request: Request, received: float) -> float:
+        """When calls to models must have ended (monotonic seconds): the earliest of ``max_request_s`` after
+        ``received`` (no request holds a reservation longer: core.leases relies on it), the runtime's deadline
+        less the margin to settle and answer, and the caller's ``x-textnlp-timeout``."""
+        found = received + self.settings.max_request_s
+        if request.deadline is not None:
+            found = min(found, request.deadline - self.settings.deadline_margin_s)
+        caller = deadlines.caller_timeout(request.header(deadlines.TIMEOUT_HEADER))
+        return found if caller is None else min(found, received + caller)
+
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
+        received = time.monotonic()
         request.request_id = new_id("req")
         correlation_id = sane_request_id(request.headers.get("x-request-id")) or request.request_id
         route: Route | None = None
@@ -243,7 +258,8 @@ class Gateway:
                 principal = self.auth.authenticate(request)
                 if route.scope is not None:
                     require(principal, route.scope)
-            response = await route.handler(RequestContext(request, route, principal, self))
+            with deadlines.narrowed(self.deadline_of(request, received)):
+                response = await route.handler(RequestContext(request, route, principal, self))
         except APIError as exc:
             response = Response.error(exc)
             if exc.status == 401:

@@ -28,7 +28,8 @@ def sane_request_id(value: str | None) -> str | None:
 class Request:
     """An HTTP request, independent of the runtime that received it.
 
-    Header names are lower-case. ``path_params`` is filled by the router.
+    Header names are lower-case. ``path_params`` is filled by the router. ``deadline``: the instant
+    (``time.monotonic()`` seconds) by which the runtime must have answered, None if it sets no limit.
     """
 
     method: str
@@ -38,6 +39,7 @@ class Request:
     body: bytes = b""
     path_params: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
+    deadline: float | None = None
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)

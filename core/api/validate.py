@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from core import deadlines
 from core.app import RequestContext
 from core.domain import ModelSpec, Scope
 from core.errors import APIError, BackendTimeout, InvalidRequest, Unauthorized
@@ -82,7 +83,8 @@ async def _fluency(
     logprobs: list[list[float]] = []
     try:
         for text, bound in zip(inputs.candidates, bounds, strict=True):
-            scored = await asyncio.wait_for(scorer.token_logprobs(spec.backend, text), spec.timeout_s) if text else []
+            timeout = deadlines.bounded(spec.timeout_s, deadlines.current())
+            scored = await asyncio.wait_for(scorer.token_logprobs(spec.backend, text), timeout) if text else []
             logprobs.append(scored)
             used += min(len(scored) + 1, bound) if scored else 0
     except TimeoutError:

@@ -14,7 +14,7 @@ from adapters.aws.tracing import make_tracer
 from core.clock import new_id
 from core.errors import InvalidRequest
 from core.http import Response, sane_request_id
-from functions.aws.apigw import BadEvent, request_id_of, to_request, to_result
+from functions.aws.apigw import BadEvent, deadline_of, request_id_of, to_request, to_result
 from functions.aws.bootstrap import Runtime, runtime
 
 logger = Logger(service="textnlp")
@@ -25,11 +25,15 @@ tracer = make_tracer("textnlp")
 
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return handle(runtime(), event)
+    return handle(runtime(), event, context)
 
 
-def handle(rt: Runtime, event: Any) -> dict[str, Any]:
-    """One event on one runtime (a container): what ``handler`` does, callable with a runtime of one's own."""
+def handle(rt: Runtime, event: Any, context: Any = None) -> dict[str, Any]:
+    """One event on one runtime (a container): what ``handler`` does, callable with a runtime of one's own.
+
+    ``context`` (Lambda's) gives the time left: calls to models end before it, and before API Gateway's own
+    integration timeout, so the caller gets the gateway's 504 instead of the platform's bare 503.
+    """
     try:
         request = to_request(event)
     except BadEvent as exc:
@@ -42,6 +46,7 @@ def handle(rt: Runtime, event: Any) -> dict[str, Any]:
         # log (core logs through the Powertools logger, "textnlp"), metrics and the response share one.
         request.headers = {**request.headers, "x-request-id": request_id_of(event) or new_id("req")}
     logger.set_correlation_id(request.headers["x-request-id"])
+    request.deadline = deadline_of(event, context)
     try:
         response = rt.loop.run_until_complete(rt.gateway.handle(request))
         return rt.loop.run_until_complete(to_result(response))

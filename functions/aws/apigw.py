@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from core.http import Request, Response, sane_request_id
+
+#: API Gateway HTTP APIs answer 503 themselves when an integration has not answered in 30 s (a hard limit).
+INTEGRATION_TIMEOUT_S = 30.0
+#: How far API Gateway's clock (``timeEpoch``) may be ahead of the function's and still be trusted.
+CLOCK_SKEW_S = 1.0
 
 
 class BadEvent(ValueError):
@@ -44,6 +50,28 @@ def to_request(event: Any) -> Request:
     else:
         raw = body.encode()
     return Request(method=method, path=path, headers=headers, query=query, body=raw)
+
+
+def deadline_of(event: Any, context: Any, *, now: float | None = None, wall: float | None = None) -> float | None:
+    """When this invocation must have answered (``time.monotonic()`` seconds), None if nothing says.
+
+    The earlier of Lambda's end (``context.get_remaining_time_in_millis()``) and API Gateway's integration
+    timeout counted from the event's ``requestContext.timeEpoch``, which also covers a cold start's init time
+    (not part of the function's timeout). A ``timeEpoch`` in the future or older than the integration timeout
+    is not API Gateway's clock (a stored test event) and is ignored.
+    """
+    now = time.monotonic() if now is None else now
+    left: list[float] = []
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(remaining):
+        left.append(remaining() / 1000)
+    context_ = event.get("requestContext") if isinstance(event, Mapping) else None
+    epoch_ms = context_.get("timeEpoch") if isinstance(context_, Mapping) else None
+    if isinstance(epoch_ms, int | float) and not isinstance(epoch_ms, bool):
+        age = (time.time() if wall is None else wall) - epoch_ms / 1000
+        if -CLOCK_SKEW_S <= age <= INTEGRATION_TIMEOUT_S:
+            left.append(INTEGRATION_TIMEOUT_S - max(age, 0.0))
+    return now + min(left) if left else None
 
 
 def request_id_of(event: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -345,6 +346,33 @@ def test_http_api(synth: Synth) -> None:
     access_logs = props["AccessLogSettings"]["DestinationArn"]["Fn::GetAtt"][0]
     assert synth.raw["Resources"][access_logs]["Properties"]["RetentionInDays"] > 0
     assert "ApiUrl" in synth.raw["Outputs"]
+
+
+def test_the_api_function_answers_before_api_gateway_and_its_deadline_bounds_a_default_model(synth: Synth) -> None:
+    """The function's time, API Gateway's and the deadline rules of core.deadlines agree.
+
+    API Gateway answers a bare 503 itself once its integration has run 30 s (an HTTP API's hard limit), and
+    Lambda stops the function at its timeout: the function must not outlive the integration, and the api
+    handler (functions/aws/apigw.deadline_of) assumes exactly that integration timeout. A model call then gets
+    the time left less the settle margin. The default model timeout (60 s, SageMaker's own limit; batch lines
+    have 900 s) is longer than that, so on this path the deadline, not the model's timeout, ends a hanging call:
+    504 with the record written (tests/aws/test_api_deadline.py), and most of the function's time goes to it.
+    """
+    from core.domain import ModelSpec
+    from core.schemas.admin import ModelIn
+    from core.settings import GatewaySettings
+    from functions.aws.apigw import INTEGRATION_TIMEOUT_S
+
+    timeout = function(synth, "ApiFunction")["Timeout"]
+    (integration,) = synth.resources("AWS::ApiGatewayV2::Integration").values()
+    assert integration["Properties"].get("TimeoutInMillis", 30_000) / 1000 == INTEGRATION_TIMEOUT_S
+    assert timeout == INTEGRATION_TIMEOUT_S  # longer: API Gateway's 503 first; shorter: time the caller loses
+    margin = GatewaySettings().deadline_margin_s
+    default_timeout = {f.name: f.default for f in dataclasses.fields(ModelSpec)}["timeout_s"]
+    assert ModelIn.model_fields["timeout_s"].default == default_timeout
+    first_attempt = min(default_timeout, timeout - margin)
+    assert first_attempt == timeout - margin  # the deadline is the bound of a default model here
+    assert first_attempt >= 0.9 * timeout  # and it leaves the model all but the margin
 
 
 # --- SageMaker -----------------------------------------------------------------------------------------

@@ -1,17 +1,18 @@
-"""Calling models: per-route timeouts, retries with backoff and full jitter, fallbacks in order."""
+"""Calling models: per-route timeouts, retries with backoff and full jitter, fallbacks, the request's deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from adapters.local.memory_store import MemoryStore
+from core import deadlines
 from core.clock import FixedClock
 from core.domain import ModelSpec
 from core.errors import BackendError, BackendTimeout
@@ -23,6 +24,7 @@ from tests.fakes import EMB, GEN, FakeBackend, Harness, Resolver, error_of, json
 PROMPT = Prompt(text="a b c")
 PARAMS = GenerationParams(max_tokens=5)
 BASE, CAP = 0.1, 2.0
+T = TypeVar("T")
 
 
 def retryable(status: int = 503) -> BackendError:
@@ -320,3 +322,159 @@ def test_gateway_recovers_from_transient_errors(harness: Harness) -> None:
     assert resp.status == 200
     assert json_of(resp)["choices"][0]["text"] == "a"
     assert harness.backend.calls == 3
+
+
+# -- the request's deadline (core.deadlines) --------------------------------------------------------------
+
+
+def within(seconds: float, make: Callable[[], Awaitable[T]]) -> T:
+    """Run ``make()`` as a request whose deadline is ``seconds`` away."""
+
+    async def go() -> T:
+        with deadlines.narrowed(time.monotonic() + seconds):
+            return await make()
+
+    return asyncio.run(go())
+
+
+def test_an_attempt_is_cut_at_the_deadline_when_it_comes_before_the_models_timeout() -> None:
+    w = world([spec("a", retries=2, timeout_s=60.0)], delays={"a": 5.0})
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout) as info:
+        within(0.4, lambda: w.router.generate(spec("a", retries=2, timeout_s=60.0), PROMPT, PARAMS))
+    assert 0.35 <= time.monotonic() - started < 0.8
+    assert info.value.status == 504
+    assert "time this request had left" in info.value.message
+    assert w.log == ["a"]  # no retry once the time is gone
+    assert w.sleeps == []
+
+
+def test_no_attempt_starts_without_the_time_to_finish() -> None:
+    w = world([spec("a")])
+    with pytest.raises(BackendTimeout):
+        within(deadlines.MIN_ATTEMPT_S / 2, lambda: w.router.generate(spec("a"), PROMPT, PARAMS))
+    assert w.log == []
+    with pytest.raises(BackendTimeout):
+        within(deadlines.MIN_ATTEMPT_S / 2, lambda: collect(w.router.stream(spec("a"), PROMPT, PARAMS)))
+    assert w.log == []
+
+
+def test_the_last_attempt_gets_only_what_is_left() -> None:
+    a = spec("a", retries=3, timeout_s=0.4)
+    w = world([a], rng=lambda: 0.0, delays={"a": 5.0})
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout) as info:
+        within(0.75, lambda: w.router.generate(a, PROMPT, PARAMS))
+    elapsed = time.monotonic() - started
+    assert w.log == ["a", "a"]  # 0.4 s (the model's timeout), then the 0.35 s left; a third never starts
+    assert 0.7 <= elapsed < 1.0
+    assert "time this request had left" in info.value.message
+
+
+def test_no_backoff_sleeps_past_the_deadline_but_a_fallback_that_fits_is_tried() -> None:
+    specs = [spec("a", retries=2, fallbacks=("b",)), spec("b")]
+    w = world(specs, rng=lambda: 1.0, failures={"a": [retryable(503)]})
+    w.router._base = 10.0  # a backoff (10 s) longer than the time left
+    _, served_by = within(1.0, lambda: w.router.generate(specs[0], PROMPT, PARAMS))
+    assert served_by.id == "b"
+    assert w.log == ["a", "b"]
+    assert w.sleeps == []
+    assert "backend_retries_total" not in w.metrics.counts
+
+
+def test_when_the_time_runs_out_after_a_failure_that_failure_is_the_answer() -> None:
+    specs = [spec("a", retries=2, fallbacks=("b",)), spec("b")]
+    w = world(specs, rng=lambda: 1.0, failures={"a": [retryable(503)]}, delays={"a": 0.3})
+    w.router._base = 10.0
+    with pytest.raises(BackendError) as info:
+        within(0.3 + deadlines.MIN_ATTEMPT_S / 2, lambda: w.router.generate(specs[0], PROMPT, PARAMS))
+    assert info.value.status == 503
+    assert w.log == ["a"]
+
+
+def test_without_a_deadline_attempts_keep_their_own_timeouts() -> None:
+    w = world([spec("a", retries=1, timeout_s=0.05)], delays={"a": 1.0})
+    with pytest.raises(BackendTimeout) as info:
+        w.generate("a")
+    assert w.log == ["a", "a"]
+    assert info.value.message == BackendTimeout().message
+
+
+class Stalling(FakeBackend):
+    """Streams its first word, then stalls."""
+
+    async def stream(
+        self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
+    ) -> AsyncIterator[StreamEvent]:
+        yield TextDelta("a")
+        await asyncio.sleep(5.0)
+        yield TextDelta(" b")
+
+
+def stalling_world(timeout_s: float) -> tuple[World, ModelSpec]:
+    a = spec("a", retries=2, timeout_s=timeout_s, fallbacks=("b",))
+    w = world([a, spec("b")])
+    w.backends["a"].inner = Stalling()
+    return w, a
+
+
+def test_a_stream_that_stalls_after_its_first_event_is_cut_at_the_models_timeout() -> None:
+    w, a = stalling_world(0.3)
+    seen: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in w.router.stream(a, PROMPT, PARAMS):
+            seen.append(event)
+
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout) as info:
+        asyncio.run(consume())
+    assert 0.25 <= time.monotonic() - started < 0.8
+    assert info.value.message == BackendTimeout().message
+    assert seen == [TextDelta("a")]
+    assert w.log == ["a"]  # text flowed: neither retried nor sent to the fallback
+    assert w.metrics.counts["backend_errors_total"] == 1
+
+
+def test_a_streams_deadline_is_the_one_it_started_with() -> None:
+    """Events read after the request's block (a runtime sending the body) keep the deadline."""
+    w, a = stalling_world(60.0)
+
+    async def go() -> tuple[list[StreamEvent], float]:
+        events = w.router.stream(a, PROMPT, PARAMS)
+        with deadlines.narrowed(time.monotonic() + 0.4):
+            seen = [await anext(events)]
+        started = time.monotonic()
+        with pytest.raises(BackendTimeout) as info:
+            seen.append(await anext(events))
+        assert "time this request had left" in info.value.message
+        return seen, time.monotonic() - started
+
+    seen, waited = asyncio.run(go())
+    assert seen == [TextDelta("a")]
+    assert waited < 0.6
+
+
+def test_a_closed_stream_closes_the_backends_stream() -> None:
+    closed: list[bool] = []
+
+    class Watched(FakeBackend):
+        async def stream(
+            self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams
+        ) -> AsyncIterator[StreamEvent]:
+            try:
+                yield TextDelta("a")
+                yield TextDelta(" b")
+            finally:
+                closed.append(True)
+
+    w = world([spec("a")])
+    w.backends["a"].inner = Watched()
+
+    async def go() -> None:
+        events = w.router.stream(spec("a"), PROMPT, PARAMS)
+        assert await anext(events) == TextDelta("a")
+        await events.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    assert closed == [True]
