@@ -122,6 +122,9 @@ class UsageRecord:
     status: int
     created_at: float
     cost: float = 0.0
+    # How the call ended: "completed", or for a stream "client_gone", "backend_error", "truncated", "timeout",
+    # "shutdown"; "failed" for a call that produced nothing.
+    ended: str = "completed"
 
     @property
     def total_tokens(self) -> int:
@@ -166,9 +169,20 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class CounterChange:
-    """Increments to the fields of one counter item; ``limits`` caps fields when the change is conditional."""
+    """Increments to the fields of one counter item, conditional when it has ``limits`` or ``floors``.
+
+    ``limits`` caps fields and ``floors`` bounds them from below, both as they would be after the write (a
+    field at both its floor and its limit is an equality). ``otherwise``, in a settlement written with a
+    usage record: what is added instead when the conditions do not hold (None: nothing).
+    """
 
     item: str
     increments: dict[str, int]
     limits: dict[str, int] = field(default_factory=dict)
     expires_at: float | None = None
+    floors: dict[str, int] = field(default_factory=dict)
+    otherwise: dict[str, int] | None = None
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.limits or self.floors)

@@ -11,14 +11,14 @@ from typing import Any
 
 from core.cache import ResponseCache, cache_key
 from core.domain import ApiKeyRecord, ModelSpec, Principal
-from core.errors import APIError, InvalidRequest, Unauthorized
+from core.errors import APIError, BackendError, InvalidRequest, Unauthorized
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
 from core.limits import LimitEnforcer, Reservation
 from core.metering import Meter
 from core.ports import TokenCounter
 from core.routing import ModelRouter
 from core.tenants import TenantDirectory
-from core.tokens import prompt_upper_bound
+from core.tokens import estimate_tokens, prompt_upper_bound
 
 
 @dataclass
@@ -208,10 +208,19 @@ class GenerationService:
     ) -> None:
         """A failed call is charged nothing; its usage record says how it ended."""
         status = exc.status if isinstance(exc, APIError) else 499 if isinstance(exc, asyncio.CancelledError) else 500
-        self._record_tokenless(ctx, spec, reservation, started, cached=False, status=status)
+        ended = "timeout" if status == 504 else "cancelled" if status == 499 else "failed"
+        self._record_tokenless(ctx, spec, reservation, started, cached=False, status=status, ended=ended)
 
     def _record_tokenless(
-        self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, *, cached: bool, status: int
+        self,
+        ctx: CallContext,
+        spec: ModelSpec,
+        reservation: Reservation,
+        started: float,
+        *,
+        cached: bool,
+        status: int,
+        ended: str = "completed",
     ) -> None:
         """A usage record of no tokens (a cached answer, a failed call); the whole token reservation goes back."""
         self._record(
@@ -226,6 +235,7 @@ class GenerationService:
             cached=cached,
             latency_ms=_ms(started),
             status=status,
+            ended=ended,
         )
 
     async def stream(self, ctx: CallContext, spec: ModelSpec, prompt: Prompt, params: GenerationParams) -> Streamed:
@@ -237,15 +247,12 @@ class GenerationService:
         try:
             first = await anext(events)
         except StopAsyncIteration:
-            first = StreamEnd("stop", 0, 0)
+            first = None
         except BaseException as exc:
             self._fail(ctx, spec, reservation, started, exc)
             raise
-        # A stream the caller abandons is charged its prompt only where the count is exact.
-        exact_prompt = bound if exact else 0
-        return Streamed(
-            reservation.headers, self._metered(ctx, spec, reservation, started, first, events, exact_prompt)
-        )
+        charge = _StreamCharge(spec, prompt, bound if exact else None, self._counter)
+        return Streamed(reservation.headers, self._metered(ctx, spec, reservation, started, first, events, charge))
 
     async def _metered(
         self,
@@ -253,35 +260,40 @@ class GenerationService:
         spec: ModelSpec,
         reservation: Reservation,
         started: float,
-        first: StreamEvent,
+        first: StreamEvent | None,
         events: AsyncIterator[StreamEvent],
-        known_prompt_tokens: int,
+        charge: _StreamCharge,
     ) -> AsyncIterator[StreamEvent]:
-        """Pass events through and settle from the final usage, exactly like a non-streamed call."""
-        deltas = 0
-        end: StreamEnd | None = None
-        status = 200
+        """Pass events through; on every way out, settle to what reached the caller and record how it ended.
+
+        Completed: the backend's final usage (the gateway's count where it gave none). Anything else after
+        content (the caller went away, the backend failed, cut the stream or stalled past its deadline, the
+        process is stopping): what was delivered, never 0 when text was sent, never above the reservation.
+        A stream that ends without its end marker is a truncation (502 ``stream_truncated``), never "stop".
+        """
+        ended = "client_gone"  # left at a yield: the caller closed the stream
+        status = 499
         try:
-            event: StreamEvent | None = first
-            while event is not None:
-                if isinstance(event, StreamEnd):
-                    end = event
-                else:
-                    deltas += 1
+            event = first
+            while event is not None and charge.end is None:
+                charge.saw(event)
                 yield event
                 event = await anext(events, None)
+            if charge.end is None:
+                raise BackendError(
+                    "the model's stream ended before it finished; the answer is incomplete",
+                    status=502,
+                    code="stream_truncated",
+                )
+            ended, status = "completed", 200
         except APIError as exc:
-            status = exc.status
+            ended, status = _ended_by(exc), exc.status
+            raise
+        except asyncio.CancelledError:
+            ended = "cancelled"  # this task was cancelled: the server lost the caller or is shutting down
             raise
         finally:
-            if end is not None:
-                prompt_tokens, completion_tokens = end.prompt_tokens, end.completion_tokens
-            elif status == 200:
-                # The caller went away mid-stream: charge what was produced, nothing more.
-                status = 499
-                prompt_tokens, completion_tokens = known_prompt_tokens, deltas
-            else:
-                prompt_tokens = completion_tokens = 0
+            prompt_tokens, completion_tokens = charge.tokens()
             self._record(
                 reservation,
                 prompt_tokens + completion_tokens,
@@ -294,6 +306,7 @@ class GenerationService:
                 cached=False,
                 latency_ms=_ms(started),
                 status=status,
+                ended=ended,
             )
             await _aclose(events)
 
@@ -333,6 +346,54 @@ class GenerationService:
             ).encode(),
         )
         return Embedded(result, False, reservation.headers)
+
+
+@dataclass
+class _StreamCharge:
+    """What a stream has cost so far: its end event if one came, else the text that reached the caller."""
+
+    spec: ModelSpec
+    prompt: Prompt
+    exact_prompt: int | None
+    counter: TokenCounter | None
+    end: StreamEnd | None = None
+    deltas: list[str] = field(default_factory=list)
+
+    def saw(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamEnd):
+            self.end = event
+        elif event.text:
+            self.deltas.append(event.text)
+
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens to charge; the settlement caps them at the reservation."""
+        if self.end is not None and (self.end.completion_tokens or not self.deltas):
+            return self.end.prompt_tokens, self.end.completion_tokens
+        if not self.deltas:
+            # Nothing reached the caller. A caller that left is charged the prompt the model read, where
+            # the gateway counted it exactly; a failure is charged nothing.
+            return (self.exact_prompt or 0) if self.end is None else self.end.prompt_tokens, 0
+        prompt = self.end.prompt_tokens if self.end is not None and self.end.prompt_tokens else self._prompt()
+        return prompt, self._completion()
+
+    def _prompt(self) -> int:
+        if self.exact_prompt is not None:
+            return self.exact_prompt
+        return estimate_tokens(self.prompt)
+
+    def _completion(self) -> int:
+        """The gateway's own count of the delivered text where it has the model's tokenizer, else one token
+        per delta (how OpenAI-compatible servers and llama.cpp stream)."""
+        counted = self.counter.count(self.spec.backend, Prompt(text="".join(self.deltas))) if self.counter else None
+        return max(1, counted) if counted is not None else len(self.deltas)
+
+
+def _ended_by(exc: APIError) -> str:
+    if exc.status == 504:
+        return "timeout"
+    if exc.code in ("stream_truncated", "stream_interrupted"):
+        return "truncated"
+    return "backend_error"
 
 
 def _model_key(spec: ModelSpec) -> str:

@@ -23,10 +23,23 @@ import time
 from dataclasses import dataclass, field
 
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant
-from core.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
+from core.errors import Forbidden, QuotaExceeded, RateLimited, ServiceUnavailable, Unauthorized
+from core.leases import (
+    LeaseClock,
+    at_epoch,
+    epoch_field,
+    held,
+    lease_field,
+    leased,
+    reclaim,
+    slot_of,
+    stale_slots,
+)
 from core.ports import Clock, CounterStore, Metrics
 
 MINUTE = 60
+# A reservation may have to turn its lease slot over, then reclaim stale slots: a few rounds are plenty.
+_RESERVE_ROUNDS = 6
 # The longest a process may trust a cached key or tenant record (settings are clamped to it).
 MAX_RECORD_CACHE_S = 60.0
 # How far a revocation's guard reaches each way from its time: the record caches' lifetime, plus a minute
@@ -76,6 +89,8 @@ class Reservation:
     minute_expires_at: float = 0.0
     period_expires_at: float = 0.0
     period_fields: tuple[str, ...] = ()
+    lease_slot: int = 0
+    lease_epoch: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
 
@@ -94,10 +109,13 @@ def _quota_field(name: str, period: str, now: float) -> str:
 
 
 class LimitEnforcer:
-    def __init__(self, counters: CounterStore, clock: Clock, metrics: Metrics) -> None:
+    def __init__(
+        self, counters: CounterStore, clock: Clock, metrics: Metrics, leases: LeaseClock | None = None
+    ) -> None:
         self._counters = counters
         self._clock = clock
         self._metrics = metrics
+        self.leases = leases or LeaseClock()
 
     def _minute_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan:
         """The minute item: always written (it counts the request and carries the revocation guard)."""
@@ -139,24 +157,54 @@ class LimitEnforcer:
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
         """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise.
 
-        401 ``key_revoked`` or 403 ``tenant_suspended`` when a guard is set; 429 when a limit refuses.
+        401 ``key_revoked`` or 403 ``tenant_suspended`` when a guard is set; 429 when a limit refuses. The
+        quota part is leased (``core.leases``): a refusal because a lease slot must be turned over, or
+        for quota while stale leases hold tokens, takes them back and tries again.
         """
         now = self._clock.now()
         minute = self._minute_plan(tenant, key, tokens, now)
         # A request that costs no tokens (a cache hit) counts against the request rate only.
         period = self._period_plan(tenant, key, tokens, now) if tokens else None
-        plans = [p for p in (minute, period) if p is not None]
-        ok, seen = self._counters.try_add_all(
-            [CounterChange(p.item, p.increments, p.limits, p.expires_at) for p in plans]
-        )
-        minute_values = seen[0]
-        if not ok:
+        epoch = self.leases.epoch(now)
+        reclaimed = False
+        for _ in range(_RESERVE_ROUNDS):
+            changes = [CounterChange(minute.item, minute.increments, minute.limits, minute.expires_at)]
+            if period is not None:
+                changes.append(_leased_change(period, epoch))
+            ok, seen = self._counters.try_add_all(changes)
+            minute_values = seen[0]
+            if ok:
+                return self._reservation(tokens, key, minute, minute_values, period, epoch, now)
             _refuse_guarded(minute_values, key.id)
             if _violates(minute, minute_values):
                 self._refuse_rate(minute, minute_values, tokens, now, tenant.limits, key.limits)
             if period is None:
                 raise RuntimeError("the counter store refused a reservation no limit refuses")
-            self._refuse_quota(period, seen[-1], tokens, now, tenant, minute, minute_values)
+            values = seen[-1]
+            slot = slot_of(epoch)
+            held_epoch = values.get(epoch_field(slot), 0)
+            if epoch < held_epoch <= epoch + 1:  # an instance whose clock runs ahead turned it over: join it
+                epoch = held_epoch
+            elif held_epoch != epoch:
+                self._reclaim(period, values, slot, epoch)
+            elif not reclaimed and (stale := stale_slots(values, self.leases, now)):
+                reclaimed = True
+                for old in stale:
+                    self._reclaim(period, values, old, values.get(epoch_field(old), 0))
+            else:
+                self._refuse_quota(period, values, tokens, now, tenant, minute, minute_values)
+        raise ServiceUnavailable("the quota counters are contended; retry shortly", code="store_unavailable")
+
+    def _reservation(
+        self,
+        tokens: int,
+        key: ApiKeyRecord,
+        minute: _Plan,
+        minute_values: dict[str, int],
+        period: _Plan | None,
+        epoch: int,
+        now: float,
+    ) -> Reservation:
         reservation = Reservation(tokens, minute.item, None, key.id)
         reservation.minute_token_fields = tuple(f for f in minute.increments if f.startswith("tok"))
         reservation.minute_expires_at = minute.expires_at
@@ -165,7 +213,17 @@ class LimitEnforcer:
             reservation.period_item = period.item
             reservation.period_expires_at = period.expires_at
             reservation.period_fields = tuple(period.increments)
+            reservation.lease_slot, reservation.lease_epoch = slot_of(epoch), epoch
         return reservation
+
+    def _reclaim(self, period: _Plan, values: dict[str, int], slot: int, epoch: int) -> None:
+        """Give back what a lease slot holds, as seen; refused when the slot changed meanwhile (the caller's
+        next round sees it as it is now)."""
+        change = reclaim(period.item, values, slot, epoch, period.expires_at)
+        if change is not None and self._counters.try_add_all([change])[0]:
+            leaked = max(held(values, slot).values(), default=0)
+            if leaked:
+                self._metrics.incr("reservations_reclaimed_tokens_total", leaked)
 
     def guard_key(self, tenant_id: str, key_id: str) -> None:
         """Refuse every reservation of a key from now on, on every instance (before its record says so)."""
@@ -217,10 +275,8 @@ class LimitEnforcer:
         reservation.settled = True
         used_tokens = max(0, min(used_tokens, reservation.tokens))
         delta = used_tokens - reservation.tokens
-        if not delta:
-            return []
         changes = []
-        if reservation.minute_item is not None and reservation.minute_token_fields:
+        if reservation.minute_item is not None and reservation.minute_token_fields and delta:
             changes.append(
                 CounterChange(
                     reservation.minute_item,
@@ -229,14 +285,25 @@ class LimitEnforcer:
                 )
             )
         if reservation.period_item is not None:
-            changes.append(
-                CounterChange(
-                    reservation.period_item,
-                    dict.fromkeys(reservation.period_fields, delta),
-                    expires_at=reservation.period_expires_at,
-                )
-            )
+            changes.append(self._lease_return(reservation, delta, otherwise=used_tokens))
         return changes
+
+    @staticmethod
+    def _lease_return(reservation: Reservation, delta: int, otherwise: int | None) -> CounterChange:
+        """The period item's part of a settlement: ``delta`` to the quota fields and the whole reservation out
+        of its lease slot, if the slot still holds its epoch; else (the lease was reclaimed and the whole
+        reservation given back) ``otherwise`` tokens are charged, or nothing."""
+        fields, slot, tokens = reservation.period_fields, reservation.lease_slot, reservation.tokens
+        increments = dict.fromkeys(fields, delta) | {lease_field(slot, f): -tokens for f in fields}
+        same_epoch = at_epoch(slot, reservation.lease_epoch)
+        return CounterChange(
+            reservation.period_item or "",
+            increments,
+            same_epoch,
+            reservation.period_expires_at,
+            floors=same_epoch,
+            otherwise=dict.fromkeys(fields, otherwise) if otherwise else None,
+        )
 
     def release(self, reservation: Reservation) -> None:
         """Give back a whole reservation, the request included: it was charged under another attempt."""
@@ -249,11 +316,8 @@ class LimitEnforcer:
                 reservation.minute_expires_at,
             )
         if reservation.period_item is not None and tokens:
-            self._counters.add(
-                reservation.period_item,
-                dict.fromkeys(reservation.period_fields, -tokens),
-                reservation.period_expires_at,
-            )
+            # Refused when the lease was reclaimed: that gave the whole reservation back already.
+            self._counters.try_add_all([self._lease_return(reservation, -tokens, otherwise=None)])
         reservation.settled = True
 
     def _refuse_rate(
@@ -289,6 +353,14 @@ class LimitEnforcer:
             headers[f"x-ratelimit-remaining-{what}"] = str(max(0, remaining))
             headers[f"x-ratelimit-reset-{what}"] = reset
         return headers
+
+
+def _leased_change(period: _Plan, epoch: int) -> CounterChange:
+    """The period item's part of a reservation: the quota increments, leased in the epoch's slot."""
+    slot = slot_of(epoch)
+    same_epoch = at_epoch(slot, epoch)
+    limits = period.limits | same_epoch
+    return CounterChange(period.item, leased(period.increments, slot), limits, period.expires_at, floors=same_epoch)
 
 
 def _refuse_guarded(values: dict[str, int], key_id: str) -> None:

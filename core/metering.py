@@ -26,6 +26,7 @@ class Meter:
         cached: bool,
         latency_ms: float,
         status: int,
+        ended: str = "completed",
         settle: Sequence[CounterChange] = (),
     ) -> bool:
         """Write what this request was charged, with its settlement, in one store write.
@@ -45,6 +46,7 @@ class Meter:
             status=status,
             created_at=self._clock.now(),
             cost=0.0 if cached else model.cost(prompt_tokens, completion_tokens),
+            ended=ended,
         )
         if not self._usage.record_usage(record, settle):
             return False

@@ -35,6 +35,9 @@ class FakeBackend:
     calls: int = 0
     delay_s: float = 0.0
     stream_error_after: int | None = None
+    stream_error: BackendError = field(default_factory=lambda: BackendError("stream broke", status=502))
+    stream_ends: bool = True  # False: the stream stops without its StreamEnd (a cut the adapter missed)
+    stream_usage: bool = True  # False: the StreamEnd carries no token counts
 
     def _answer(self, prompt: Prompt, params: GenerationParams) -> Generation:
         words = words_of(prompt)
@@ -64,9 +67,11 @@ class FakeBackend:
         answer = self._answer(prompt, params)
         for i, word in enumerate(answer.text.split()):
             if self.stream_error_after is not None and i >= self.stream_error_after:
-                raise BackendError("stream broke", status=502)
+                raise self.stream_error
             yield TextDelta(word if i == 0 else " " + word)
-        yield StreamEnd(answer.finish_reason, answer.prompt_tokens, answer.completion_tokens)
+        if self.stream_ends:
+            usage = (answer.prompt_tokens, answer.completion_tokens) if self.stream_usage else (0, 0)
+            yield StreamEnd(answer.finish_reason, *usage)
 
     async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings:
         await self._maybe_fail()

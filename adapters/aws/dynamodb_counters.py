@@ -143,11 +143,14 @@ def _live(slot: str, now: float) -> Condition:
     return live
 
 
-def _within(slot: str, increments: Mapping[str, int], limits: Mapping[str, int]) -> Condition | None:
-    """``(attribute_not_exists(f) AND inc <= lim) OR f <= lim - inc`` for every limited field.
+def _within(
+    slot: str, increments: Mapping[str, int], limits: Mapping[str, int], floors: Mapping[str, int] | None = None
+) -> Condition | None:
+    """``(attribute_not_exists(f) AND inc <= lim) OR f <= lim - inc`` for every limited field, and the same
+    with ``>=`` for every floored one (``core.counters.admits``).
 
-    ``inc <= lim`` is known here, so an absent field either passes (kept as ``attribute_not_exists``)
-    or cannot (dropped: an absent field then fails ``f <= lim - inc``).
+    Whether an absent field (0) passes is known here, so it is kept as ``attribute_not_exists`` or dropped
+    (an absent field then fails the comparison).
     """
     condition: Condition | None = None
     for name, limit in limits.items():
@@ -155,6 +158,13 @@ def _within(slot: str, increments: Mapping[str, int], limits: Mapping[str, int])
         field = _path(field_attribute(slot, name))
         clause = field <= limit - inc
         if inc <= limit:
+            clause = field.does_not_exist() | clause
+        condition = clause if condition is None else condition & clause
+    for name, floor in (floors or {}).items():
+        inc = int(increments.get(name, 0))
+        field = _path(field_attribute(slot, name))
+        clause = field >= floor - inc
+        if inc >= floor:
             clause = field.does_not_exist() | clause
         condition = clause if condition is None else condition & clause
     return condition
@@ -193,6 +203,7 @@ class _Write(NamedTuple):
     increments: Mapping[str, int]
     limits: Mapping[str, int]
     expires_at: float | None
+    floors: Mapping[str, int] = {}
 
 
 class DynamoDBCounters:
@@ -239,7 +250,7 @@ class DynamoDBCounters:
                 actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
                 expiry = _path(expiry_attribute(w.slot))
                 actions.append(expiry.set(w.expires_at) if w.expires_at is not None else expiry.remove())
-                condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits)))
+                condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits, w.floors)))
             stale = self._take_stale(pk, (w.slot for w in writes))
             inline = stale if sum(map(len, stale.values())) <= _INLINE_REMOVALS else {}
             for slot, names in inline.items():
@@ -312,7 +323,7 @@ class DynamoDBCounters:
         groups: dict[str, list[tuple[int, _Write]]] = {}
         for index, change in enumerate(changes):
             slot = locate(change.item)
-            write = _Write(slot.name, change.increments, change.limits, change.expires_at)
+            write = _Write(slot.name, change.increments, change.limits, change.expires_at, change.floors)
             groups.setdefault(slot.pk, []).append((index, write))
         before: dict[int, dict[str, int]] = {}
         done: list[tuple[str, list[_Write]]] = []
@@ -345,16 +356,36 @@ class DynamoDBCounters:
             self._add(slot.pk, [_Write(slot.name, deltas, {}, expires_at)])
 
     def add_all(self, changes: Sequence[CounterChange]) -> None:
-        """``add`` of several changes, one UpdateItem per DynamoDB item (a settlement's minute and month)."""
+        """A settlement: one UpdateItem per DynamoDB item (a tenant's minute and month slots together).
+
+        When a change is conditional (``core.counters.settled_increments``), its item's UpdateItem carries
+        the condition; refused, one more UpdateItem adds the unconditional changes and each ``otherwise``.
+        """
         groups: dict[str, dict[str, _Write]] = {}
+        fallbacks: dict[str, list[_Write]] = {}
         for change in changes:
             slot = locate(change.item)
-            known = groups.setdefault(slot.pk, {}).get(slot.name)
+            writes = groups.setdefault(slot.pk, {})
+            if change.conditional:
+                if slot.name in writes:
+                    raise ValueError(f"a settlement has two changes of slot {slot.name!r} of {slot.pk!r}")
+                write = _Write(slot.name, change.increments, change.limits, change.expires_at, change.floors)
+                writes[slot.name] = write
+                if change.otherwise:
+                    otherwise = write._replace(increments=change.otherwise, limits={}, floors={})
+                    fallbacks.setdefault(slot.pk, []).append(otherwise)
+                continue
+            known = writes.get(slot.name)
             deltas = _plus(known.increments, change.increments) if known else dict(change.increments)
-            groups[slot.pk][slot.name] = _Write(slot.name, deltas, {}, known.expires_at if known else change.expires_at)
-        for pk, writes in groups.items():
-            nonzero = [w._replace(increments={n: v for n, v in w.increments.items() if v}) for w in writes.values()]
-            self._add(pk, [w for w in nonzero if w.increments])
+            writes[slot.name] = _Write(slot.name, deltas, {}, known.expires_at if known else change.expires_at)
+        for pk, by_slot in groups.items():
+            nonzero = [w._replace(increments={n: v for n, v in w.increments.items() if v}) for w in by_slot.values()]
+            todo = [w for w in nonzero if w.increments or w.limits or w.floors]
+            if not any(w.limits or w.floors for w in todo):
+                self._add(pk, todo)
+            elif not self._write(pk, todo)[0]:
+                plain = [w for w in todo if not (w.limits or w.floors)]
+                self._add(pk, [*plain, *fallbacks.get(pk, [])])
 
     def _add(self, pk: str, writes: Sequence[_Write]) -> None:
         """ADD to each live or absent slot; an expired slot is cleared first, or skipped when ``expires_at``

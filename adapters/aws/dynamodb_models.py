@@ -134,6 +134,7 @@ class UsageItem(_Item):
     status = NumberAttribute()
     created_at = NumberAttribute()
     cost = NumberAttribute()
+    ended = UnicodeAttribute(null=True)  # absent on records written before it existed: "completed"
 
 
 class DailyItem(_Item):

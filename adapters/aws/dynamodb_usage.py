@@ -84,6 +84,7 @@ def _usage_item(r: UsageRecord, day: str) -> UsageItem:
         status=r.status,
         created_at=r.created_at,
         cost=r.cost,
+        ended=r.ended,
     )
 
 
@@ -102,6 +103,7 @@ def _record_from(item: Item) -> UsageRecord:
         status=int(u.status),
         created_at=float(u.created_at),
         cost=float(u.cost),
+        ended=u.ended or "completed",
     )
 
 

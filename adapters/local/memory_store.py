@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from adapters.local.memory_documents import MemoryDocuments
+from core.counters import admits, settled_increments
 from core.domain import ApiKeyRecord, CounterChange, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
 
 _PURGE_EVERY = 1024
@@ -130,10 +131,8 @@ class MemoryStore(MemoryDocuments):
         with self._lock:
             live = [self._live(c.item, now) for c in changes]
             seen = [dict(c.values) if c is not None else {} for c in live]
-            for change, values in zip(changes, seen, strict=True):
-                for name, limit in change.limits.items():
-                    if values.get(name, 0) + change.increments.get(name, 0) > limit:
-                        return False, seen
+            if not all(admits(c, values) for c, values in zip(changes, seen, strict=True)):
+                return False, seen
             after = []
             for change, counters in zip(changes, live, strict=True):
                 if counters is None:
@@ -176,7 +175,9 @@ class MemoryStore(MemoryDocuments):
             if record.request_id in self._s.usage:
                 return False
             for change in settle:
-                self._add_locked(change.item, change.increments, change.expires_at, now)
+                live = self._live(change.item, now)
+                increments = settled_increments(change, live.values if live is not None else {})
+                self._add_locked(change.item, increments, change.expires_at, now)
             self._s.usage[record.request_id] = record
             daily = self._s.daily.get(group)
             if daily is None:

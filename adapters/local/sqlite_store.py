@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.local.sqlite_documents import DOCUMENT_SCHEMA, SQLiteDocuments
+from core.counters import admits, settled_increments
 from core.domain import (
     ApiKeyRecord,
     CounterChange,
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS usage (
     request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
     endpoint TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     cached INTEGER NOT NULL, latency_ms REAL NOT NULL, status INTEGER NOT NULL,
-    created_at REAL NOT NULL, cost REAL NOT NULL);
+    created_at REAL NOT NULL, cost REAL NOT NULL, ended TEXT NOT NULL DEFAULT 'completed');
 CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_tenant_created ON usage (tenant_id, created_at);
 CREATE TABLE IF NOT EXISTS usage_daily (
@@ -61,6 +62,10 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY, private_pem BLOB NOT NULL, public_pem BLOB NOT NULL,
     created_at REAL NOT NULL, retired_at REAL);
 """
+_ADDED_COLUMNS = (
+    ("tenants", "suspended_at", "REAL"),
+    ("usage", "ended", "TEXT NOT NULL DEFAULT 'completed'"),
+)
 _SCHEMA_STATEMENTS = (*(s.strip() for s in _SCHEMA.split(";") if s.strip()), *DOCUMENT_SCHEMA)
 
 _PUT_KEY = (
@@ -70,9 +75,9 @@ _PUT_KEY = (
 )
 _PUT_USAGE = (
     "INSERT OR IGNORE INTO usage (request_id, tenant_id, key_id, model, endpoint, prompt_tokens,"
-    " completion_tokens, cached, latency_ms, status, created_at, cost) VALUES (:request_id, :tenant_id,"
-    " :key_id, :model, :endpoint, :prompt_tokens, :completion_tokens, :cached, :latency_ms, :status,"
-    " :created_at, :cost)"
+    " completion_tokens, cached, latency_ms, status, created_at, cost, ended) VALUES (:request_id,"
+    " :tenant_id, :key_id, :model, :endpoint, :prompt_tokens, :completion_tokens, :cached, :latency_ms,"
+    " :status, :created_at, :cost, :ended)"
 )
 _ADD_DAILY = (
     "INSERT INTO usage_daily (tenant_id, day, model, requests, prompt_tokens, completion_tokens,"
@@ -115,6 +120,7 @@ def _usage_row(r: UsageRecord) -> dict[str, Any]:
         "status": r.status,
         "created_at": r.created_at,
         "cost": r.cost,
+        "ended": r.ended,
     }
 
 
@@ -207,9 +213,9 @@ class SQLiteStore(SQLiteDocuments):
             for statement in _SCHEMA_STATEMENTS:
                 conn.execute(statement)
             # Columns added since a data directory may have been created.
-            columns = {row["name"] for row in conn.execute("PRAGMA table_info(tenants)")}
-            if "suspended_at" not in columns:
-                conn.execute("ALTER TABLE tenants ADD COLUMN suspended_at REAL")
+            for table, column, declaration in _ADDED_COLUMNS:
+                if column not in {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _wrote(self) -> None:
         self._writes += 1
@@ -300,10 +306,8 @@ class SQLiteStore(SQLiteDocuments):
             for change in changes:
                 live = self._live(conn, change.item, now)
                 seen.append(live[0] if live is not None else {})
-            for change, values in zip(changes, seen, strict=True):
-                for name, limit in change.limits.items():
-                    if values.get(name, 0) + change.increments.get(name, 0) > limit:
-                        return False, seen
+            if not all(admits(c, values) for c, values in zip(changes, seen, strict=True)):
+                return False, seen
             for change, values in zip(changes, seen, strict=True):
                 for name, inc in change.increments.items():
                     values[name] = values.get(name, 0) + inc
@@ -350,7 +354,9 @@ class SQLiteStore(SQLiteDocuments):
             aggregate = (r.prompt_tokens, r.completion_tokens, int(r.cached), r.cost)
             conn.execute(_ADD_DAILY, (r.tenant_id, day, r.model, *aggregate))
             for change in settle:
-                self._add_in(conn, change.item, change.increments, change.expires_at, now)
+                live = self._live(conn, change.item, now) if change.conditional else None
+                increments = settled_increments(change, live[0] if live is not None else {})
+                self._add_in(conn, change.item, increments, change.expires_at, now)
         return True
 
     def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:

@@ -282,6 +282,41 @@ def test_record_usage_settles_counters_in_the_same_write_and_only_once(store: St
     assert store.read("q") == {"used": 40}
 
 
+def test_floors_bound_fields_from_below_and_with_a_limit_make_an_equality(store: Store) -> None:
+    far = T0 + 3600
+    assert store.try_add_all([CounterChange("f", {"epoch": 7, "v": 1}, expires_at=far)])[0]
+    exactly_7 = {"epoch": 7}
+    ok, seen = store.try_add_all([CounterChange("f", {"v": 1}, exactly_7, far, floors=exactly_7)])
+    assert ok
+    ok, seen = store.try_add_all([CounterChange("f", {"v": 1}, {"epoch": 8}, far, floors={"epoch": 8})])
+    assert not ok
+    assert seen == [{"epoch": 7, "v": 2}]
+    # An absent field counts as 0 against a floor, as it does against a limit.
+    assert store.try_add_all([CounterChange("f", {"v": 1}, floors={"missing": 0}, expires_at=far)])[0]
+    assert not store.try_add_all([CounterChange("f", {"v": 1}, floors={"missing": 1}, expires_at=far)])[0]
+    # A floor on an incremented field is checked after the increment: the change that would go below is refused.
+    assert not store.try_add_all([CounterChange("f", {"v": -4}, floors={"v": 0}, expires_at=far)])[0]
+    assert store.try_add_all([CounterChange("f", {"v": -3}, floors={"v": 0}, expires_at=far)])[0]
+    assert store.read("f") == {"epoch": 7, "v": 0}
+
+
+def test_a_conditional_settlement_adds_its_otherwise_when_its_conditions_fail(store: Store) -> None:
+    far = T0 + 3600
+    store.try_add_all([CounterChange("q", {"used": 100, "lease": 100, "epoch": 3}, expires_at=far)])
+    at_3 = {"epoch": 3}
+    settle = CounterChange("q", {"used": -60, "lease": -100}, at_3, far, floors=at_3, otherwise={"used": 40})
+    assert store.record_usage(_usage("r1"), [settle]) is True
+    assert store.read("q") == {"used": 40, "lease": 0, "epoch": 3}
+    # The lease was taken back meanwhile (the epoch moved on): the settlement charges what was used instead.
+    store.try_add_all([CounterChange("q", {"used": 100, "epoch": 1}, expires_at=far)])
+    assert store.record_usage(_usage("r2"), [settle]) is True
+    assert store.read("q") == {"used": 180, "lease": 0, "epoch": 4}
+    # No otherwise: nothing is added.
+    bare = CounterChange("q", {"used": -1000}, at_3, far, floors=at_3)
+    assert store.record_usage(_usage("r3"), [bare]) is True
+    assert store.read("q") == {"used": 180, "lease": 0, "epoch": 4}
+
+
 def test_record_usage_is_idempotent(store: Store) -> None:
     rec = _usage("r1", cached=True, latency_ms=3.25, cost=0.000123)
     assert store.record_usage(rec) is True

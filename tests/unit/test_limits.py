@@ -13,7 +13,7 @@ import pytest
 
 from core.auth import api_keys
 from core.domain import Limits
-from core.errors import BackendError
+from core.errors import BackendError, BackendTimeout
 from core.http import Request, Response
 from core.limits import period_bounds
 from tests.fakes import FakeBackend, Harness, error_of, json_of, make_harness
@@ -33,8 +33,18 @@ def seconds_to_next_minute(h: Harness) -> int:
 
 
 def counters(h: Harness) -> dict[str, dict[str, int]]:
-    """Every live counter item of the in-memory store."""
-    return {item: h.store.read(item) for item in list(h.store._s.counters)}
+    """Every live counter item of the in-memory store, without the lease bookkeeping (``core.leases``)."""
+    return {
+        item: {name: v for name, v in h.store.read(item).items() if not name.startswith(("lease", "epoch"))}
+        for item in list(h.store._s.counters)
+    }
+
+
+def leases_held(h: Harness) -> int:
+    """Tokens that reservations still hold in lease slots: 0 once every request has settled."""
+    return sum(
+        v for item in list(h.store._s.counters) for name, v in h.store.read(item).items() if name.startswith("lease")
+    )
 
 
 def normalised_counters(h: Harness) -> dict[str, dict[str, int]]:
@@ -341,6 +351,7 @@ def test_a_failed_backend_call_settles_to_zero_and_records_the_error() -> None:
     assert not record.cached
     for values in counters(h).values():
         assert all(v == 0 for name, v in values.items() if not name.startswith("req"))
+    assert leases_held(h) == 0
     # Nothing was charged: the full quota is still there (6 + 14 = 20).
     ok = completion(h, max_tokens=14)
     assert ok.status == 200
@@ -375,6 +386,11 @@ def test_settle_charges_the_reported_usage_to_the_quota() -> None:
 
 def stream_body(max_tokens: int = 10, prompt: str = PROMPT) -> dict[str, Any]:
     return {"model": "fake-gen", "prompt": prompt, "max_tokens": max_tokens, "stream": True}
+
+
+def chat_stream_body(max_tokens: int = 10, content: str = PROMPT) -> dict[str, Any]:
+    messages = [{"role": "user", "content": content}]
+    return {"model": "fake-gen", "messages": messages, "max_tokens": max_tokens, "stream": True}
 
 
 def test_streamed_calls_are_metered_like_non_streamed_ones() -> None:
@@ -420,22 +436,70 @@ def test_a_client_that_stops_reading_mid_stream_is_charged_only_what_was_produce
 
     (record,) = asyncio.run(read_three_then_hang_up())
     assert record.completion_tokens == 3
-    assert record.status == 499
+    assert (record.status, record.ended) == (499, "client_gone")
     assert h.backend.calls == 1
     quota = [v for item, v in counters(h).items() if item.startswith("q|")]
     assert all(sum(v.values()) == 2 * record.total_tokens for v in quota)
 
 
-def test_a_stream_that_breaks_after_the_first_token_is_charged_nothing() -> None:
+def quota_used(h: Harness) -> int:
+    """The tenant's quota counter (``used``) of this month."""
+    [values] = [v for item, v in counters(h).items() if item.startswith("q|")]
+    return values["used"]
+
+
+def test_a_stream_that_breaks_after_content_is_charged_what_was_delivered() -> None:
+    """Two words reached the caller before the backend failed: they are charged, not 0 (LiteLLM's zero spend)."""
     h = make_harness(limits=Limits(token_quota=1000), backend=FakeBackend(stream_error_after=2))
     resp, chunks = h.stream("/v1/completions", stream_body(max_tokens=5, prompt="a b c d e"))
     assert resp.status == 200  # the headers were already sent
     assert b'"error"' in chunks[-2]
     assert chunks[-1] == b"data: [DONE]\n\n"
     (record,) = h.usage()
-    assert (record.prompt_tokens, record.completion_tokens, record.status) == (0, 0, 502)
-    quota = [v for item, v in counters(h).items() if item.startswith("q|")]
-    assert all(sum(v.values()) == 0 for v in quota)
+    # No usage came: the prompt is estimated (9 bytes, ~4 a token: 3) and the two deltas are two tokens.
+    assert (record.prompt_tokens, record.completion_tokens, record.status, record.ended) == (3, 2, 502, "backend_error")
+    assert quota_used(h) == record.total_tokens
+
+
+def test_a_stream_that_fails_before_any_content_is_charged_nothing() -> None:
+    h = make_harness(limits=Limits(token_quota=1000), backend=FakeBackend(stream_error_after=0))
+    resp, _chunks = h.stream("/v1/completions", stream_body(max_tokens=5, prompt="a b c d e"))
+    assert resp.status == 502  # the first event was the error: a plain HTTP error
+    (record,) = h.usage()
+    assert (record.total_tokens, record.status, record.ended) == (0, 502, "failed")
+    assert quota_used(h) == 0
+
+
+def test_a_stream_cut_without_its_end_says_so_and_charges_what_was_delivered() -> None:
+    """No finish reason is invented: the caller gets an error event, never finish_reason "stop"."""
+    h = make_harness(limits=Limits(token_quota=1000), backend=FakeBackend(stream_ends=False))
+    resp, chunks = h.stream("/v1/chat/completions", chat_stream_body(max_tokens=5, content="a b c"))
+    assert resp.status == 200
+    events = [json.loads(c.removeprefix(b"data: ")) for c in chunks[:-1]]
+    assert not any(c.get("choices") and c["choices"][0].get("finish_reason") for c in events)
+    assert events[-1]["error"]["code"] == "stream_truncated"
+    (record,) = h.usage()
+    assert (record.completion_tokens, record.status, record.ended) == (3, 502, "truncated")
+    assert record.prompt_tokens > 0
+    assert quota_used(h) == record.total_tokens
+
+
+def test_a_stream_that_ends_without_usage_is_counted_by_the_gateway() -> None:
+    h = make_harness(limits=Limits(token_quota=1000), backend=FakeBackend(stream_usage=False))
+    _resp, chunks = h.stream("/v1/completions", stream_body(max_tokens=5, prompt="a b c d e"))
+    assert b'"finish_reason":"stop"' in b"".join(chunks)
+    (record,) = h.usage()
+    assert (record.completion_tokens, record.status, record.ended) == (5, 200, "completed")
+    assert record.prompt_tokens == 3
+    assert quota_used(h) == record.total_tokens
+
+
+def test_a_stream_that_times_out_after_content_is_recorded_as_such() -> None:
+    error = BackendTimeout()
+    h = make_harness(limits=Limits(token_quota=1000), backend=FakeBackend(stream_error_after=1, stream_error=error))
+    h.stream("/v1/completions", stream_body(max_tokens=5, prompt="a b c d e"))
+    (record,) = h.usage()
+    assert (record.completion_tokens, record.status, record.ended) == (1, 504, "timeout")
 
 
 def test_a_stream_refused_on_limits_is_a_plain_429() -> None:
