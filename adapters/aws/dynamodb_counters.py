@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.operand import Path
@@ -35,6 +35,7 @@ from pynamodb.expressions.update import Action
 
 from adapters.aws.dynamodb_models import COUNTER_PREFIX
 from adapters.aws.dynamodb_table import ConditionFailed, DynamoDBTable, Item
+from core.counters import admits
 from core.domain import CounterChange
 from core.errors import ServiceUnavailable
 
@@ -196,6 +197,18 @@ def _gone_or_expired(slot: str, now: float) -> Condition:
     return condition
 
 
+def _by_pk(writes: Sequence[SettleWrite]) -> dict[str, list[SettleWrite]]:
+    groups: dict[str, list[SettleWrite]] = {}
+    for w in writes:
+        groups.setdefault(w.pk, []).append(w)
+    return groups
+
+
+def _past(group: Sequence[SettleWrite], slot: str, now: float) -> bool:
+    """The writes to ``slot`` would create it already expired: its window is over, there is nothing to settle."""
+    return any(w.write.slot == slot and w.write.expires_at is not None and w.write.expires_at < now for w in group)
+
+
 class _Write(NamedTuple):
     """One slot's part of an UpdateItem: what to add, under which limits, and its expiry."""
 
@@ -204,6 +217,14 @@ class _Write(NamedTuple):
     limits: Mapping[str, int]
     expires_at: float | None
     floors: Mapping[str, int] = {}
+
+
+class SettleWrite(NamedTuple):
+    """One change of a settlement: the item, its slot write, and what to add instead if its conditions fail."""
+
+    pk: str
+    write: _Write
+    otherwise: Mapping[str, int] | None
 
 
 class DynamoDBCounters:
@@ -355,37 +376,55 @@ class DynamoDBCounters:
             slot = locate(item)
             self._add(slot.pk, [_Write(slot.name, deltas, {}, expires_at)])
 
-    def add_all(self, changes: Sequence[CounterChange]) -> None:
-        """A settlement: one UpdateItem per DynamoDB item (a tenant's minute and month slots together).
+    # -- a settlement, written in the usage record's transaction ----------------------------------------
 
-        When a change is conditional (``core.counters.settled_increments``), its item's UpdateItem carries
-        the condition; refused, one more UpdateItem adds the unconditional changes and each ``otherwise``.
-        """
-        groups: dict[str, dict[str, _Write]] = {}
-        fallbacks: dict[str, list[_Write]] = {}
+    def settlement_writes(self, changes: Sequence[CounterChange]) -> list[SettleWrite]:
+        """A settlement's changes as slot writes (``core.counters.settled_increments`` decides ``otherwise``)."""
+        writes = []
         for change in changes:
             slot = locate(change.item)
-            writes = groups.setdefault(slot.pk, {})
-            if change.conditional:
-                if slot.name in writes:
-                    raise ValueError(f"a settlement has two changes of slot {slot.name!r} of {slot.pk!r}")
-                write = _Write(slot.name, change.increments, change.limits, change.expires_at, change.floors)
-                writes[slot.name] = write
-                if change.otherwise:
-                    otherwise = write._replace(increments=change.otherwise, limits={}, floors={})
-                    fallbacks.setdefault(slot.pk, []).append(otherwise)
-                continue
-            known = writes.get(slot.name)
-            deltas = _plus(known.increments, change.increments) if known else dict(change.increments)
-            writes[slot.name] = _Write(slot.name, deltas, {}, known.expires_at if known else change.expires_at)
-        for pk, by_slot in groups.items():
-            nonzero = [w._replace(increments={n: v for n, v in w.increments.items() if v}) for w in by_slot.values()]
-            todo = [w for w in nonzero if w.increments or w.limits or w.floors]
-            if not any(w.limits or w.floors for w in todo):
-                self._add(pk, todo)
-            elif not self._write(pk, todo)[0]:
-                plain = [w for w in todo if not (w.limits or w.floors)]
-                self._add(pk, [*plain, *fallbacks.get(pk, [])])
+            write = _Write(slot.name, change.increments, change.limits, change.expires_at, change.floors)
+            writes.append(SettleWrite(slot.pk, write, change.otherwise))
+        return writes
+
+    def settlement_updates(self, writes: Sequence[SettleWrite]) -> list[dict[str, Any]]:
+        """The Updates of a transaction that apply ``writes``: one per DynamoDB item, each conditioned on its slots
+        being live and on the conditional writes' limits and floors. A slot keeps its expiry (if_not_exists)."""
+        now = self._clock()
+        updates = []
+        for pk, group in _by_pk(writes).items():
+            actions: list[Action] = []
+            condition: Condition | None = None
+            for w in (settle.write for settle in group):
+                actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items() if v]
+                if w.expires_at is not None:
+                    expiry = _path(expiry_attribute(w.slot))
+                    actions.append(expiry.set(expiry | w.expires_at))
+                condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits, w.floors)))
+            if actions:
+                updates.append(self._table.update_kwargs(pk, SK, actions, condition))
+        return updates
+
+    def settlement_refused(self, writes: Sequence[SettleWrite]) -> list[SettleWrite]:
+        """``writes`` after the transaction refused one of them: reads each item once and drops a write to a slot
+        that expired with its window (nothing left to settle), clears a slot expired but still to be written, and
+        turns a conditional write whose conditions fail (its lease was reclaimed) into its ``otherwise``."""
+        now = self._clock()
+        kept: list[SettleWrite] = []
+        for pk, group in _by_pk(writes).items():
+            item = self._table.get(pk, SK)
+            expired = [w.write.slot for w in group if _expired(item, w.write.slot, now)]
+            self._clear(pk, item, [s for s in expired if not _past(group, s, now)])
+            for w in group:
+                if w.write.slot in expired and _past([w], w.write.slot, now):
+                    continue
+                values = {} if w.write.slot in expired else values_of(item, w.write.slot)
+                change = CounterChange("", dict(w.write.increments), dict(w.write.limits), floors=dict(w.write.floors))
+                if admits(change, values):
+                    kept.append(w)
+                elif w.otherwise:
+                    kept.append(SettleWrite(pk, w.write._replace(increments=w.otherwise, limits={}, floors={}), None))
+        return kept
 
     def _add(self, pk: str, writes: Sequence[_Write]) -> None:
         """ADD to each live or absent slot; an expired slot is cleared first, or skipped when ``expires_at``

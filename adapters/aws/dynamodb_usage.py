@@ -1,18 +1,22 @@
-"""DynamoDBUsage: the UsageStore role. A record and its daily aggregate: one transaction; then its settlement.
+"""DynamoDBUsage: the UsageStore role. A record, its daily aggregate and its settlement: ONE transaction.
 
 ``record_usage`` is one TransactWriteItems: a Put of the record (``pk = T#<tenant>#R#<request id>``,
-conditioned on ``attribute_not_exists(pk)``) and an Update (``ADD``) of one shard of the (tenant, day, model)
-aggregate. Both happen or neither does, so a retry of the same request id either finds the record (False,
-nothing written) or writes both. The aggregate is spread over ``AGGREGATE_SHARDS`` items (by request id):
-two transactions on one item conflict, and a busy tenant's requests would otherwise all meet on one.
+conditioned on ``attribute_not_exists(pk)``), an Update (``ADD``) of one shard of the (tenant, day, model)
+aggregate, and the settlement: an Update of the tenant's counters item (the minute and the month slots), its
+lease part conditioned on the lease still holding its epoch (``core.leases``). All happen or none does, so:
+a retry of the same request id finds the record (False, nothing written, nothing settled twice); the
+transaction's ClientRequestToken makes botocore's own retry of an attempt whose answer was lost (a timeout)
+apply nothing twice; and a process that dies leaves either all of it or a reservation that its lease gives
+back, never a record whose reservation is given back whole. If the settlement is refused (its minute slot
+expired with its window, or its lease was reclaimed because the request outlived ``max_request_s``), the
+item is read once and the transaction sent again without the expired slot, or with the change's
+``otherwise`` (``DynamoDBCounters.settlement_refused``). The aggregate is spread over ``AGGREGATE_SHARDS``
+items (by request id): two transactions on one item conflict, and a busy tenant's would all meet on one.
 
-Only when the record was new is the reservation settled: ONE UpdateItem on the tenant's counters item
-(``DynamoDBCounters.add_all``). It is not part of the transaction on purpose: every reservation of the
-tenant writes that item, and a plain UpdateItem meeting an item held by a transaction is refused with
-TransactionConflict, so a settlement inside the transaction would make the tenant's reservations collide
-with every request finishing. The price: if the process dies between the two calls (or the settlement
-fails after its retries), the unused part of that reservation stays counted until its window ends. That
-errs toward refusing, never toward overspending, and the usage record (the bill) is exact either way.
+The price of the settlement inside the transaction: while a transaction holds the tenant's counters item
+(milliseconds), a reservation of that tenant meeting it is refused with TransactionConflict and retried
+with jitter (``DynamoDBTable._call``); a very busy tenant pays it on many requests. Spreading a tenant's
+counters over several items is the design for that (the quotas-at-scale issue).
 
 Reads: ``get_usage`` is a GetItem; ``daily_usage`` of one tenant is a Query of its partition
 (``T#<tenant>``, ``sk`` between ``A#<start>`` and ``A#<end>$``), of all tenants a Query of each
@@ -30,10 +34,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import groupby
+from typing import Any
 
 from pynamodb.expressions.operand import Path
 from pynamodb.expressions.update import Action
 
+from adapters.aws.dynamodb_counters import SettleWrite
 from adapters.aws.dynamodb_models import DailyItem, UsageItem, daily_shard, daily_shards, sortable
 from adapters.aws.dynamodb_table import (
     CONFLICT_ROUNDS,
@@ -163,10 +169,13 @@ class DynamoDBUsage:
 
     _table: DynamoDBTable
     _clock: Callable[[], float]
-    add_all: Callable[[Sequence[CounterChange]], None]  # DynamoDBCounters' (DynamoDBStore mixes both in)
+    # DynamoDBCounters' (DynamoDBStore mixes both in)
+    settlement_writes: Callable[[Sequence[CounterChange]], list[SettleWrite]]
+    settlement_updates: Callable[[Sequence[SettleWrite]], list[dict[str, Any]]]
+    settlement_refused: Callable[[Sequence[SettleWrite]], list[SettleWrite]]
 
     def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
-        """Write the record and add it to its daily aggregate in ONE transaction; if new, settle.
+        """Write the record, its daily aggregate and its settlement in ONE transaction.
 
         False, and nothing written, if the tenant already has a record with this request id.
         """
@@ -175,27 +184,20 @@ class DynamoDBUsage:
         put = self._table.put_kwargs(_usage_item(record, day).serialize(), UsageItem.pk.does_not_exist())
         shard = sk.rsplit("#", 1)[1]
         aggregate = self._table.update_kwargs(f"T#{record.tenant_id}", sk, _daily(record, day, shard))
+        writes = self.settlement_writes(settle)
         for round_ in range(CONFLICT_ROUNDS):
+            updates = [aggregate, *self.settlement_updates(writes)]
             try:
-                self._table.transact([put], [aggregate], uuid.uuid4().hex)  # new each round, kept by retries
-                break
+                self._table.transact([put], updates, uuid.uuid4().hex)  # new each round, kept by retries
+                return True
             except ConditionFailed as refused:
                 if refused.reasons[:1] == ["ConditionalCheckFailed"]:
                     return False  # the record exists: this request was charged before
-                conflict_pause(round_)  # TransactionConflict: a concurrent transaction holds the aggregate
-        else:
-            raise unavailable()
-        self._settle(settle)
-        return True
-
-    def _settle(self, settle: Sequence[CounterChange]) -> None:
-        """Return the unused part of the reservation; a failure leaves it counted (see the module's note)."""
-        if not settle:
-            return
-        try:
-            self.add_all(settle)
-        except Exception:  # the record is written: the call must not fail for its settlement
-            _log.warning("a reservation could not be settled; it stays counted until its window ends", exc_info=True)
+                if "ConditionalCheckFailed" in refused.reasons[2:]:
+                    writes = self.settlement_refused(writes)  # an expired slot, or a reclaimed lease
+                else:
+                    conflict_pause(round_)  # TransactionConflict: a concurrent transaction holds an item
+        raise unavailable()
 
     def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         found = self._table.get(usage_pk(tenant_id, request_id), USAGE_SK)

@@ -53,7 +53,7 @@ def setup(dynamodb_url: str) -> Iterator[Setup]:
     store.close()
 
 
-def test_a_cache_miss_generation_makes_three_limit_and_usage_calls_plus_the_cache(setup: Setup) -> None:
+def test_a_cache_miss_generation_makes_two_limit_and_usage_calls_plus_the_cache(setup: Setup) -> None:
     """Measured with the key, tenant and model in the per-process caches (a warm container)."""
     assert setup.generate("warm the caches up", temperature=0).status == 200
     calls = record_calls(setup.store)
@@ -64,25 +64,24 @@ def test_a_cache_miss_generation_makes_three_limit_and_usage_calls_plus_the_cach
     assert ops == [
         "GetItem",  # the L2 response cache: a miss
         "UpdateItem",  # reserve: the tenant's counters item (minute and month slots), conditional
-        "TransactWriteItems",  # usage record (create-only) + daily aggregate
-        "UpdateItem",  # settle: the unused part of the reservation back, same item
+        "TransactWriteItems",  # usage record (create-only) + daily aggregate + settlement, all or nothing
         "PutItem",  # the L2 response cache: the new answer
     ]
-    reserve, transaction, settle = calls[1][1], calls[2][1], calls[3][1]
+    reserve, transaction = calls[1][1], calls[2][1]
+    put, _aggregate, settle = (next(iter(item.values())) for item in transaction["TransactItems"])
     assert reserve["Key"]["pk"] == settle["Key"]["pk"] == {"S": "T#ten_a"}
     assert "ConditionExpression" in reserve
-    assert "ConditionExpression" in settle
-    assert len(transaction["TransactItems"]) == 2
-    assert "attribute_not_exists" in transaction["TransactItems"][0]["Put"]["ConditionExpression"]
-    assert len([op for op in ops if op not in ("GetItem", "PutItem")]) == 3
+    assert "ConditionExpression" in settle  # the lease still holds its epoch; the slots are live
+    assert "attribute_not_exists" in put["ConditionExpression"]
+    assert len([op for op in ops if op not in ("GetItem", "PutItem")]) == 2
 
 
-def test_a_sampled_generation_makes_exactly_the_three_calls(setup: Setup) -> None:
-    """No response cache for a non-deterministic request: reserve, the usage transaction, settle."""
+def test_a_sampled_generation_makes_exactly_two_calls(setup: Setup) -> None:
+    """No response cache for a non-deterministic request: reserve, then the usage transaction that settles."""
     assert setup.generate("warm the caches up").status == 200
     calls = record_calls(setup.store)
     assert setup.generate("another prompt").status == 200
-    assert [op for op, _ in calls] == ["UpdateItem", "TransactWriteItems", "UpdateItem"]
+    assert [op for op, _ in calls] == ["UpdateItem", "TransactWriteItems"]
 
 
 def test_every_tenant_item_has_a_partition_key_that_begins_with_the_tenant(setup: Setup) -> None:

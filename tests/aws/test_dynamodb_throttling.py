@@ -181,15 +181,19 @@ def test_transaction_conflicts_are_tried_again(store: DynamoDBStore, monkeypatch
     assert store.read("q") == {"used": 41}
 
 
-def test_a_settlement_failing_after_the_record_keeps_the_record_and_the_reservation(
-    store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_record_and_its_settlement_are_written_together_or_not_at_all(
+    store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bill (the record) is written; the unused reservation stays counted: refusing errs, never overspends."""
+    """A throttled transaction writes neither the bill nor the settlement (a 503); sent again, both, once."""
     store.try_add("q", {"used": 100}, {}, FAR)
-    attempts = throttle(store, monkeypatch, "UpdateItem", only=b'"C#q"')
-    assert store.record_usage(_usage("r1"), [CounterChange("q", {"used": -60}, expires_at=FAR)]) is True
-    assert attempts["UpdateItem"] == 5
+    settle = [CounterChange("q", {"used": -60}, expires_at=FAR)]
+    attempts = throttle(store, monkeypatch, "TransactWriteItems")
+    with pytest.raises(ServiceUnavailable):
+        store.record_usage(_usage("r1"), settle)
+    assert attempts["TransactWriteItems"] == 5
     monkeypatch.undo()
-    assert store.get_usage("t1", "r1") is not None
+    assert store.get_usage("t1", "r1") is None
     assert store.read("q") == {"used": 100}
-    assert "could not be settled" in caplog.text
+    assert store.record_usage(_usage("r1"), settle) is True
+    assert store.record_usage(_usage("r1"), settle) is False
+    assert store.read("q") == {"used": 40}

@@ -61,7 +61,7 @@ def spend(srv: Server, key: str, tokens: int) -> httpx.Response:
 
 
 def charged(srv: Server, tenant_id: str) -> int:
-    totals = srv.admin.get("/admin/usage", params={"tenant_id": tenant_id, "group_by": "none"}).json()
+    totals = srv.admin.get("/admin/usage", params={"tenant": tenant_id, "group_by": "none"}).json()
     return int(totals["totals"]["prompt_tokens"] + totals["totals"]["completion_tokens"])
 
 
