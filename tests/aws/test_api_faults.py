@@ -6,6 +6,9 @@ HTTP APIs cannot stream: a streamed answer is collected whole, so a stream's err
 Each test runs one tenant with a token quota and reads its usage records through the store: the status, how
 the call ended and the tokens; the quota counter holds exactly the records' tokens (no lease slot still holds
 a reservation), the rest of the quota can be reserved by one request, and one token more is refused.
+
+The models, requests, case tables and answer checks are shared with the local server's suite
+(tests/fault_cases.py); this file has how the handler is called and how the records and the counter are read.
 """
 
 from __future__ import annotations
@@ -20,41 +23,40 @@ import pytest
 
 from bench.fake_openai_server import start_in_thread
 from core.domain import UsageRecord
-from core.inference import ChatMessage, Generation, GenerationParams, Prompt
+from core.inference import Generation, GenerationParams, Prompt
 from core.leases import SLOTS, lease_field
 from core.limits import period_bounds
-from core.tokens import prompt_upper_bound
 from functions.aws import api, bootstrap
 from functions.aws.apigw import to_request
 from tests.aws.handler_support import Admin, LambdaContext, Result, Stack, api_event, deployed
+from tests.fault_cases import (
+    BROKEN_STREAMS,
+    CONTEXT_LENGTH,
+    FAILED_CALLS,
+    KINDS,
+    MAX_OUTPUT_TOKENS,
+    MODELS,
+    PATHS,
+    QUOTA,
+    WORDS,
+    assert_a_broken_stream,
+    assert_a_whole_stream,
+    assert_cut_at_the_timeout,
+    assert_error_shape,
+    chunk_text,
+    request_body,
+    reservation,
+    spend_body,
+)
 
 pytestmark = pytest.mark.aws
 
-QUOTA = 2000
-CONTEXT_LENGTH = 8192
-MAX_OUTPUT_TOKENS = 4096
-MAX_TOKENS = 32
-WORDS = ["one", "two", "three", "four", "five", "six"]
-PROMPT = " ".join(WORDS)  # the fake answers with these words: one stream chunk (one token) each
-HANG_TIMEOUT_S = 1.5
-SPEND = "fault-none"  # a healthy model, to spend what is left of the quota
-
-# registry model -> (upstream model at the fake, timeout_s, max_retries)
-MODELS: dict[str, tuple[str, float, int]] = {
-    SPEND: ("fake-model", 10, 0),
-    "fault-500": ("fault:500", 10, 0),
-    "fault-500-retried": ("fault:500", 10, 2),
-    "fault-hang": ("fault:hang", HANG_TIMEOUT_S, 0),
-    "fault-cut-body": ("fault:cut-body", 10, 0),
-    "fault-drop-2": ("fault:drop-after-2", 10, 0),
-    "fault-eof-2": ("fault:eof-after-2", 10, 0),
-    "fault-stall-1": ("fault:stall-after-1", HANG_TIMEOUT_S, 0),
-    "fault-slow-100": ("fault:slow-100ms", 10, 0),
-    "fault-slow-300": ("fault:slow-300ms", 10, 0),
-}
-EVENTS = {  # endpoint -> (events/aws template, path)
-    "chat": ("apigw_http_chat_completions_ok", "/v1/chat/completions"),
-    "completions": ("apigw_http_completions_ok", "/v1/completions"),
+TEMPLATES = {"chat": "apigw_http_chat_completions_ok", "completions": "apigw_http_completions_ok"}  # events/aws
+# code of a broken stream's error event -> (status, ended) of its usage record
+RECORDED = {
+    "stream_interrupted": (502, "truncated"),
+    "stream_truncated": (502, "truncated"),
+    "backend_timeout": (504, "timeout"),
 }
 
 
@@ -87,8 +89,8 @@ class Caller:
     key: str
 
     def event(self, kind: str, model: str, *, stream: bool = False) -> dict[str, Any]:
-        name, path = EVENTS[kind]
-        return api_event(name, key=self.key, path=path, body=request_body(kind, model, stream=stream))
+        body = request_body(kind, model, stream=stream)
+        return api_event(TEMPLATES[kind], key=self.key, path=PATHS[kind], body=body)
 
     def call(self, kind: str, model: str, *, stream: bool = False) -> Result:
         """The api handler on the container's runtime, as Lambda calls it (15 minutes left)."""
@@ -104,10 +106,8 @@ class Caller:
         return record
 
     def spend(self, tokens: int) -> Result:
-        """A request that reserves exactly ``tokens``: prompt "x" (a bound of 1 byte + 1) plus max_tokens."""
-        assert prompt_upper_bound(Prompt(text="x"), CONTEXT_LENGTH) == 2
-        body = {"model": SPEND, "prompt": "x", "max_tokens": tokens - 2}
-        event = api_event("apigw_http_completions_ok", key=self.key, body=body)
+        """A request that reserves exactly ``tokens``."""
+        event = api_event(TEMPLATES["completions"], key=self.key, body=spend_body(tokens))
         return Result.of(api.handle(bootstrap.runtime(), event, LambdaContext()))
 
     def assert_the_quota_counter_is_the_records(self) -> int:
@@ -137,66 +137,10 @@ def caller(stack: Stack, request: pytest.FixtureRequest) -> Caller:
     return Caller(stack, tenant, admin.key(tenant))
 
 
-def request_body(kind: str, model: str, *, stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "max_tokens": MAX_TOKENS}
-    if kind == "chat":
-        body["messages"] = [{"role": "user", "content": PROMPT}]
-    else:
-        body["prompt"] = PROMPT
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return body
-
-
-def reservation(kind: str) -> int:
-    """What one request of ``request_body`` reserves: the prompt's bound plus max_tokens."""
-    prompt = Prompt(messages=(ChatMessage("user", PROMPT),)) if kind == "chat" else Prompt(text=PROMPT)
-    return prompt_upper_bound(prompt, CONTEXT_LENGTH) + MAX_TOKENS
-
-
-def sse_events(text: str) -> list[Any]:
-    """The ``data:`` payloads of a collected SSE body, decoded (``[DONE]`` kept as the string)."""
-    lines = [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
-    return [line if line == "[DONE]" else json.loads(line) for line in lines]
-
-
-def chunk_text(kind: str, event: dict[str, Any]) -> str:
-    choice = event["choices"][0]
-    return str(choice["delta"].get("content") or "") if kind == "chat" else str(choice["text"] or "")
-
-
-def assert_error_shape(error: dict[str, Any], code: str) -> None:
-    assert set(error) >= {"message", "type", "code", "param"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str), error
-    assert error["message"], error
-
-
 # -- calls that fail before any text: plain HTTP errors, recorded with 0 tokens, charged nothing ---------------
 
-FAILED_CALLS = [
-    # (endpoint, model, stream, status, code)
-    ("chat", "fault-500", False, 502, "backend_error"),
-    ("chat", "fault-hang", False, 504, "backend_timeout"),
-    ("chat", "fault-cut-body", False, 502, "backend_bad_response"),
-    ("chat", "fault-drop-2", False, 502, "backend_bad_response"),
-    ("chat", "fault-eof-2", False, 502, "backend_bad_response"),
-    ("chat", "fault-stall-1", False, 504, "backend_timeout"),
-    ("completions", "fault-500", False, 502, "backend_error"),
-    ("completions", "fault-hang", False, 504, "backend_timeout"),
-    ("completions", "fault-cut-body", False, 502, "backend_bad_response"),
-    ("chat", "fault-500", True, 502, "backend_error"),
-    ("chat", "fault-hang", True, 504, "backend_timeout"),
-    ("chat", "fault-cut-body", True, 502, "stream_interrupted"),
-    ("completions", "fault-cut-body", True, 502, "stream_interrupted"),
-]
 
-
-@pytest.mark.parametrize(
-    ("kind", "model", "stream", "status", "code"),
-    FAILED_CALLS,
-    ids=[f"{k}-{m}-{'stream' if s else 'whole'}" for k, m, s, _, _ in FAILED_CALLS],
-)
+@pytest.mark.parametrize(("kind", "model", "stream", "status", "code"), FAILED_CALLS)
 def test_a_call_that_fails_before_any_text_is_an_error_recorded_and_charged_nothing(
     caller: Caller, kind: str, model: str, stream: bool, status: int, code: str
 ) -> None:
@@ -206,7 +150,7 @@ def test_a_call_that_fails_before_any_text_is_an_error_recorded_and_charged_noth
     assert_error_shape(result.error(status), code)
     assert result.headers["x-request-id"]
     if status == 504:
-        assert HANG_TIMEOUT_S - 0.1 <= took < HANG_TIMEOUT_S + 2, took  # cut at the model's timeout
+        assert_cut_at_the_timeout(took)
     record = caller.record()
     ended = "timeout" if status == 504 else "failed"
     assert (record.status, record.ended, record.prompt_tokens, record.completion_tokens) == (status, ended, 0, 0)
@@ -247,42 +191,19 @@ def test_a_500_is_retried_then_answered_502_recorded_and_charged_nothing(
 
 # -- streams that fail after text: the text, an error event, [DONE]; charged what was delivered ---------------
 
-BROKEN_STREAMS = [
-    # (endpoint, model, text chunks delivered, code of the error event, record status, record ended)
-    ("chat", "fault-drop-2", 2, "stream_interrupted", 502, "truncated"),
-    ("chat", "fault-eof-2", 2, "stream_truncated", 502, "truncated"),
-    ("chat", "fault-stall-1", 1, "backend_timeout", 504, "timeout"),
-    ("completions", "fault-drop-2", 2, "stream_interrupted", 502, "truncated"),
-    ("completions", "fault-eof-2", 2, "stream_truncated", 502, "truncated"),
-    ("completions", "fault-stall-1", 1, "backend_timeout", 504, "timeout"),
-]
 
-
-@pytest.mark.parametrize(
-    ("kind", "model", "delivered", "code", "status", "ended"),
-    BROKEN_STREAMS,
-    ids=[f"{c[0]}-{c[1]}" for c in BROKEN_STREAMS],
-)
+@pytest.mark.parametrize(("kind", "model", "delivered", "code"), BROKEN_STREAMS)
 def test_a_stream_that_fails_after_text_ends_in_an_error_event_and_is_charged_what_was_delivered(
-    caller: Caller, kind: str, model: str, delivered: int, code: str, status: int, ended: str
+    caller: Caller, kind: str, model: str, delivered: int, code: str
 ) -> None:
+    status, ended = RECORDED[code]
     started = time.monotonic()
     result = caller.call(kind, model, stream=True)
     took = time.monotonic() - started
     assert result.status == 200, result.text
-    assert result.headers["content-type"].startswith("text/event-stream")
-    events = sse_events(result.text)
-    *chunks, error_event, done = events
-    assert done == "[DONE]"
-    assert set(error_event) == {"error"}, error_event
-    assert_error_shape(error_event["error"], code)
-    assert len(chunks) == delivered, events
-    assert "".join(chunk_text(kind, c) for c in chunks) == " ".join(WORDS[:delivered])
-    for chunk in chunks:  # never a finish reason (the answer is not whole), never a usage chunk
-        assert chunk["choices"][0]["finish_reason"] is None, chunk
-        assert chunk.get("usage") is None, chunk
+    assert_a_broken_stream(kind, result.headers["content-type"], result.text, delivered=delivered, code=code)
     if status == 504:
-        assert HANG_TIMEOUT_S - 0.1 <= took < HANG_TIMEOUT_S + 2, took
+        assert_cut_at_the_timeout(took)
 
     record = caller.record()
     assert (record.status, record.ended, record.model) == (status, ended, model)
@@ -295,20 +216,11 @@ def test_a_stream_that_fails_after_text_ends_in_an_error_event_and_is_charged_wh
 # -- streams that succeed slowly, and callers that leave -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["chat", "completions"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_slow_stream_completes_with_its_finish_reason_and_usage(caller: Caller, kind: str) -> None:
     result = caller.call(kind, "fault-slow-100", stream=True)
     assert result.status == 200, result.text
-    events = sse_events(result.text)
-    assert events[-1] == "[DONE]"
-    assert not any("error" in e for e in events[:-1]), events
-    usage_event = events[-2]
-    assert usage_event["choices"] == []
-    finish = [e["choices"][0]["finish_reason"] for e in events[:-2] if e["choices"][0]["finish_reason"]]
-    assert finish == ["stop"]
-    assert "".join(chunk_text(kind, e) for e in events[:-2]) == PROMPT
-    reported = usage_event["usage"]
-    assert reported["completion_tokens"] == len(WORDS)
+    reported = assert_a_whole_stream(kind, result.text)
     record = caller.record()
     assert (record.status, record.ended) == (200, "completed")
     assert record.prompt_tokens == reported["prompt_tokens"]
@@ -338,7 +250,7 @@ async def read_two_chunks_then_leave(kind: str, event: dict[str, Any]) -> list[s
     return texts
 
 
-@pytest.mark.parametrize("kind", ["chat", "completions"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_caller_that_leaves_mid_stream_is_recorded_499_and_charged_what_was_delivered(
     caller: Caller, kind: str
 ) -> None:

@@ -12,6 +12,9 @@ reserved by one request, and one token more is refused with 429 ``insufficient_q
   then ``data: [DONE]``; charged one completion token per delivered chunk and a prompt of more than 0 tokens,
   never above what the request reserved.
 - A slow stream completes; a caller that leaves mid-stream is charged what was delivered.
+
+The models, requests, case tables and answer checks are shared with the Lambda's suite (tests/fault_cases.py);
+this file has how the local server is called and how its usage API reports the charge.
 """
 
 from __future__ import annotations
@@ -26,35 +29,28 @@ from typing import Any
 import httpx
 import pytest
 
-from core.inference import ChatMessage, Prompt
-from core.tokens import prompt_upper_bound
 from tests.e2e._support import Server, error_code
+from tests.fault_cases import (
+    BROKEN_STREAMS,
+    CONTEXT_LENGTH,
+    FAILED_CALLS,
+    KINDS,
+    MAX_OUTPUT_TOKENS,
+    MODELS,
+    PATHS,
+    QUOTA,
+    WORDS,
+    assert_a_broken_stream,
+    assert_a_whole_stream,
+    assert_cut_at_the_timeout,
+    assert_error_shape,
+    chunk_text,
+    request_body,
+    reservation,
+    spend_body,
+)
 
 pytestmark = pytest.mark.e2e
-
-QUOTA = 2000
-CONTEXT_LENGTH = 8192
-MAX_OUTPUT_TOKENS = 4096
-MAX_TOKENS = 32
-WORDS = ["one", "two", "three", "four", "five", "six"]
-PROMPT = " ".join(WORDS)  # the fake answers with these words: one stream chunk (one token) each
-HANG_TIMEOUT_S = 1.5
-SPEND = "fault-none"  # a healthy model, to spend what is left of the quota
-
-# registry model -> (upstream model at the fake, timeout_s, max_retries)
-MODELS: dict[str, tuple[str, float, int]] = {
-    SPEND: ("fake-model", 10, 0),
-    "fault-500": ("fault:500", 10, 0),
-    "fault-500-retried": ("fault:500", 10, 2),
-    "fault-hang": ("fault:hang", HANG_TIMEOUT_S, 0),
-    "fault-cut-body": ("fault:cut-body", 10, 0),
-    "fault-drop-2": ("fault:drop-after-2", 10, 0),
-    "fault-eof-2": ("fault:eof-after-2", 10, 0),
-    "fault-stall-1": ("fault:stall-after-1", HANG_TIMEOUT_S, 0),
-    "fault-slow-100": ("fault:slow-100ms", 10, 0),
-    "fault-slow-300": ("fault:slow-300ms", 10, 0),
-}
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +93,8 @@ class Caller:
         return totals
 
     def spend(self, tokens: int) -> httpx.Response:
-        """A request that reserves exactly ``tokens``: prompt "x" (a bound of 1 byte + 1) plus max_tokens."""
-        assert prompt_upper_bound(Prompt(text="x"), CONTEXT_LENGTH) == 2
-        return self.http.post("/v1/completions", json={"model": SPEND, "prompt": "x", "max_tokens": tokens - 2})
+        """A request that reserves exactly ``tokens``."""
+        return self.http.post("/v1/completions", json=spend_body(tokens))
 
     def assert_the_rest_of_the_quota_is_exact(self) -> None:
         """The quota counter holds exactly what the usage records charged: the rest can be reserved, not more."""
@@ -119,66 +114,10 @@ def caller(models: Server, request: pytest.FixtureRequest) -> Iterator[Caller]:
         yield Caller(models, tenant.id, http)
 
 
-def request_body(kind: str, model: str, *, stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "max_tokens": MAX_TOKENS}
-    if kind == "chat":
-        body["messages"] = [{"role": "user", "content": PROMPT}]
-    else:
-        body["prompt"] = PROMPT
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return body
-
-
-def reservation(kind: str) -> int:
-    """What one request of ``request_body`` reserves: the prompt's bound plus max_tokens."""
-    prompt = Prompt(messages=(ChatMessage("user", PROMPT),)) if kind == "chat" else Prompt(text=PROMPT)
-    return prompt_upper_bound(prompt, CONTEXT_LENGTH) + MAX_TOKENS
-
-
-def sse_events(text: str) -> list[Any]:
-    """The ``data:`` payloads of an SSE body, decoded (``[DONE]`` kept as the string)."""
-    lines = [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
-    return [line if line == "[DONE]" else json.loads(line) for line in lines]
-
-
-def chunk_text(kind: str, event: dict[str, Any]) -> str:
-    choice = event["choices"][0]
-    return str(choice["delta"].get("content") or "") if kind == "chat" else str(choice["text"] or "")
-
-
-def assert_error_shape(error: dict[str, Any], code: str) -> None:
-    assert set(error) >= {"message", "type", "code", "param"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str), error
-    assert error["message"], error
-
-
 # -- calls that fail before any text: plain HTTP errors, charged nothing ---------------------------------------
 
-FAILED_CALLS = [
-    # (endpoint, model, stream, status, code)
-    ("chat", "fault-500", False, 502, "backend_error"),
-    ("chat", "fault-hang", False, 504, "backend_timeout"),
-    ("chat", "fault-cut-body", False, 502, "backend_bad_response"),
-    ("chat", "fault-drop-2", False, 502, "backend_bad_response"),
-    ("chat", "fault-eof-2", False, 502, "backend_bad_response"),
-    ("chat", "fault-stall-1", False, 504, "backend_timeout"),
-    ("completions", "fault-500", False, 502, "backend_error"),
-    ("completions", "fault-hang", False, 504, "backend_timeout"),
-    ("completions", "fault-cut-body", False, 502, "backend_bad_response"),
-    ("chat", "fault-500", True, 502, "backend_error"),
-    ("chat", "fault-hang", True, 504, "backend_timeout"),
-    ("chat", "fault-cut-body", True, 502, "stream_interrupted"),
-    ("completions", "fault-cut-body", True, 502, "stream_interrupted"),
-]
 
-
-@pytest.mark.parametrize(
-    ("kind", "model", "stream", "status", "code"),
-    FAILED_CALLS,
-    ids=[f"{k}-{m}-{'stream' if s else 'whole'}" for k, m, s, _, _ in FAILED_CALLS],
-)
+@pytest.mark.parametrize(("kind", "model", "stream", "status", "code"), FAILED_CALLS)
 def test_a_call_that_fails_before_any_text_is_an_error_and_charged_nothing(
     caller: Caller, kind: str, model: str, stream: bool, status: int, code: str
 ) -> None:
@@ -190,7 +129,7 @@ def test_a_call_that_fails_before_any_text_is_an_error_and_charged_nothing(
     assert error_code(response) == code
     assert_error_shape(response.json()["error"], code)
     if status == 504:
-        assert HANG_TIMEOUT_S - 0.1 <= took < HANG_TIMEOUT_S + 2, took  # cut at the model's timeout
+        assert_cut_at_the_timeout(took)
     usage = caller.usage()
     assert usage["requests"] == 1, usage  # the failure is recorded...
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (0, 0)  # ...with no tokens
@@ -217,20 +156,8 @@ def test_a_500_is_retried_then_answered_502_and_charged_nothing(caller: Caller) 
 
 # -- streams that fail after text: the text, an error event, [DONE]; charged what was delivered ---------------
 
-BROKEN_STREAMS = [
-    # (endpoint, model, text chunks delivered, code of the error event)
-    ("chat", "fault-drop-2", 2, "stream_interrupted"),
-    ("chat", "fault-eof-2", 2, "stream_truncated"),
-    ("chat", "fault-stall-1", 1, "backend_timeout"),
-    ("completions", "fault-drop-2", 2, "stream_interrupted"),
-    ("completions", "fault-eof-2", 2, "stream_truncated"),
-    ("completions", "fault-stall-1", 1, "backend_timeout"),
-]
 
-
-@pytest.mark.parametrize(
-    ("kind", "model", "delivered", "code"), BROKEN_STREAMS, ids=[f"{k}-{m}" for k, m, _, _ in BROKEN_STREAMS]
-)
+@pytest.mark.parametrize(("kind", "model", "delivered", "code"), BROKEN_STREAMS)
 def test_a_stream_that_fails_after_text_ends_in_an_error_event_and_is_charged_what_was_delivered(
     caller: Caller, kind: str, model: str, delivered: int, code: str
 ) -> None:
@@ -238,19 +165,9 @@ def test_a_stream_that_fails_after_text_ends_in_an_error_event_and_is_charged_wh
     response = caller.call(kind, model, stream=True)
     took = time.monotonic() - started
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/event-stream")
-    events = sse_events(response.text)
-    *chunks, error_event, done = events
-    assert done == "[DONE]"
-    assert set(error_event) == {"error"}, error_event
-    assert_error_shape(error_event["error"], code)
-    assert len(chunks) == delivered, events
-    assert "".join(chunk_text(kind, c) for c in chunks) == " ".join(WORDS[:delivered])
-    for chunk in chunks:  # never a finish reason (the answer is not whole), never a usage chunk
-        assert chunk["choices"][0]["finish_reason"] is None, chunk
-        assert chunk.get("usage") is None, chunk
+    assert_a_broken_stream(kind, response.headers["content-type"], response.text, delivered=delivered, code=code)
     if code == "backend_timeout":
-        assert HANG_TIMEOUT_S - 0.1 <= took < HANG_TIMEOUT_S + 2, took
+        assert_cut_at_the_timeout(took)
 
     usage = caller.usage()
     assert usage["requests"] == 1, usage
@@ -263,20 +180,11 @@ def test_a_stream_that_fails_after_text_ends_in_an_error_event_and_is_charged_wh
 # -- streams that succeed slowly, and callers that leave -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["chat", "completions"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_slow_stream_completes_with_its_finish_reason_and_usage(caller: Caller, kind: str) -> None:
     response = caller.call(kind, "fault-slow-100", stream=True)
     assert response.status_code == 200, response.text
-    events = sse_events(response.text)
-    assert events[-1] == "[DONE]"
-    assert not any("error" in e for e in events[:-1]), events
-    usage_event = events[-2]
-    assert usage_event["choices"] == []
-    finish = [e["choices"][0]["finish_reason"] for e in events[:-2] if e["choices"][0]["finish_reason"]]
-    assert finish == ["stop"]
-    assert "".join(chunk_text(kind, e) for e in events[:-2]) == PROMPT
-    reported = usage_event["usage"]
-    assert reported["completion_tokens"] == len(WORDS)
+    reported = assert_a_whole_stream(kind, response.text)
     usage = caller.usage()
     assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (
         1,
@@ -295,7 +203,7 @@ def wait_for_a_record(caller: Caller, timeout_s: float = 10) -> dict[str, Any]:
     return caller.usage()
 
 
-@pytest.mark.parametrize("kind", ["chat", "completions"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_caller_that_leaves_mid_stream_is_charged_what_was_delivered(caller: Caller, kind: str) -> None:
     """A chunk every 300 ms: the caller reads two, then closes the connection; the gateway stops at once."""
     texts: list[str] = []
