@@ -14,19 +14,20 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from core import deadlines
+from core.auth.access_tokens import TokenService
 from core.auth.authenticator import Authenticator, require
 from core.auth.revocation import Revocations
-from core.auth.tokens import TokenService
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import Principal
 from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
-from core.generation import GenerationService
+from core.generation_service import GenerationService
 from core.http import Request, Response, sane_request_id
 from core.jobs import InProcessJobQueue
 from core.leases import LeaseClock
 from core.limits import LimitEnforcer
 from core.metering import Meter
+from core.model_router import ModelRouter
 from core.observability import LOGGER_NAME, NullMetrics, log_event
 from core.ports import (
     BackendResolver,
@@ -40,8 +41,7 @@ from core.ports import (
     TokenCounter,
 )
 from core.registry import ModelRegistry
-from core.router import Route, Router
-from core.routing import ModelRouter
+from core.routes import Route, Router
 from core.settings import GatewaySettings
 from core.tenants import TenantDirectory
 

@@ -3,7 +3,7 @@
 A function entry point knows when its platform stops it (Lambda's remaining time, a Cloud Run or Azure
 Functions request timeout) and puts that instant on ``Request.deadline``; ``Gateway.handle`` keeps a margin
 to settle and answer, narrows it with the caller's ``x-textnlp-timeout`` header, and sets it here for the
-request (a ``ContextVar``: the request's tasks see it, other requests do not). ``core.routing`` bounds every
+request (a ``ContextVar``: the request's tasks see it, other requests do not). ``core.model_router`` bounds every
 call to a backend by ``bounded(model timeout)``. Instants are ``time.monotonic()`` seconds.
 """
 

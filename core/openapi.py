@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from core.router import Router
+from core.routes import Router
 
 _ERROR_SCHEMA = {
     "type": "object",

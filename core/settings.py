@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.auth.tokens import TokenSettings
+from core.auth.access_tokens import TokenSettings
 from core.limits import MAX_RECORD_CACHE_S
 
 

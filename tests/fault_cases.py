@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from core.inference import ChatMessage, Prompt
-from core.tokens import prompt_upper_bound
+from core.token_counts import prompt_upper_bound
 
 QUOTA = 2000
 CONTEXT_LENGTH = 8192

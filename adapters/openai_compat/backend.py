@@ -56,7 +56,7 @@ UsageFallback = Callable[[Prompt, str], Usage]
 CHAT_TOKENS_PER_MESSAGE = 8
 CHAT_TOKENS_PER_REPLY = 16
 # The read timeout (inactivity) when the route sets none: the largest model timeout the admin API accepts
-# (``ModelSpec.timeout_s`` <= 900), so the model's own timeout in core/routing.py is always the one that fires.
+# (``ModelSpec.timeout_s`` <= 900), so the model's own timeout in core/model_router.py is always the one that fires.
 DEFAULT_TIMEOUT_S = 900.0
 _CONNECT_TIMEOUT_S = 10.0
 _MAX_MESSAGE_CHARS = 500

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.router import Router
+from core.routes import Router
 
 # Each area's module and the path prefixes it serves: a request imports only its own area's handlers and
 # schemas (a cold start serving /v1/chat/completions never imports validation, files or fine-tuning).

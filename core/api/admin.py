@@ -12,7 +12,7 @@ from core.clock import new_id
 from core.domain import ApiKeyRecord, Limits, ModelSpec, Scope, Tenant
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 from core.schemas.admin import KeyCreate, KeyOut, LimitsIn, LimitsOut, ModelIn, ModelUpdate, TenantCreate, TenantOut
 from core.schemas.openai import ModelCard
 

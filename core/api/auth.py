@@ -6,7 +6,7 @@ from core.app import RequestContext
 from core.domain import Principal
 from core.errors import Forbidden, InvalidRequest
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 from core.schemas.admin import TokenRequest, TokenResponse
 
 

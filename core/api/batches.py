@@ -16,7 +16,7 @@ from core.batch.records import (
 from core.domain import Scope
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 from core.schemas.files import BatchCreateRequest, BatchList, BatchObject
 
 

@@ -7,9 +7,9 @@ import struct
 
 from core.app import RequestContext
 from core.domain import Scope
-from core.generation import CallContext
+from core.generation_service import CallContext
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 from core.schemas.common import Usage
 from core.schemas.openai import EmbeddingItem, EmbeddingRequest, EmbeddingResponse
 

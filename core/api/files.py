@@ -13,7 +13,7 @@ from core.domain import Principal, Scope
 from core.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from core.http import Response
 from core.multipart import form_fields, parse_multipart
-from core.router import Router
+from core.routes import Router
 from core.schemas.files import FileDeleted, FileList, FileObject
 
 FILE_MAX_BYTES = 100 * 1024 * 1024

@@ -12,7 +12,7 @@ from core.fine_tuning.job import JOBS, FineTuneJob
 from core.fine_tuning.records import list_events, load_job
 from core.fine_tuning.training_files import check_purpose
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 from core.schemas.fine_tuning import (
     FineTuneCreateRequest,
     FineTuningJobEventList,

@@ -9,10 +9,10 @@ from typing import Any
 from core.app import RequestContext
 from core.domain import Scope
 from core.errors import APIError, InvalidRequest
-from core.generation import CallContext, Streamed
+from core.generation_service import CallContext, Streamed
 from core.http import Response
 from core.inference import ChatMessage, GenerationParams, Prompt, StreamEnd, TextDelta
-from core.router import Router
+from core.routes import Router
 from core.schemas.common import SamplingFields, Usage
 from core.schemas.native import GenerateRequest, GenerateResponse, GenerateResult
 from core.schemas.openai import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from core.app import RequestContext
 from core.domain import ModelSpec
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 from core.schemas.openai import ModelCard, ModelList
 
 

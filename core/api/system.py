@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.app import RequestContext
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 
 
 def register(router: Router) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from core.app import RequestContext
 from core.errors import InvalidRequest
 from core.http import Response
-from core.router import Router
+from core.routes import Router
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 GROUPINGS = ("day", "model", "day,model", "none")

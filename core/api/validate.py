@@ -9,10 +9,10 @@ from core import deadlines
 from core.app import RequestContext
 from core.domain import ModelSpec, Scope
 from core.errors import APIError, BackendTimeout, InvalidRequest, Unauthorized
-from core.generation import CallContext
+from core.generation_service import CallContext
 from core.http import Response
 from core.ports import LogProbScorer
-from core.router import Router
+from core.routes import Router
 from core.schemas.common import Usage
 from core.schemas.validate import ValidateRequest, ValidateResponse
 from core.validation.fluency import fluency

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.auth import api_keys
-from core.auth.tokens import TokenService
+from core.auth.access_tokens import TokenService
 from core.cache import TTLCache
 from core.domain import ApiKeyRecord, Principal
 from core.errors import Forbidden, Unauthorized

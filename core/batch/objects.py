@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.batch.records import BATCHES, BatchJob, derived_batch_id, load_batch
-from core.generation import system_principal
+from core.generation_service import system_principal
 from core.ports import BlobStore, DocumentStore
 
 

@@ -12,8 +12,8 @@ from adapters.local.prometheus import PrometheusMetrics
 from adapters.local.sqlite_store import SQLiteStore
 from core.app import Gateway
 from core.auth import api_keys
+from core.auth.access_tokens import TokenSettings
 from core.auth.revocation import Revocations
-from core.auth.tokens import TokenSettings
 from core.clock import SystemClock, new_id
 from core.domain import ALL_SCOPES, ModelSpec, Tenant
 from core.observability import configure_logging

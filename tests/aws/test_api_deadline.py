@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from core.inference import GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
-from core.tokens import prompt_upper_bound
+from core.token_counts import prompt_upper_bound
 from functions.aws import bootstrap
 from functions.aws.apigw import INTEGRATION_TIMEOUT_S, deadline_of
 from functions.aws.bootstrap import AwsBackends

@@ -17,7 +17,7 @@ from core.errors import InvalidRequest
 from core.http import Request, Response
 from core.inference import GenerationParams, Prompt, StreamEvent, TextDelta
 from core.settings import GatewaySettings
-from core.tokens import prompt_upper_bound
+from core.token_counts import prompt_upper_bound
 from tests.fakes import GEN, FakeBackend, Harness, error_of, json_of, make_harness
 
 SLOW = replace(GEN, id="slow", backend={"type": "local", "name": "slow"}, timeout_s=60.0, max_retries=2)

@@ -15,7 +15,7 @@ from core.errors import BackendError
 from core.inference import Prompt
 from core.metering import Meter
 from core.observability import NullMetrics
-from core.tokens import CHAT_BASE_ALLOWANCE, CHAT_PER_MESSAGE_ALLOWANCE
+from core.token_counts import CHAT_BASE_ALLOWANCE, CHAT_PER_MESSAGE_ALLOWANCE
 from tests.fakes import GEN, FakeBackend, Harness, error_of, json_of, make_harness, words_of
 
 LIMITS = Limits(tokens_per_minute=100_000)

@@ -13,7 +13,7 @@ import pytest
 from core.api import AREAS, build_router
 from core.errors import NotFound
 from core.http import Request
-from core.router import Router
+from core.routes import Router
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ from core.auth import api_keys
 from core.clock import FixedClock
 from core.domain import Tenant
 from core.http import Request
-from core.router import Router
+from core.routes import Router
 
 clock = FixedClock()
 store = MemoryStore(clock=clock.now)

@@ -188,7 +188,7 @@ def test_route_parsing() -> None:
 
 
 def test_without_a_route_timeout_the_models_timeout_fires_first() -> None:
-    # core/routing.py bounds a call by the model's timeout_s; the adapter's read timeout must not cut earlier.
+    # core/model_router.py bounds a call by the model's timeout_s; the adapter's read timeout must not cut earlier.
     assert OpenAIRoute.parse({"base_url": "http://h/v1", "model": "m"}).timeout_s == DEFAULT_TIMEOUT_S
     longest_model_timeout = ModelIn.model_json_schema()["properties"]["timeout_s"]["maximum"]
     assert longest_model_timeout <= DEFAULT_TIMEOUT_S

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.api import build_router
-from core.router import Route
+from core.routes import Route
 from tests.fakes import Harness, json_of
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}

@@ -14,7 +14,7 @@ from core import errors
 from core.app import Gateway, RequestContext
 from core.http import Request, Response
 from core.observability import JsonFormatter
-from core.router import Router
+from core.routes import Router
 from tests.fakes import GEN, Harness, error_of, json_of
 
 # -- the router ----------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from core.clock import FixedClock
 from core.domain import ModelSpec
 from core.errors import BackendError, BackendTimeout
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent, TextDelta
+from core.model_router import ModelRouter
 from core.registry import ModelRegistry
-from core.routing import ModelRouter
 from tests.fakes import EMB, GEN, FakeBackend, Harness, Resolver, error_of, json_of, make_harness
 
 PROMPT = Prompt(text="a b c")

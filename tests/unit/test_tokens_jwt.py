@@ -14,8 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from core.auth import api_keys, tokens
-from core.auth.tokens import TokenSettings
+from core.auth import access_tokens as tokens
+from core.auth import api_keys
+from core.auth.access_tokens import TokenSettings
 from core.clock import new_id
 from core.domain import SigningKey
 from tests.fakes import Harness, error_of, json_of

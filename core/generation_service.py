@@ -15,10 +15,10 @@ from core.errors import APIError, BackendError, InvalidRequest, Unauthorized
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
 from core.limits import LimitEnforcer, Reservation
 from core.metering import Meter
+from core.model_router import ModelRouter
 from core.ports import TokenCounter
-from core.routing import ModelRouter
 from core.tenants import TenantDirectory
-from core.tokens import estimate_tokens, prompt_upper_bound
+from core.token_counts import estimate_tokens, prompt_upper_bound
 
 
 @dataclass
