@@ -302,16 +302,21 @@ class SQLiteStore(SQLiteDocuments):
         """``try_add`` over several items in one transaction: all apply, or nothing is written."""
         now = self._clock()
         with self._tx() as conn:
-            seen = []
+            seen, expiries = [], []
             for change in changes:
                 live = self._live(conn, change.item, now)
                 seen.append(live[0] if live is not None else {})
+                expiries.append(live[1] if live is not None else None)
             if not all(admits(c, values) for c, values in zip(changes, seen, strict=True)):
                 return False, seen
-            for change, values in zip(changes, seen, strict=True):
+            for change, values, expiry in zip(changes, seen, expiries, strict=True):
                 for name, inc in change.increments.items():
                     values[name] = values.get(name, 0) + inc
-                self._write_values(conn, change.item, values, change.expires_at)
+                # The item keeps its expiry (it is named after its window): only the fields that changed are
+                # written, unless the expiry moves, which every field's row carries.
+                moved = expiry != change.expires_at
+                changed = values if moved else {name: values[name] for name in change.increments}
+                self._write_values(conn, change.item, changed, change.expires_at)
         self._wrote()
         return True, seen
 
