@@ -43,8 +43,22 @@ sam-check: $(STAMP) $(SAM)
 infra: $(STAMP) $(SAM)
 	$(BIN)/pytest -q -m infra tests/infra
 
+# CLOUD=local (default): the local runtime. CLOUD=aws: the Lambda handler behind a local API Gateway HTTP API,
+# on moto (WORKERS containers, 4 if unset). An unknown CLOUD stops here, before anything is installed.
+CLOUD ?= local
+CLOUDS := local aws
+ifneq ($(filter serve,$(MAKECMDGOALS)),)
+ifneq ($(filter $(CLOUDS),$(CLOUD)),$(CLOUD))
+$(error unknown CLOUD=$(CLOUD); clouds: $(CLOUDS) (gcp and azure: coming))
+endif
+endif
+
 serve: $(STAMP)
+ifeq ($(CLOUD),aws)
+	$(BIN)/python -m functions.aws.local --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+else
 	$(BIN)/textnlp --data-dir $(DATA_DIR) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+endif
 
 # A demo tenant and key for the server of DATA_DIR, and a curl line and an openai snippet that work as printed.
 quickstart: $(STAMP)
