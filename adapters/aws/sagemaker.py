@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, M
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapters.aws.sagemaker_errors import MAPPED_ERRORS, backend_error, misconfigured
+from adapters.aws.sagemaker_errors import BROKEN_CONNECTION, MAPPED_ERRORS, backend_error, misconfigured
 from adapters.aws.sagemaker_wire import (
     CHAT_TEMPLATES,
     ChatTemplate,
@@ -250,8 +250,10 @@ async def _lines(events: _EventStream) -> AsyncGenerator[bytes, None]:
     """The container's output lines: PayloadPart bytes do not align with lines, so buffer and split."""
     iterator = iter(events)
     buffer = bytearray()
+    started = False
     while True:
-        part = await asyncio.to_thread(_next_part, iterator)
+        part = await asyncio.to_thread(_next_part, iterator, started)
+        started = True
         if part is None:
             break
         buffer += part
@@ -264,8 +266,12 @@ async def _lines(events: _EventStream) -> AsyncGenerator[bytes, None]:
         yield bytes(buffer)
 
 
-def _next_part(iterator: Iterator[ResponseStreamTypeDef]) -> bytes | None:
-    """The next PayloadPart's bytes (None at the end); stream error events raise BackendError."""
+def _next_part(iterator: Iterator[ResponseStreamTypeDef], started: bool = False) -> bytes | None:
+    """The next PayloadPart's bytes (None at the end); stream error events raise BackendError.
+
+    Once the stream has started, a connection that breaks is the stream being interrupted (502
+    ``stream_interrupted``, as the OpenAI-compatible adapter says it), not an endpoint that cannot be reached.
+    """
     try:
         for event in iterator:
             part = event.get("PayloadPart")
@@ -275,6 +281,12 @@ def _next_part(iterator: Iterator[ResponseStreamTypeDef]) -> bytes | None:
                 raise BackendError("the model stream failed", status=502, retryable=True)
         return None
     except MAPPED_ERRORS as exc:
+        if started and isinstance(exc, BROKEN_CONNECTION):
+            raise BackendError(
+                f"the SageMaker stream was interrupted before it finished: {type(exc).__name__}",
+                status=502,
+                code="stream_interrupted",
+            ) from None
         raise backend_error(exc) from None
 
 

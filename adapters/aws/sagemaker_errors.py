@@ -28,6 +28,8 @@ DENIED_CODES = frozenset(
     {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException"}
 )
 # Everything the runtime calls can raise that this module knows how to map.
+#: A connection that broke: mid-stream, the stream was interrupted (not an endpoint that cannot be reached).
+BROKEN_CONNECTION: tuple[type[Exception], ...] = (ConnectionClosedError, ProtocolError)
 MAPPED_ERRORS: tuple[type[Exception], ...] = (
     ClientError,
     ConnectTimeoutError,
