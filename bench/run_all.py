@@ -17,6 +17,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("bench.core_inprocess", [], ["--iterations", "1000"]),
     ("bench.backend_client", [], ["--calls", "600"]),
     ("bench.gateway_overhead", ["--duration", "5", "--warmup", "1"], ["--duration", "2", "--warmup", "0.5"]),
+    ("bench.slow_store", ["--duration", "4", "--warmup", "1"], ["--duration", "2", "--warmup", "0.5"]),
     ("bench.cold_start", ["--runs", "5"], ["--runs", "3"]),
     ("bench.batch_throughput", ["--lines", "4000"], ["--lines", "1000"]),
     ("bench.validate_throughput", ["--n", "1000"], ["--n", "300", "--repeat", "1"]),

@@ -6,10 +6,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,7 +19,7 @@ from core.auth.authenticator import Authenticator, require
 from core.auth.revocation import Revocations
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
-from core.domain import Principal
+from core.domain import ModelSpec, Principal
 from core.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.generation_service import GenerationService
 from core.http import Request, Response, sane_request_id
@@ -29,6 +29,7 @@ from core.limits import LimitEnforcer
 from core.metering import Meter
 from core.model_router import ModelRouter
 from core.observability import LOGGER_NAME, NullMetrics, log_event
+from core.offload import Offload
 from core.ports import (
     BackendResolver,
     BlobStore,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # batches and fine-tuning are imported when first used: a col
     from core.fine_tuning.service import FineTuningService
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 # Pydantic names the member of a union it tried (``prompt.str``, ``stop.list[str][0]``); callers sent ``prompt``.
 _UNION_MEMBER = re.compile(r"^(str|int|float|bool|bytes|none)$|\[")
 
@@ -70,6 +72,14 @@ class RequestContext:
 
     def body(self, model: type[M]) -> M:
         return parse_body(model, self.request.body)
+
+    async def offload(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """A blocking step of the handler (store calls) run off the event loop (``core.offload``)."""
+        return await self.gateway.offload.call(fn, *args)
+
+    async def model(self, name: str, kind: str | None = None) -> ModelSpec:
+        """The model called ``name`` as the caller sees it (``ModelRegistry.get``), off the loop if not cached."""
+        return await self.gateway.model(name, kind, self.caller.tenant_id)
 
 
 def parse_body(model: type[M], raw: bytes) -> M:
@@ -112,6 +122,7 @@ class Gateway:
         self.metrics = metrics or NullMetrics()
         self.store = store
         self.log = logging.getLogger(LOGGER_NAME)
+        self.offload = Offload(self.settings.store_threads, self.settings.store_inline_below_s)
         # Signing keys may live apart from the rest (Secrets Manager on AWS); the store keeps them otherwise.
         self.tokens = TokenService(signing_keys or store, self.clock, self.settings.tokens)
         self.tenants = TenantDirectory(store, self.clock, self.settings.tenant_cache_ttl_s)
@@ -138,6 +149,7 @@ class Gateway:
             router=self.model_router,
             meter=self.meter,
             counter=token_counter,
+            offload=self.offload,
         )
         if router is None:
             from core.api import build_router
@@ -158,7 +170,7 @@ class Gateway:
         """Fine-tune jobs, trained by the tuner (none: POST /v1/fine_tuning/jobs answers fine_tuning_unavailable)."""
         from core.fine_tuning.service import FineTuningService
 
-        return FineTuningService(self.store, self.registry, self.clock, self._fine_tuner)
+        return FineTuningService(self.store, self.registry, self.clock, self._fine_tuner, offload=self.offload)
 
     @property
     def batch_settings(self) -> RunnerSettings:
@@ -232,6 +244,18 @@ class Gateway:
             return default
         return route.max_body_bytes
 
+    async def authenticate(self, request: Request) -> Principal:
+        """The request's caller: on the loop when its key and tenant records are cached, else off it."""
+        if self.auth.cached(request):
+            return self.auth.authenticate(request)
+        return await self.offload.call(self.auth.authenticate, request)
+
+    async def model(self, name: str, kind: str | None = None, tenant: str | None = None) -> ModelSpec:
+        """``registry.get``: on the loop when the name is cached, else off it."""
+        if self.registry.cached(name):
+            return self.registry.get(name, kind, tenant)
+        return await self.offload.call(self.registry.get, name, kind, tenant)
+
     def deadline_of(self, request: Request, received: float) -> float:
         """When calls to models must have ended (monotonic seconds): the earliest of ``max_request_s`` after
         ``received`` (no request holds a reservation longer: core.leases relies on it), the runtime's deadline
@@ -255,7 +279,7 @@ class Gateway:
             if len(request.body) > limit:
                 raise PayloadTooLarge(f"request body above the limit of {limit} bytes")
             if not route.public:
-                principal = self.auth.authenticate(request)
+                principal = await self.authenticate(request)
                 if route.scope is not None:
                     require(principal, route.scope)
             with deadlines.narrowed(self.deadline_of(request, received)):

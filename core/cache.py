@@ -106,10 +106,23 @@ class ResponseCache:
     def get(self, key: CacheKey, model: str) -> bytes | None:
         if not self.enabled:
             return None
+        value = self.get_l1(key, model)
+        return value if value is not None else self.get_l2(key, model)
+
+    def get_l1(self, key: CacheKey, model: str) -> bytes | None:
+        """This process's copy only (never a store call); None on a miss, which ``get_l2`` then counts."""
+        if not self.enabled:
+            return None
         found, value = self._l1.lookup(key)
         if found and value is not None:
             self._metrics.incr("cache_hits_total", model=model, layer="l1")
             return value
+        return None
+
+    def get_l2(self, key: CacheKey, model: str) -> bytes | None:
+        """The store's copy (a blocking call), kept in L1 when found."""
+        if not self.enabled:
+            return None
         now = self._clock.now()
         stored = self._store.cache_get(key.tenant_id, key.digest, now)
         if stored is not None and stored.startswith(_MARKER) and len(stored) >= _EXPIRY.size:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.cache import ResponseCache, cache_key
+from core.cache import CacheKey, ResponseCache, cache_key
 from core.domain import ApiKeyRecord, ModelSpec, Principal
 from core.errors import APIError, BackendError, InvalidRequest, Unauthorized
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
 from core.limits import LimitEnforcer, Reservation
 from core.metering import Meter
 from core.model_router import ModelRouter
+from core.offload import Offload
 from core.ports import TokenCounter
 from core.tenants import TenantDirectory
 from core.token_counts import estimate_tokens, prompt_upper_bound
@@ -81,6 +83,7 @@ class GenerationService:
         router: ModelRouter,
         meter: Meter,
         counter: TokenCounter | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self._tenants = tenants
         self._key_lookup = key_lookup
@@ -89,6 +92,8 @@ class GenerationService:
         self._router = router
         self._meter = meter
         self._counter = counter
+        # Reservations, settlements and store lookups are blocking store calls: they run off the event loop.
+        self._offload = offload or Offload(0)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -122,7 +127,18 @@ class GenerationService:
             )
         return requested
 
-    def _reserve(self, ctx: CallContext, tokens: int) -> Reservation:
+    async def _reserve(self, ctx: CallContext, tokens: int) -> Reservation:
+        """Reserve off the loop (a cancellation meanwhile comes after it: the call is then recorded as cancelled)."""
+        return await self._offload.call(self._reserve_now, ctx, tokens)
+
+    async def _cache_get(self, key: CacheKey, model: str) -> bytes | None:
+        """L1 on the loop; L2 (the store) off it."""
+        if not self._cache.enabled:
+            return None
+        hit = self._cache.get_l1(key, model)
+        return hit if hit is not None else await self._offload.call(self._cache.get_l2, key, model)
+
+    def _reserve_now(self, ctx: CallContext, tokens: int) -> Reservation:
         tenant = self._tenants.get(ctx.principal.tenant_id)
         key = self._key_lookup(ctx.principal.key_id)
         if key is None and ctx.principal.key_id.startswith(SYSTEM_KEY_PREFIX):
@@ -147,11 +163,11 @@ class GenerationService:
                 _params_dict(params, n),
                 [_prompt_json(p) for p in prompts],
             )
-            hit = self._cache.get(key, spec.id)
+            hit = await self._cache_get(key, spec.id)
             if hit is not None:
-                headers = self._served_from_cache(ctx, spec, started)
+                headers = await self._offload.call(self._served_from_cache, ctx, spec, started)
                 return Completed([Generation(**g) for g in json.loads(hit)], spec, True, headers)
-        reservation = self._reserve(ctx, n * (sum(bounds) + len(prompts) * params.max_tokens))
+        reservation = await self._reserve(ctx, n * (sum(bounds) + len(prompts) * params.max_tokens))
         try:
             if len(prompts) * n == 1:
                 # One call is awaited in place: a task costs event-loop round trips (batches ran at 68% of the
@@ -166,15 +182,18 @@ class GenerationService:
                 results = [t.result() for t in calls]
         except BaseExceptionGroup as group_error:
             first = group_error.exceptions[0]
-            self._fail(ctx, spec, reservation, started, first)
+            await self._fail(ctx, spec, reservation, started, first)
             raise first from None
         except BaseException as exc:
-            self._fail(ctx, spec, reservation, started, exc)
+            await self._fail(ctx, spec, reservation, started, exc)
             raise
         generations = [g for g, _ in results]
         served_by = results[0][1]
         done = Completed(generations, served_by, False, reservation.headers)
-        self._record(
+        answer = None if key is None else (key, json.dumps([_generation_json(g) for g in generations]).encode())
+        record = functools.partial(
+            self._record_and_cache,
+            answer,
             reservation,
             done.prompt_tokens + done.completion_tokens,
             request_id=ctx.request_id,
@@ -187,15 +206,22 @@ class GenerationService:
             latency_ms=_ms(started),
             status=200,
         )
-        if key is not None:
-            self._cache.put(key, json.dumps([_generation_json(g) for g in generations]).encode())
+        await self._offload.call(record)
         return done
 
     def _served_from_cache(self, ctx: CallContext, spec: ModelSpec, started: float) -> dict[str, str]:
         """A cached answer costs no tokens: it counts against the request rate only, recorded with 0 tokens."""
-        reservation = self._reserve(ctx, 0)
+        reservation = self._reserve_now(ctx, 0)
         self._record_tokenless(ctx, spec, reservation, started, cached=True, status=200)
         return reservation.headers
+
+    def _record_and_cache(
+        self, answer: tuple[CacheKey, bytes] | None, reservation: Reservation, used_tokens: int, **fields: Any
+    ) -> None:
+        """The end of a call, in one blocking step: settle and record, then keep the answer in the cache."""
+        self._record(reservation, used_tokens, **fields)
+        if answer is not None:
+            self._cache.put(*answer)
 
     def _record(self, reservation: Reservation, used_tokens: int, **fields: Any) -> None:
         """Settle the reservation and write the usage record in one store call; a request id already
@@ -203,13 +229,14 @@ class GenerationService:
         if not self._meter.record(settle=self._limits.settlement(reservation, used_tokens), **fields):
             self._limits.release(reservation)
 
-    def _fail(
+    async def _fail(
         self, ctx: CallContext, spec: ModelSpec, reservation: Reservation, started: float, exc: BaseException
     ) -> None:
         """A failed call is charged nothing; its usage record says how it ended."""
         status = exc.status if isinstance(exc, APIError) else 499 if isinstance(exc, asyncio.CancelledError) else 500
         ended = "timeout" if status == 504 else "cancelled" if status == 499 else "failed"
-        self._record_tokenless(ctx, spec, reservation, started, cached=False, status=status, ended=ended)
+        record = functools.partial(self._record_tokenless, cached=False, status=status, ended=ended)
+        await self._offload.call(record, ctx, spec, reservation, started)
 
     def _record_tokenless(
         self,
@@ -242,14 +269,14 @@ class GenerationService:
         """Reserve, then wait for the first event so that early backend errors are plain HTTP errors."""
         started = time.perf_counter()
         bound, exact = self._bound(spec, prompt, params.max_tokens)
-        reservation = self._reserve(ctx, bound + params.max_tokens)
+        reservation = await self._reserve(ctx, bound + params.max_tokens)
         events = self._router.stream(spec, prompt, params)
         try:
             first = await anext(events)
         except StopAsyncIteration:
             first = None
         except BaseException as exc:
-            self._fail(ctx, spec, reservation, started, exc)
+            await self._fail(ctx, spec, reservation, started, exc)
             raise
         charge = _StreamCharge(spec, prompt, bound if exact else None, self._counter)
         return Streamed(reservation.headers, self._metered(ctx, spec, reservation, started, first, events, charge))
@@ -293,8 +320,11 @@ class GenerationService:
             ended = "cancelled"  # this task was cancelled: the server lost the caller or is shutting down
             raise
         finally:
+            # Settled off the loop. Closed by aclose() (the caller left, the stream ended) or finalised by the
+            # loop's asyncgen hooks, this finally may await; finalised with no loop running, it runs here.
             prompt_tokens, completion_tokens = charge.tokens()
-            self._record(
+            record = functools.partial(
+                self._record,
                 reservation,
                 prompt_tokens + completion_tokens,
                 request_id=ctx.request_id,
@@ -308,6 +338,7 @@ class GenerationService:
                 status=status,
                 ended=ended,
             )
+            await self._offload.call(record)
             await _aclose(events)
 
     # -- embeddings ---------------------------------------------------------------------------
@@ -316,17 +347,22 @@ class GenerationService:
         started = time.perf_counter()
         bound = sum(prompt_upper_bound(Prompt(text=t), spec.context_length) for t in inputs)
         key = cache_key(ctx.principal.tenant_id, _model_key(spec), "embeddings", {}, inputs)
-        hit = self._cache.get(key, spec.id)
+        hit = await self._cache_get(key, spec.id)
         if hit is not None:
-            headers = self._served_from_cache(ctx, spec, started)
+            headers = await self._offload.call(self._served_from_cache, ctx, spec, started)
             return Embedded(Embeddings(**json.loads(hit)), True, headers)
-        reservation = self._reserve(ctx, bound)
+        reservation = await self._reserve(ctx, bound)
         try:
             result, served_by = await self._router.embed(spec, inputs)
         except BaseException as exc:
-            self._fail(ctx, spec, reservation, started, exc)
+            await self._fail(ctx, spec, reservation, started, exc)
             raise
-        self._record(
+        value = json.dumps(
+            {"vectors": result.vectors, "prompt_tokens": result.prompt_tokens, "dimensions": result.dimensions}
+        ).encode()
+        record = functools.partial(
+            self._record_and_cache,
+            (key, value),
             reservation,
             result.prompt_tokens,
             request_id=ctx.request_id,
@@ -339,12 +375,7 @@ class GenerationService:
             latency_ms=_ms(started),
             status=200,
         )
-        self._cache.put(
-            key,
-            json.dumps(
-                {"vectors": result.vectors, "prompt_tokens": result.prompt_tokens, "dimensions": result.dimensions}
-            ).encode(),
-        )
+        await self._offload.call(record)
         return Embedded(result, False, reservation.headers)
 
 

@@ -54,6 +54,10 @@ class ModelRegistry:
             self._cache.put(name, spec)
         return spec
 
+    def cached(self, name: str) -> bool:
+        """Whether ``find(name)`` is answered from this process's cache (no store call)."""
+        return self._cache.lookup(name)[0]
+
     def _alias_index(self) -> dict[str, ModelSpec]:
         found, index = self._aliases.lookup("")
         if index is None or not found:

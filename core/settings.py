@@ -26,6 +26,13 @@ class GatewaySettings:
     max_request_s: float = 900.0
     # How far the clocks of two instances may disagree (the lease epochs are read from each one's clock).
     clock_skew_s: float = 60.0
+    # Threads that run store calls off the event loop (core.offload), so concurrent requests overlap their
+    # store round trips; at least the concurrency one instance serves. 0: on the loop (a store that never blocks).
+    store_threads: int = 64
+    # A kind of store step whose recent runs took less than this runs on the loop (core.offload): a thread hop
+    # costs ~65 us of CPU, and a local SQLite step of ~0.2 ms holds the loop less than a request's own work does;
+    # a network store's steps (milliseconds) go to the threads. 0: every step off the loop.
+    store_inline_below_s: float = 0.001
     tokens: TokenSettings = field(default_factory=TokenSettings)
 
     def __post_init__(self) -> None:
@@ -35,5 +42,7 @@ class GatewaySettings:
                 raise ValueError(f"{name} must be between 0 and {MAX_RECORD_CACHE_S:g} seconds")
         if not 0 <= self.deadline_margin_s <= 60:
             raise ValueError("deadline_margin_s must be between 0 and 60 seconds")
+        if self.store_threads < 0 or self.store_inline_below_s < 0:
+            raise ValueError("store_threads and store_inline_below_s must be 0 or more")
         if not (self.max_request_s > 0 and self.clock_skew_s >= 0):
             raise ValueError("max_request_s must be above 0 and clock_skew_s not below 0")

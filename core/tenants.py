@@ -22,5 +22,9 @@ class TenantDirectory:
             raise Unauthorized("the tenant of this credential no longer exists", code="unknown_tenant")
         return tenant
 
+    def cached(self, tenant_id: str) -> bool:
+        """Whether ``get(tenant_id)`` is answered from this process's cache (no store call)."""
+        return self._cache.lookup(tenant_id)[0]
+
     def forget(self, tenant_id: str) -> None:
         self._cache.pop(tenant_id)

@@ -12,6 +12,7 @@ from core.clock import new_id
 from core.domain import ApiKeyRecord, Limits, ModelSpec, Scope, Tenant
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.http import Response
+from core.registry import ModelRegistry
 from core.routes import Router
 from core.schemas.admin import KeyCreate, KeyOut, LimitsIn, LimitsOut, ModelIn, ModelUpdate, TenantCreate, TenantOut
 from core.schemas.openai import ModelCard
@@ -53,15 +54,15 @@ def _limits_dict(limits: Limits) -> dict[str, object]:
     }
 
 
-def _tenant(ctx: RequestContext) -> Tenant:
-    tenant = ctx.gateway.store.get_tenant(ctx.request.path_params["tenant_id"])
+async def _tenant(ctx: RequestContext) -> Tenant:
+    tenant = await ctx.offload(ctx.gateway.store.get_tenant, ctx.request.path_params["tenant_id"])
     if tenant is None:
         raise NotFound("no such tenant", param="tenant_id")
     return tenant
 
 
-def _key(ctx: RequestContext) -> ApiKeyRecord:
-    key = ctx.gateway.store.get_key(ctx.request.path_params["key_id"])
+async def _key(ctx: RequestContext) -> ApiKeyRecord:
+    key = await ctx.offload(ctx.gateway.store.get_key, ctx.request.path_params["key_id"])
     if key is None:
         raise NotFound("no such key", param="key_id")
     return key
@@ -72,6 +73,11 @@ def spec_from(body: ModelIn, created_at: float) -> ModelSpec:
     data["fallbacks"] = tuple(data["fallbacks"])
     data["aliases"] = tuple(data["aliases"])
     return ModelSpec(created_at=created_at, **data)
+
+
+def _check_and_put(registry: ModelRegistry, spec: ModelSpec) -> None:
+    registry.check_names(spec)
+    registry.put(spec)
 
 
 def register(router: Router) -> None:
@@ -87,12 +93,12 @@ def register(router: Router) -> None:
     async def create_tenant(ctx: RequestContext) -> Response:
         body = ctx.body(TenantCreate)
         tenant = Tenant(id=new_id("ten", 8), name=body.name, created_at=ctx.gateway.clock.now())
-        ctx.gateway.store.put_tenant(tenant)
+        await ctx.offload(ctx.gateway.store.put_tenant, tenant)
         return Response.json(tenant_out(tenant), status=201)
 
     @router.route("GET", "/admin/tenants", scope=ADMIN, summary="List tenants", tags=("admin",))
     async def list_tenants(ctx: RequestContext) -> Response:
-        tenants = sorted(ctx.gateway.store.list_tenants(), key=lambda t: t.created_at)
+        tenants = sorted(await ctx.offload(ctx.gateway.store.list_tenants), key=lambda t: t.created_at)
         return Response.json({"object": "list", "data": [tenant_out(t).model_dump() for t in tenants]})
 
     @router.route(
@@ -104,7 +110,7 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def get_tenant(ctx: RequestContext) -> Response:
-        return Response.json(tenant_out(_tenant(ctx)))
+        return Response.json(tenant_out(await _tenant(ctx)))
 
     @router.route(
         "PUT",
@@ -116,8 +122,8 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def tenant_limits(ctx: RequestContext) -> Response:
-        tenant = replace(_tenant(ctx), limits=Limits(**ctx.body(LimitsIn).model_dump()))
-        ctx.gateway.store.put_tenant(tenant)
+        tenant = replace(await _tenant(ctx), limits=Limits(**ctx.body(LimitsIn).model_dump()))
+        await ctx.offload(ctx.gateway.store.put_tenant, tenant)
         ctx.gateway.tenants.forget(tenant.id)
         return Response.json(tenant_out(tenant))
 
@@ -131,13 +137,13 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def create_key(ctx: RequestContext) -> Response:
-        tenant = _tenant(ctx)
+        tenant = await _tenant(ctx)
         body = ctx.body(KeyCreate)
         now = ctx.gateway.clock.now()
         if body.expires_at is not None and body.expires_at <= now:
             raise InvalidRequest("expires_at is in the past", param="expires_at")
         plaintext, record = api_keys.mint(tenant.id, body.name, frozenset(body.scopes), now, body.expires_at)
-        ctx.gateway.store.put_key(record)
+        await ctx.offload(ctx.gateway.store.put_key, record)
         return Response.json(key_out(record, plaintext), status=201)
 
     @router.route(
@@ -148,7 +154,8 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def list_keys(ctx: RequestContext) -> Response:
-        keys = sorted(ctx.gateway.store.list_keys(_tenant(ctx).id), key=lambda k: k.created_at)
+        tenant = await _tenant(ctx)
+        keys = sorted(await ctx.offload(ctx.gateway.store.list_keys, tenant.id), key=lambda k: k.created_at)
         return Response.json({"object": "list", "data": [key_out(k).model_dump() for k in keys]})
 
     @router.route(
@@ -156,7 +163,7 @@ def register(router: Router) -> None:
     )
     async def revoke_key(ctx: RequestContext) -> Response:
         """Refused at once on every instance for every route that spends tokens (core.auth.revocation)."""
-        return Response.json(key_out(ctx.gateway.revocations.revoke_key(_key(ctx))))
+        return Response.json(key_out(await ctx.offload(ctx.gateway.revocations.revoke_key, await _key(ctx))))
 
     @router.route(
         "POST",
@@ -167,10 +174,10 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def suspend_tenant(ctx: RequestContext) -> Response:
-        tenant = _tenant(ctx)
+        tenant = await _tenant(ctx)
         if tenant.id == ctx.caller.tenant_id:
             raise InvalidRequest("a key cannot suspend its own tenant", param="tenant_id")
-        return Response.json(tenant_out(ctx.gateway.revocations.suspend(tenant)))
+        return Response.json(tenant_out(await ctx.offload(ctx.gateway.revocations.suspend, tenant)))
 
     @router.route(
         "POST",
@@ -181,7 +188,7 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def resume_tenant(ctx: RequestContext) -> Response:
-        return Response.json(tenant_out(ctx.gateway.revocations.resume(_tenant(ctx))))
+        return Response.json(tenant_out(await ctx.offload(ctx.gateway.revocations.resume, await _tenant(ctx))))
 
     @router.route(
         "PUT",
@@ -193,8 +200,8 @@ def register(router: Router) -> None:
         tags=("admin",),
     )
     async def key_limits(ctx: RequestContext) -> Response:
-        key = replace(_key(ctx), limits=Limits(**ctx.body(LimitsIn).model_dump()))
-        ctx.gateway.store.put_key(key)
+        key = replace(await _key(ctx), limits=Limits(**ctx.body(LimitsIn).model_dump()))
+        await ctx.offload(ctx.gateway.store.put_key, key)
         ctx.gateway.auth.forget(key.id)
         return Response.json(key_out(key))
 
@@ -213,7 +220,7 @@ def register(router: Router) -> None:
     )
     async def all_usage(ctx: RequestContext) -> Response:
         tenant = ctx.request.query.get("tenant") or None
-        return Response.json(usage_report(ctx, tenant))
+        return Response.json(await ctx.offload(usage_report, ctx, tenant))
 
     @router.route(
         "POST",
@@ -226,11 +233,11 @@ def register(router: Router) -> None:
     )
     async def create_model(ctx: RequestContext) -> Response:
         body = ctx.body(ModelIn)
-        if ctx.gateway.registry.by_id(body.id) is not None:
+        registry = ctx.gateway.registry
+        if await ctx.offload(registry.by_id, body.id) is not None:
             raise Conflict(f"the model '{body.id}' exists; use PUT /admin/models/{body.id}", param="id")
         spec = spec_from(body, ctx.gateway.clock.now())
-        ctx.gateway.registry.check_names(spec)
-        ctx.gateway.registry.put(spec)
+        await ctx.offload(_check_and_put, registry, spec)
         return Response.json(card(spec), status=201)
 
     @router.route(
@@ -252,16 +259,15 @@ def register(router: Router) -> None:
             raise InvalidRequest("a model's id cannot also be its alias", param="aliases")
         if model_id in body.fallbacks:
             raise InvalidRequest("a model cannot be its own fallback", param="fallbacks")
-        existing = ctx.gateway.registry.by_id(model_id)
+        existing = await ctx.offload(ctx.gateway.registry.by_id, model_id)
         spec = spec_from(body, existing.created_at if existing else ctx.gateway.clock.now())
-        ctx.gateway.registry.check_names(spec)
-        ctx.gateway.registry.put(spec)
+        await ctx.offload(_check_and_put, ctx.gateway.registry, spec)
         return Response.json(card(spec))
 
     @router.route("DELETE", "/admin/models/{model_id:path}", scope=ADMIN, summary="Remove a model", tags=("admin",))
     async def delete_model(ctx: RequestContext) -> Response:
         model_id = ctx.request.path_params["model_id"]
-        if not ctx.gateway.registry.delete(model_id):
+        if not await ctx.offload(ctx.gateway.registry.delete, model_id):
             raise NotFound(f"the model '{model_id}' does not exist", param="model_id", code="model_not_found")
         return Response.json({"id": model_id, "object": "model", "deleted": True})
 
@@ -269,5 +275,5 @@ def register(router: Router) -> None:
         "POST", "/admin/signing-keys/rotate", scope=ADMIN, summary="Rotate the token signing key", tags=("admin",)
     )
     async def rotate(ctx: RequestContext) -> Response:
-        key = ctx.gateway.tokens.rotate()
+        key = await ctx.offload(ctx.gateway.tokens.rotate)
         return Response.json({"kid": key.kid, "created_at": key.created_at})

@@ -10,14 +10,14 @@ from core.routes import Router
 from core.schemas.admin import TokenRequest, TokenResponse
 
 
-def _principal(ctx: RequestContext, body_key: str | None) -> Principal:
+async def _principal(ctx: RequestContext, body_key: str | None) -> Principal:
     """Who asks for a token: the caller of the headers, as on any route, or else the key in the body.
 
     A key in both places must be the same key: two different credentials in one request are a client bug
     (which one did it mean?), answered 400 before either is looked up.
     """
     if body_key is None:
-        return ctx.gateway.auth.authenticate(ctx.request)  # no credential anywhere: 401 missing_credentials
+        return await ctx.gateway.authenticate(ctx.request)  # no credential anywhere: 401 missing_credentials
     if set(ctx.gateway.auth.presented(ctx.request)) - {body_key}:
         raise InvalidRequest(
             "the request carries two different credentials: the api_key in the body and the one in the "
@@ -25,7 +25,7 @@ def _principal(ctx: RequestContext, body_key: str | None) -> Principal:
             param="api_key",
             code="conflicting_credentials",
         )
-    return ctx.gateway.auth.from_api_key(body_key)
+    return await ctx.offload(ctx.gateway.auth.from_api_key, body_key)
 
 
 def register(router: Router) -> None:
@@ -45,7 +45,7 @@ def register(router: Router) -> None:
         body = ctx.body(TokenRequest) if ctx.request.body.strip() else TokenRequest()
         # An empty api_key counts as none, as an empty header does: no header either -> 401 missing_credentials.
         body_key = (body.api_key or "").strip() or None
-        principal = _principal(ctx, body_key)
+        principal = await _principal(ctx, body_key)
         if principal.via != "api_key":
             raise Forbidden("access tokens are issued for API keys only", code="api_key_required")
         scopes = principal.scopes
@@ -54,7 +54,7 @@ def register(router: Router) -> None:
             if extra:
                 raise Forbidden(f"the key does not have the scopes {sorted(extra)}")
             scopes = frozenset(body.scopes)
-        jwt, ttl = ctx.gateway.tokens.issue(principal, scopes)
+        jwt, ttl = await ctx.offload(ctx.gateway.tokens.issue, principal, scopes)
         return Response.json(TokenResponse(access_token=jwt, token=jwt, expires_in=ttl))
 
     @router.route(
@@ -66,6 +66,6 @@ def register(router: Router) -> None:
         tags=("auth",),
     )
     async def jwks(ctx: RequestContext) -> Response:
-        response = Response.json(ctx.gateway.tokens.jwks())
+        response = Response.json(await ctx.offload(ctx.gateway.tokens.jwks))
         response.headers["cache-control"] = "public, max-age=300"
         return response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from core.api.files import load_file, page_limit
 from core.app import RequestContext
 from core.batch.records import (
@@ -29,9 +31,9 @@ def _batch_out(job: BatchJob) -> BatchObject:
     return BatchObject.model_validate(job.to_api())
 
 
-def _load(ctx: RequestContext) -> BatchJob:
+async def _load(ctx: RequestContext) -> BatchJob:
     batch_id = ctx.request.path_params["batch_id"]
-    job = load_batch(ctx.gateway.store, ctx.caller.tenant_id, batch_id)
+    job = await ctx.offload(load_batch, ctx.gateway.store, ctx.caller.tenant_id, batch_id)
     if job is None:
         raise NotFound(f"no such batch: {batch_id}", param="batch_id", code="batch_not_found")
     return job
@@ -50,7 +52,7 @@ def register(router: Router) -> None:
     async def create(ctx: RequestContext) -> Response:
         body = ctx.body(BatchCreateRequest)
         ctx.gateway.require_blobs()
-        source = load_file(ctx, body.input_file_id, param="input_file_id")
+        source = await load_file(ctx, body.input_file_id, param="input_file_id")
         if source.purpose != "batch":
             raise InvalidRequest(
                 f"the input file's purpose is '{source.purpose}'; a batch needs a file uploaded with purpose 'batch'",
@@ -76,7 +78,8 @@ def register(router: Router) -> None:
             metadata=body.metadata,
             total=source.lines,
         )
-        written = ctx.gateway.store.put_document(BATCHES, job.to_document(), if_absent=True)
+        put = functools.partial(ctx.gateway.store.put_document, if_absent=True)
+        written = await ctx.offload(put, BATCHES, job.to_document())
         if written is None:
             raise Conflict("a batch with this id exists; retry")
         job.version = written.version
@@ -87,7 +90,7 @@ def register(router: Router) -> None:
         "GET", "/v1/batches/{batch_id}", scope=Scope.BATCH, summary="A batch", response=BatchObject, tags=("batches",)
     )
     async def get(ctx: RequestContext) -> Response:
-        return Response.json(_batch_out(_load(ctx)))
+        return Response.json(_batch_out(await _load(ctx)))
 
     @router.route(
         "GET",
@@ -101,7 +104,7 @@ def register(router: Router) -> None:
     async def list_batches(ctx: RequestContext) -> Response:
         limit = page_limit(ctx, 20, 100)
         after = ctx.request.query.get("after") or None
-        docs = ctx.gateway.store.list_documents(BATCHES, ctx.caller.tenant_id, after, limit + 1)
+        docs = await ctx.offload(ctx.gateway.store.list_documents, BATCHES, ctx.caller.tenant_id, after, limit + 1)
         data = [_batch_out(BatchJob.from_document(d)) for d in docs[:limit]]
         out = BatchList(
             data=data,
@@ -120,7 +123,7 @@ def register(router: Router) -> None:
         tags=("batches",),
     )
     async def cancel(ctx: RequestContext) -> Response:
-        job = _load(ctx)
+        job = await _load(ctx)
         now = ctx.gateway.clock.now()
 
         def cancelling(j: BatchJob) -> None:
@@ -131,7 +134,7 @@ def register(router: Router) -> None:
             j.status, j.cancelling_at = "cancelling", now
 
         try:
-            job = update_batch(ctx.gateway.store, job, cancelling)
+            job = await ctx.offload(update_batch, ctx.gateway.store, job, cancelling)
         except _NotCancellable as exc:
             raise Conflict(f"a {exc.status} batch cannot be cancelled", code="batch_not_cancellable") from None
         if job.status == "cancelling" and (job.lease_owner is None or job.lease_until <= now):

@@ -30,7 +30,7 @@ def register(router: Router) -> None:
     )
     async def embeddings(ctx: RequestContext) -> Response:
         body = ctx.body(EmbeddingRequest)
-        spec = ctx.gateway.registry.get(body.model, kind="embedding", tenant=ctx.caller.tenant_id)
+        spec = await ctx.model(body.model, kind="embedding")
         call = CallContext(ctx.caller, ctx.request.request_id, "embeddings")
         done = await ctx.gateway.generation.embed(call, spec, body.inputs())
         encode = _base64 if body.encoding_format == "base64" else list

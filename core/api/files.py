@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import posixpath
 
 from core.app import RequestContext
@@ -26,9 +27,9 @@ def require_files_scope(principal: Principal) -> None:
         raise Forbidden("this credential lacks the 'batch' or 'fine_tune' scope that files need")
 
 
-def load_file(ctx: RequestContext, file_id: str, param: str = "file_id") -> FileRecord:
+async def load_file(ctx: RequestContext, file_id: str, param: str = "file_id") -> FileRecord:
     """The caller's file; another tenant's file is as absent as one that never existed."""
-    doc = ctx.gateway.store.get_document(FILES, ctx.caller.tenant_id, file_id)
+    doc = await ctx.offload(ctx.gateway.store.get_document, FILES, ctx.caller.tenant_id, file_id)
     if doc is None:
         raise NotFound(f"no such file: {file_id}", param=param, code="file_not_found")
     return FileRecord.from_document(doc)
@@ -100,7 +101,9 @@ def register(router: Router) -> None:
         version = await asyncio.to_thread(blobs.object_version, key)
         name = posixpath.basename((upload.filename or "upload.jsonl").replace("\\", "/"))[:255] or "upload.jsonl"
         record = FileRecord(file_id, tenant, name, purpose, len(upload.data), now, key, version, lines)
-        ctx.gateway.store.put_document(FILES, record.to_document(), if_absent=True)
+        await ctx.offload(
+            functools.partial(ctx.gateway.store.put_document, if_absent=True), FILES, record.to_document()
+        )
         return Response.json(_file_out(record))
 
     @router.route(
@@ -119,7 +122,7 @@ def register(router: Router) -> None:
         after = ctx.request.query.get("after") or None
         found: list[FileRecord] = []
         while len(found) <= limit:
-            docs = ctx.gateway.store.list_documents(FILES, ctx.caller.tenant_id, after, limit + 1)
+            docs = await ctx.offload(ctx.gateway.store.list_documents, FILES, ctx.caller.tenant_id, after, limit + 1)
             found += [r for r in map(FileRecord.from_document, docs) if purpose in (None, r.purpose)]
             if len(docs) <= limit:
                 break
@@ -138,12 +141,12 @@ def register(router: Router) -> None:
     )
     async def get_file(ctx: RequestContext) -> Response:
         require_files_scope(ctx.caller)
-        return Response.json(_file_out(load_file(ctx, ctx.request.path_params["file_id"])))
+        return Response.json(_file_out(await load_file(ctx, ctx.request.path_params["file_id"])))
 
     @router.route("GET", "/v1/files/{file_id}/content", scope=None, summary="A file's content", tags=("files",))
     async def file_content(ctx: RequestContext) -> Response:
         require_files_scope(ctx.caller)
-        record = load_file(ctx, ctx.request.path_params["file_id"])
+        record = await load_file(ctx, ctx.request.path_params["file_id"])
         try:
             data = await asyncio.to_thread(ctx.gateway.require_blobs().read_object, record.blob_key)
         except FileNotFoundError:
@@ -155,9 +158,9 @@ def register(router: Router) -> None:
     )
     async def delete_file(ctx: RequestContext) -> Response:
         require_files_scope(ctx.caller)
-        record = load_file(ctx, ctx.request.path_params["file_id"])
+        record = await load_file(ctx, ctx.request.path_params["file_id"])
         await asyncio.to_thread(ctx.gateway.require_blobs().delete_object, record.blob_key)
-        ctx.gateway.store.delete_document(FILES, record.tenant_id, record.id)
+        await ctx.offload(ctx.gateway.store.delete_document, FILES, record.tenant_id, record.id)
         return Response.json(FileDeleted(id=record.id, deleted=True))
 
 

@@ -27,10 +27,10 @@ def _out(job: FineTuneJob) -> FineTuningJobObject:
     return FineTuningJobObject.model_validate(job.to_api())
 
 
-def _load(ctx: RequestContext) -> FineTuneJob:
+async def _load(ctx: RequestContext) -> FineTuneJob:
     """The caller's job; another tenant's job is as absent as one that never existed."""
     job_id = ctx.request.path_params["job_id"]
-    job = load_job(ctx.gateway.store, ctx.caller.tenant_id, job_id)
+    job = await ctx.offload(load_job, ctx.gateway.store, ctx.caller.tenant_id, job_id)
     if job is None:
         raise NotFound(
             f"no such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="fine_tuning_job_not_found"
@@ -52,13 +52,12 @@ def register(router: Router) -> None:
         body = ctx.body(FineTuneCreateRequest)
         service = ctx.gateway.fine_tuning
         service.require_tuner()
-        tenant = ctx.caller.tenant_id
-        base = ctx.gateway.registry.get(body.model, kind="generation", tenant=tenant)
-        training = load_file(ctx, body.training_file, param="training_file")
+        base = await ctx.model(body.model, kind="generation")
+        training = await load_file(ctx, body.training_file, param="training_file")
         check_purpose(training, "training_file")
         validation = None
         if body.validation_file is not None:
-            validation = load_file(ctx, body.validation_file, param="validation_file")
+            validation = await load_file(ctx, body.validation_file, param="validation_file")
             check_purpose(validation, "validation_file")
         job = await service.create(
             ctx.caller,
@@ -85,7 +84,7 @@ def register(router: Router) -> None:
     async def list_jobs(ctx: RequestContext) -> Response:
         limit = page_limit(ctx, 20, 100)
         after = ctx.request.query.get("after") or None
-        docs = ctx.gateway.store.list_documents(JOBS, ctx.caller.tenant_id, after, limit + 1)
+        docs = await ctx.offload(ctx.gateway.store.list_documents, JOBS, ctx.caller.tenant_id, after, limit + 1)
         service = ctx.gateway.fine_tuning
         jobs = await asyncio.gather(*(service.refresh(FineTuneJob.from_document(d)) for d in docs[:limit]))
         return Response.json(FineTuningJobList(data=[_out(j) for j in jobs], has_more=len(docs) > limit))
@@ -99,7 +98,7 @@ def register(router: Router) -> None:
         tags=TAGS,
     )
     async def retrieve(ctx: RequestContext) -> Response:
-        return Response.json(_out(await ctx.gateway.fine_tuning.refresh(_load(ctx))))
+        return Response.json(_out(await ctx.gateway.fine_tuning.refresh(await _load(ctx))))
 
     @router.route(
         "GET",
@@ -112,8 +111,9 @@ def register(router: Router) -> None:
     )
     async def events(ctx: RequestContext) -> Response:
         limit = page_limit(ctx, 20, 100)
-        job = await ctx.gateway.fine_tuning.refresh(_load(ctx))
-        data, has_more = list_events(ctx.gateway.store, job, ctx.request.query.get("after") or None, limit)
+        job = await ctx.gateway.fine_tuning.refresh(await _load(ctx))
+        after = ctx.request.query.get("after") or None
+        data, has_more = await ctx.offload(list_events, ctx.gateway.store, job, after, limit)
         return Response.json(FineTuningJobEventList.model_validate({"data": data, "has_more": has_more}))
 
     @router.route(
@@ -125,4 +125,4 @@ def register(router: Router) -> None:
         tags=TAGS,
     )
     async def cancel(ctx: RequestContext) -> Response:
-        return Response.json(_out(await ctx.gateway.fine_tuning.cancel(_load(ctx))))
+        return Response.json(_out(await ctx.gateway.fine_tuning.cancel(await _load(ctx))))

@@ -26,8 +26,8 @@ from core.schemas.openai import (
 )
 
 
-def _params(ctx: RequestContext, body: SamplingFields, max_tokens: int | None) -> tuple[Any, GenerationParams]:
-    spec = ctx.gateway.registry.get(body.model, kind="generation", tenant=ctx.caller.tenant_id)
+async def _params(ctx: RequestContext, body: SamplingFields, max_tokens: int | None) -> tuple[Any, GenerationParams]:
+    spec = await ctx.model(body.model, kind="generation")
     service = ctx.gateway.generation
     params = GenerationParams(
         max_tokens=service.max_tokens(spec, max_tokens),
@@ -100,7 +100,7 @@ def register(router: Router) -> None:
             raise InvalidRequest(
                 "/v1/generate does not stream; use /v1/completions or /v1/chat/completions", param="stream"
             )
-        spec, params = _params(ctx, body, body.max_tokens)
+        spec, params = await _params(ctx, body, body.max_tokens)
         prompts = body.prompts()
         done = await ctx.gateway.generation.complete(
             _call(ctx, "generate"), spec, [Prompt(text=p) for p in prompts], params, body.n
@@ -131,7 +131,7 @@ def register(router: Router) -> None:
     )
     async def completions(ctx: RequestContext) -> Response:
         body = ctx.body(CompletionRequest)
-        spec, params = _params(ctx, body, body.max_tokens)
+        spec, params = await _params(ctx, body, body.max_tokens)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         rid = f"cmpl-{ctx.request.request_id}"
         created = int(ctx.gateway.clock.now())
@@ -183,7 +183,7 @@ def register(router: Router) -> None:
     )
     async def chat(ctx: RequestContext) -> Response:
         body = ctx.body(ChatCompletionRequest)
-        spec, params = _params(ctx, body, body.effective_max_tokens())
+        spec, params = await _params(ctx, body, body.effective_max_tokens())
         prompt = Prompt(messages=tuple(ChatMessage(m.role, m.text()) for m in body.messages))
         rid = f"chatcmpl-{ctx.request.request_id}"
         created = int(ctx.gateway.clock.now())

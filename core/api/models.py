@@ -33,7 +33,8 @@ def card(spec: ModelSpec) -> ModelCard:
 def register(router: Router) -> None:
     @router.route("GET", "/v1/models", scope=None, summary="List models", response=ModelList, tags=("models",))
     async def list_models(ctx: RequestContext) -> Response:
-        return Response.json(ModelList(data=[card(m) for m in ctx.gateway.registry.all(ctx.caller.tenant_id)]))
+        models = await ctx.offload(ctx.gateway.registry.all, ctx.caller.tenant_id)
+        return Response.json(ModelList(data=[card(m) for m in models]))
 
     @router.route(
         "GET",
@@ -44,5 +45,5 @@ def register(router: Router) -> None:
         tags=("models",),
     )
     async def get_model(ctx: RequestContext) -> Response:
-        spec = ctx.gateway.registry.get(ctx.request.path_params["model_id"], tenant=ctx.caller.tenant_id)
+        spec = await ctx.model(ctx.request.path_params["model_id"])
         return Response.json(card(spec))

@@ -82,4 +82,4 @@ def register(router: Router) -> None:
         query={"start": "YYYY-MM-DD", "end": "YYYY-MM-DD", "group_by": "day|model|day,model|none"},
     )
     async def own_usage(ctx: RequestContext) -> Response:
-        return Response.json(usage_report(ctx, ctx.caller.tenant_id))
+        return Response.json(await ctx.offload(usage_report, ctx, ctx.caller.tenant_id))

@@ -11,6 +11,7 @@ from core.domain import ModelSpec, Scope
 from core.errors import APIError, BackendTimeout, InvalidRequest, Unauthorized
 from core.generation_service import CallContext
 from core.http import Response
+from core.limits import Reservation
 from core.ports import LogProbScorer
 from core.routes import Router
 from core.schemas.common import Usage
@@ -33,7 +34,7 @@ ENDPOINT = "validate"
 async def _embedding_similarity(
     ctx: RequestContext, model: str, inputs: Inputs, headers: dict[str, str]
 ) -> tuple[MetricResult, int]:
-    spec = ctx.gateway.registry.get(model, kind="embedding", tenant=ctx.caller.tenant_id)
+    spec = await ctx.model(model, kind="embedding")
     references = inputs.refs()
     texts = list(dict.fromkeys([*inputs.candidates, *(r for refs in references for r in refs)]))
     call = CallContext(ctx.caller, f"{ctx.request.request_id}:embed", ENDPOINT)
@@ -46,8 +47,8 @@ async def _embedding_similarity(
     return result, 0 if done.cached else done.embeddings.prompt_tokens
 
 
-def _scorer(ctx: RequestContext, model: str) -> tuple[ModelSpec, LogProbScorer]:
-    spec = ctx.gateway.registry.get(model, kind="generation", tenant=ctx.caller.tenant_id)
+async def _scorer(ctx: RequestContext, model: str) -> tuple[ModelSpec, LogProbScorer]:
+    spec = await ctx.model(model, kind="generation")
     backend = ctx.gateway.model_router.backend(spec)
     if not isinstance(backend, LogProbScorer):
         raise InvalidRequest(
@@ -70,13 +71,17 @@ async def _fluency(
     actually scored (zero on failure), and write one usage record under ``<request id>:fluency``.
     Embedding similarity needs none of this: it goes through ``GenerationService.embed``.
     """
-    spec, scorer = _scorer(ctx, model)
+    spec, scorer = await _scorer(ctx, model)
     gateway, principal = ctx.gateway, ctx.caller
-    key = gateway.auth.key_record(principal.key_id)
-    if key is None:
-        raise Unauthorized("unknown API key")
     bounds = [len(t.encode()) + 1 if t else 0 for t in inputs.candidates]
-    reservation = gateway.limits.reserve(gateway.tenants.get(principal.tenant_id), key, sum(bounds))
+
+    def reserve() -> Reservation:
+        key = gateway.auth.key_record(principal.key_id)
+        if key is None:
+            raise Unauthorized("unknown API key")
+        return gateway.limits.reserve(gateway.tenants.get(principal.tenant_id), key, sum(bounds))
+
+    reservation = await ctx.offload(reserve)
     headers.update(reservation.headers)
     started = time.perf_counter()
     used, status = 0, 200
@@ -101,20 +106,25 @@ async def _fluency(
         raise
     finally:
         charged = used if status == 200 else 0
-        recorded = gateway.meter.record(
-            settle=gateway.limits.settlement(reservation, charged),
-            request_id=f"{ctx.request.request_id}:fluency",
-            principal=principal,
-            model=spec,
-            endpoint=ENDPOINT,
-            prompt_tokens=charged,
-            completion_tokens=0,
-            cached=False,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            status=status,
-        )
-        if not recorded:
-            gateway.limits.release(reservation)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        def settle() -> None:
+            recorded = gateway.meter.record(
+                settle=gateway.limits.settlement(reservation, charged),
+                request_id=f"{ctx.request.request_id}:fluency",
+                principal=principal,
+                model=spec,
+                endpoint=ENDPOINT,
+                prompt_tokens=charged,
+                completion_tokens=0,
+                cached=False,
+                latency_ms=latency_ms,
+                status=status,
+            )
+            if not recorded:
+                gateway.limits.release(reservation)
+
+        await ctx.offload(settle)
     return fluency(logprobs), used
 
 
@@ -145,7 +155,7 @@ def register(router: Router) -> None:
         headers: dict[str, str] = {}
         tokens = 0
         if "fluency" in names and body.fluency_model is not None:
-            _scorer(ctx, body.fluency_model)  # refuse an unusable model before spending anything
+            await _scorer(ctx, body.fluency_model)  # refuse an unusable model before spending anything
         if "embedding_similarity" in names:
             computed["embedding_similarity"], spent = await _embedding_similarity(
                 ctx, body.embedding_model, inputs, headers

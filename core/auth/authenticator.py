@@ -72,6 +72,21 @@ class Authenticator:
         found.append(request.headers.get("x-api-key", "").strip())
         return [c for c in found if c]
 
+    def cached(self, request: Request) -> bool:
+        """Whether ``authenticate(request)`` is answered from this process's caches, with no store call.
+
+        Access tokens never are: verifying their RSA signature is worth a thread of its own.
+        """
+        credential = next(iter(self.presented(request)), None)
+        if credential is None:
+            return True
+        if _is_token(credential):
+            return False
+        found, record = self._cache.lookup(api_keys.parse_key(credential))
+        if not found:
+            return False
+        return record is None or self._tenants is None or self._tenants.cached(record.tenant_id)
+
     def authenticate(self, request: Request) -> Principal:
         credential = next(iter(self.presented(request)), None)
         if credential is None:
@@ -79,9 +94,13 @@ class Authenticator:
                 "missing credentials: send 'Authorization: Bearer <API key or access token>'",
                 code="missing_credentials",
             )
-        if credential.count(".") == 2 and not credential.startswith(api_keys.KEY_PREFIX + "_"):
+        if _is_token(credential):
             return self.from_token(credential)
         return self.from_api_key(credential)
+
+
+def _is_token(credential: str) -> bool:
+    return credential.count(".") == 2 and not credential.startswith(api_keys.KEY_PREFIX + "_")
 
 
 def require(principal: Principal, scope: str) -> None:

@@ -18,6 +18,7 @@ from core.fine_tuning.records import Event, advance, create_job, update_job
 from core.fine_tuning.states import STATES, is_terminal, path
 from core.fine_tuning.training_files import MIN_TRAINING_EXAMPLES, MIN_VALIDATION_EXAMPLES, check_training_file
 from core.observability import LOGGER_NAME, log_event
+from core.offload import Offload
 from core.ports import BlobStore, Clock, DocumentStore, FineTuner
 from core.registry import ModelRegistry
 
@@ -45,6 +46,7 @@ class FineTuningService:
         *,
         refresh_interval_s: float = 5.0,
         start_grace_s: float = 600.0,
+        offload: Offload | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -54,6 +56,8 @@ class FineTuningService:
         self.start_grace_s = start_grace_s
         self._polled: TTLCache[str, bool] = TTLCache(4096, refresh_interval_s, clock)
         self.log = logging.getLogger(LOGGER_NAME)
+        # Store writes run off the event loop (core.offload); the tuner's control-plane calls in asyncio's threads.
+        self._offload = offload or Offload(0)
 
     def require_tuner(self) -> FineTuner:
         if self.tuner is None:
@@ -100,25 +104,27 @@ class FineTuningService:
         events = [Event(f"Validating training file: {training.id}")]
         if validation is not None:
             events.append(Event(f"Validating validation file: {validation.id}"))
-        if create_job(self.store, job, events, now) is None:
+        if await self._offload.call(create_job, self.store, job, events, now) is None:
             raise Conflict("a fine-tuning job with this id exists; retry")
-        job = update_job(self.store, job, lambda j: advance(j, "queued", now), now)
+        job = await self._offload.call(update_job, self.store, job, lambda j: advance(j, "queued", now), now)
         return await self._start(tuner, job)
 
     async def _start(self, tuner: FineTuner, job: FineTuneJob) -> FineTuneJob:
         try:
             external_id = await asyncio.to_thread(tuner.start, job, job.training_key, job.validation_key)
         except APIError as exc:
-            return self._fail(job, exc.code or "training_start_failed", f"the training job did not start: {exc}")
+            message = f"the training job did not start: {exc}"
+            return await self._offload.call(self._fail, job, exc.code or "training_start_failed", message)
         except Exception:
             self.log.exception("fine-tuning start failed", extra={"fields": {"job_id": job.id}})
-            return self._fail(job, "training_start_failed", "the training job did not start (internal error)")
+            message = "the training job did not start (internal error)"
+            return await self._offload.call(self._fail, job, "training_start_failed", message)
 
         def started(j: FineTuneJob) -> list[Event]:
             j.external_id = external_id
             return [Event(f"Training job submitted to {tuner.name}")]
 
-        job = update_job(self.store, job, started, self.clock.now())
+        job = await self._offload.call(update_job, self.store, job, started, self.clock.now())
         if job.status == "cancelled":  # cancelled while it was starting: stop what was just started
             try:
                 await asyncio.to_thread(tuner.cancel, job)
@@ -146,7 +152,8 @@ class FineTuningService:
         now = self.clock.now()
         if job.external_id is None:
             if now - job.created_at > self.start_grace_s:  # the process that was starting it died
-                return self._fail(job, "training_start_lost", "the training job was never started; create it again")
+                message = "the training job was never started; create it again"
+                return await self._offload.call(self._fail, job, "training_start_lost", message)
             return job
         polled, _ = self._polled.lookup(job.id)
         if polled:
@@ -157,7 +164,7 @@ class FineTuningService:
         except APIError as exc:
             self.log.warning("fine-tuning status unavailable", extra={"fields": {"job_id": job.id, "error": str(exc)}})
             return job
-        return self.apply(job, status)
+        return await self._offload.call(self.apply, job, status)
 
     def apply(self, job: FineTuneJob, status: TunerStatus) -> FineTuneJob:
         """Record what the tuner reported: new events, the state it reached, on success the registered model."""
@@ -225,7 +232,7 @@ class FineTuningService:
             return advance(j, "cancelled", now)
 
         try:
-            return update_job(self.store, job, cancelled, now)
+            return await self._offload.call(update_job, self.store, job, cancelled, now)
         except _NotCancellable as exc:
             raise _not_cancellable(exc.status) from None
 

@@ -71,6 +71,7 @@ class AwsSettings:
             gateway=GatewaySettings(
                 log_level=env.get("POWERTOOLS_LOG_LEVEL", "INFO"),
                 cache_enabled=env.get("TEXTNLP_CACHE", "on") != "off",
+                store_threads=int(env.get("TEXTNLP_STORE_THREADS", "64")),
             ),
         )
 

@@ -69,6 +69,7 @@ class LocalSettings:
             model_cache_ttl_s=_env_float("TEXTNLP_MODEL_CACHE_TTL", 5.0),
             max_request_s=_env_float("TEXTNLP_MAX_REQUEST_S", 900.0),
             clock_skew_s=_env_float("TEXTNLP_CLOCK_SKEW_S", 60.0),
+            store_threads=int(env.get("TEXTNLP_STORE_THREADS", "64")),
             cache_enabled=env.get("TEXTNLP_CACHE", "on") != "off",
             cache_ttl_s=_env_float("TEXTNLP_CACHE_TTL", 3600.0),
             log_level=env.get("TEXTNLP_LOG_LEVEL", "INFO"),
