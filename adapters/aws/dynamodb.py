@@ -35,6 +35,7 @@ from adapters.aws.dynamodb_models import (
 from adapters.aws.dynamodb_table import CONFLICT_ROUNDS, ConditionFailed, DynamoDBTable, Item, connect, unavailable
 from adapters.aws.dynamodb_usage import DynamoDBUsage
 from core.domain import ApiKeyRecord, Limits, ModelSpec, SigningKey, Tenant
+from core.stores import CacheEntry, StorePolicy
 
 TENANT_SK = "TENANT"
 KEY_SK = "KEY"
@@ -98,7 +99,7 @@ def _signing_key_from(item: Item) -> SigningKey:
     return SigningKey(s.kid, bytes(s.private_pem), bytes(s.public_pem), float(s.created_at), retired)
 
 
-class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
+class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments, StorePolicy):
     """The gateway's Store on the DynamoDB table ``table_name`` (created by the CDK stack).
 
     ``connection`` is the pynamodb Connection (one botocore client) to use; without one, a Connection
@@ -107,6 +108,8 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
     IAM: dynamodb:GetItem, PutItem, UpdateItem, DeleteItem, Query (table and ``index/gsi1``) on the table;
     TransactWriteItems is authorised by the PutItem/UpdateItem it contains.
     """
+
+    cache_value_limit = MAX_CACHE_VALUE
 
     def __init__(
         self,
@@ -241,25 +244,22 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments):
 
     # -- cache --------------------------------------------------------------------------------------
 
-    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None:
+    def _load_cache_entry(self, tenant_id: str, key: str) -> CacheEntry | None:
         # An eventually consistent read: an entry written a moment ago may be missed, which is a miss.
         found = self._table.get(f"T#{tenant_id}#CACHE#{key}", CACHE_SK, consistent=False)
         if found is None:
             return None
+        # ``valid_until`` is the exact expiry (core compares it): DynamoDB's TTL deletes late.
         entry = CacheItem.from_raw_data(found)
-        # DynamoDB's TTL deletes late: an entry is expired at its exact expiry, whatever the sweeper did.
-        return bytes(entry.value) if float(entry.valid_until) > now else None
+        return CacheEntry(bytes(entry.value), float(entry.valid_until))
 
-    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None:
-        """Store an entry; one too big for a DynamoDB item (400 KB) is not kept: a cache may forget."""
-        if len(value) > MAX_CACHE_VALUE:
-            return
+    def _save_cache_entry(self, tenant_id: str, key: str, entry: CacheEntry) -> None:
         item = CacheItem(
             pk=f"T#{tenant_id}#CACHE#{key}",
             sk=CACHE_SK,
-            value=bytes(value),
-            valid_until=expires_at,
-            expires_at=ttl_seconds(expires_at),
+            value=entry.value,
+            valid_until=entry.expires_at,
+            expires_at=ttl_seconds(entry.expires_at),
         )
         self._table.put(item.serialize())
 

@@ -321,20 +321,9 @@ class DynamoDBCounters:
         with contextlib.suppress(ConditionFailed):
             self._table.update(pk, SK, actions, condition)
 
-    # -- CounterStore ---------------------------------------------------------------------------------
+    # -- CounterStore primitives (policy in core.stores) ------------------------------------------------
 
-    def try_add(
-        self,
-        item: str,
-        increments: Mapping[str, int],
-        limits: Mapping[str, int],
-        expires_at: float,
-    ) -> tuple[bool, dict[str, int]]:
-        """Add every increment if every limited field stays <= its limit; else write nothing. One UpdateItem."""
-        ok, seen = self.try_add_all([CounterChange(item, dict(increments), dict(limits), expires_at)])
-        return ok, seen[0]
-
-    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
         """All changes or none: ONE UpdateItem when they are slots of one item (a tenant's minute and month).
 
         Changes on several items are written item by item; when one refuses, the ones written before it are
@@ -359,7 +348,7 @@ class DynamoDBCounters:
             before.update({index: values for (index, _), values in zip(entries, seen, strict=True)})
             if not ok:
                 self._undo(done)
-                return False, [before[i] if i in before else self.read(c.item) for i, c in enumerate(changes)]
+                return False, [before[i] if i in before else self._read_counter(c.item) for i, c in enumerate(changes)]
             done.append((pk, writes))
         return True, [_plus(before[i], c.increments) for i, c in enumerate(changes)]
 
@@ -367,14 +356,10 @@ class DynamoDBCounters:
         for pk, writes in done:
             self._add(pk, [w._replace(increments={n: -int(v) for n, v in w.increments.items()}) for w in writes])
 
-    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
-        """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``.
-
-        A live item keeps its own expiry. One UpdateItem; two more when the slot had expired (cleared first).
-        """
-        if deltas:
-            slot = locate(item)
-            self._add(slot.pk, [_Write(slot.name, deltas, {}, expires_at)])
+    def _add_counter(self, item: str, deltas: Mapping[str, int], expires_at: float | None) -> None:
+        """A live item keeps its own expiry. One UpdateItem; two more when the slot had expired (cleared first)."""
+        slot = locate(item)
+        self._add(slot.pk, [_Write(slot.name, deltas, {}, expires_at)])
 
     # -- a settlement, written in the usage record's transaction ----------------------------------------
 
@@ -453,7 +438,7 @@ class DynamoDBCounters:
             self._clear(pk, seen, [w.slot for w in expired if w not in past])  # nothing when all were past
         raise _contended(pk)
 
-    def read(self, item: str) -> dict[str, int]:
+    def _read_counter(self, item: str) -> dict[str, int]:
         slot = locate(item)
         found = self._table.get(slot.pk, SK)
         if found is None or _expired(found, slot.name, self._clock()):

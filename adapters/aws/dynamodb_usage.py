@@ -32,7 +32,6 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
@@ -50,17 +49,11 @@ from adapters.aws.dynamodb_table import (
     unavailable,
 )
 from core.domain import CounterChange, UsageAggregate, UsageRecord
+from core.stores import utc_day
 
 USAGE_SK = "USAGE"
 AGGREGATE_SHARDS = 8
 _log = logging.getLogger(__name__)
-_LAST_SECOND = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last day ``utc_day`` can name
-
-
-def utc_day(timestamp: float) -> str:
-    """The UTC calendar day of a Unix timestamp as ``YYYY-MM-DD``."""
-    clamped = min(max(timestamp, 0.0), _LAST_SECOND)
-    return datetime.fromtimestamp(clamped, tz=UTC).strftime("%Y-%m-%d")
 
 
 def usage_pk(tenant_id: str, request_id: str) -> str:
@@ -165,7 +158,10 @@ def _daily(r: UsageRecord, day: str, shard: str) -> list[Action]:
 
 
 class DynamoDBUsage:
-    """Mixin of DynamoDBStore: ``self._table`` is the table, ``self._clock`` gives "now"."""
+    """The UsageStore primitives (policy in core.stores).
+
+    Mixin of DynamoDBStore: ``self._table`` is the table, ``self._clock`` gives "now".
+    """
 
     _table: DynamoDBTable
     _clock: Callable[[], float]
@@ -174,12 +170,11 @@ class DynamoDBUsage:
     settlement_updates: Callable[[Sequence[SettleWrite]], list[dict[str, Any]]]
     settlement_refused: Callable[[Sequence[SettleWrite]], list[SettleWrite]]
 
-    def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
+    def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
         """Write the record, its daily aggregate and its settlement in ONE transaction.
 
         False, and nothing written, if the tenant already has a record with this request id.
         """
-        day = utc_day(record.created_at)
         sk = aggregate_sk(day, record.model, record.request_id)
         put = self._table.put_kwargs(_usage_item(record, day).serialize(), UsageItem.pk.does_not_exist())
         shard = sk.rsplit("#", 1)[1]
@@ -199,14 +194,12 @@ class DynamoDBUsage:
                     conflict_pause(round_)  # TransactionConflict: a concurrent transaction holds an item
         raise unavailable()
 
-    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
+    def _load_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         found = self._table.get(usage_pk(tenant_id, request_id), USAGE_SK)
         return _record_from(found) if found is not None else None
 
-    def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
-        """Aggregates per tenant, day and model, days given as ``YYYY-MM-DD`` (inclusive)."""
-        if end_day < start_day:
-            return []
+    def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+        """The aggregates' shards added up (``start_day <= end_day``: core checked)."""
         if tenant_id is not None:
             span = Path(["sk"]).between(f"A#{start_day}", f"A#{end_day}$")
             items: Iterable[Item] = self._table.query(f"T#{tenant_id}", span)
@@ -215,11 +208,9 @@ class DynamoDBUsage:
             items = (item for shard in daily_shards() for item in self._table.query(shard, span, index=True))
         return _summed(_aggregate_from(item) for item in items)
 
-    def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
-        """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None), oldest first."""
-        if limit <= 0 or end <= start:
-            return []
-        pairs = sorted({(a.day, a.tenant_id) for a in self.daily_usage(tenant_id, utc_day(start), utc_day(end))})
+    def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
+        """The first ``limit`` records, day by day (``limit > 0`` and ``end > start``: core checked)."""
+        pairs = sorted({(a.day, a.tenant_id) for a in self._daily_usage(tenant_id, utc_day(start), utc_day(end))})
         span = Path(["gsi1sk"]).between(sortable(start), sortable(end))  # "<end>#id" sorts above "<end>"
         found: list[UsageRecord] = []
         for day, group in groupby(pairs, key=lambda pair: pair[0]):

@@ -1,4 +1,4 @@
-"""MemoryStore: a thread-safe in-memory Store, the fake of unit tests and benchmarks."""
+"""MemoryStore: a thread-safe in-memory Store, the fake of unit tests and benchmarks (policy in core.stores)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from adapters.local.memory_documents import MemoryDocuments
 from core.counters import admits, settled_increments
 from core.domain import ApiKeyRecord, CounterChange, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
+from core.stores import CacheEntry, StorePolicy
 
 _PURGE_EVERY = 1024
-
-
-def utc_day(timestamp: float) -> str:
-    """The UTC calendar day of a Unix timestamp as ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(slots=True)
@@ -37,24 +32,18 @@ class _Daily:
 
 
 @dataclass(slots=True)
-class _Cached:
-    value: bytes
-    expires_at: float
-
-
-@dataclass(slots=True)
 class _State:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     keys: dict[str, ApiKeyRecord] = field(default_factory=dict)
     counters: dict[str, _Counters] = field(default_factory=dict)
     usage: dict[str, UsageRecord] = field(default_factory=dict)
     daily: dict[tuple[str, str, str], _Daily] = field(default_factory=dict)
-    cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
+    cache: dict[tuple[str, str], CacheEntry] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     signing_keys: dict[str, SigningKey] = field(default_factory=dict)
 
 
-class MemoryStore(MemoryDocuments):
+class MemoryStore(MemoryDocuments, StorePolicy):
     """Every Store role in dictionaries behind one lock.
 
     Counter items expire when ``expires_at < now``; cache entries when ``expires_at <= now``.
@@ -62,7 +51,7 @@ class MemoryStore(MemoryDocuments):
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(clock)
+        super().__init__()
         self._clock = clock
         self._lock = threading.Lock()
         self._s = _State()
@@ -114,19 +103,8 @@ class MemoryStore(MemoryDocuments):
             for entry in [k for k, e in self._s.cache.items() if e.expires_at <= now]:
                 del self._s.cache[entry]
 
-    def try_add(
-        self,
-        item: str,
-        increments: Mapping[str, int],
-        limits: Mapping[str, int],
-        expires_at: float,
-    ) -> tuple[bool, dict[str, int]]:
-        """Add every increment if every limited field stays <= its limit; else write nothing."""
-        ok, values = self.try_add_all([CounterChange(item, dict(increments), dict(limits), expires_at)])
-        return ok, values[0]
-
-    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
-        """``try_add`` over several items under one lock: all apply, or nothing is written."""
+    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        """Every change under one lock: all apply, or nothing is written."""
         now = self._clock()
         with self._lock:
             live = [self._live(c.item, now) for c in changes]
@@ -145,8 +123,7 @@ class MemoryStore(MemoryDocuments):
             self._wrote(now)
             return True, after
 
-    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
-        """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``."""
+    def _add_counter(self, item: str, deltas: Mapping[str, int], expires_at: float | None) -> None:
         now = self._clock()
         with self._lock:
             self._add_locked(item, deltas, expires_at, now)
@@ -160,7 +137,7 @@ class MemoryStore(MemoryDocuments):
         for name, delta in deltas.items():
             counters.values[name] = counters.values.get(name, 0) + delta
 
-    def read(self, item: str) -> dict[str, int]:
+    def _read_counter(self, item: str) -> dict[str, int]:
         now = self._clock()
         with self._lock:
             counters = self._live(item, now)
@@ -168,8 +145,8 @@ class MemoryStore(MemoryDocuments):
 
     # -- usage --------------------------------------------------------------------------------------
 
-    def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
-        group = (record.tenant_id, utc_day(record.created_at), record.model)
+    def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
+        group = (record.tenant_id, day, record.model)
         now = self._clock()
         with self._lock:
             if record.request_id in self._s.usage:
@@ -189,25 +166,21 @@ class MemoryStore(MemoryDocuments):
             daily.cost += record.cost
             return True
 
-    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
+    def _load_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         with self._lock:
-            record = self._s.usage.get(request_id)
-        return record if record is not None and record.tenant_id == tenant_id else None
+            return self._s.usage.get(request_id)
 
-    def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
-        """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
+    def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
         with self._lock:
-            found = [
+            return [
                 r
                 for r in self._s.usage.values()
                 if start <= r.created_at < end and (tenant_id is None or r.tenant_id == tenant_id)
             ]
-        found.sort(key=lambda r: (r.created_at, r.request_id))
-        return found[: max(limit, 0)]
 
-    def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+    def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         with self._lock:
-            rows = [
+            return [
                 UsageAggregate(
                     tenant_id=t,
                     day=day,
@@ -221,24 +194,16 @@ class MemoryStore(MemoryDocuments):
                 for (t, day, model), d in self._s.daily.items()
                 if start_day <= day <= end_day and (tenant_id is None or t == tenant_id)
             ]
-        rows.sort(key=lambda a: (a.day, a.tenant_id, a.model))
-        return rows
 
     # -- cache --------------------------------------------------------------------------------------
 
-    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None:
+    def _load_cache_entry(self, tenant_id: str, key: str) -> CacheEntry | None:
         with self._lock:
-            entry = self._s.cache.get((tenant_id, key))
-            if entry is None:
-                return None
-            if entry.expires_at <= now:
-                del self._s.cache[(tenant_id, key)]
-                return None
-            return entry.value
+            return self._s.cache.get((tenant_id, key))
 
-    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None:
+    def _save_cache_entry(self, tenant_id: str, key: str, entry: CacheEntry) -> None:
         with self._lock:
-            self._s.cache[(tenant_id, key)] = _Cached(bytes(value), expires_at)
+            self._s.cache[(tenant_id, key)] = entry
             self._wrote(self._clock())
 
     # -- models and signing keys --------------------------------------------------------------------

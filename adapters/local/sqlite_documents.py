@@ -1,4 +1,4 @@
-"""SQLiteDocuments: the DocumentStore role on SQLite (a mixin of SQLiteStore).
+"""SQLiteDocuments: the DocumentStore primitives on SQLite (a mixin of SQLiteStore; policy in core.stores).
 
 A document's row is keyed by (owner, collection, id): the same id under two owners is two documents,
 and every statement names the owner, so none reaches another owner's documents. Data directories made
@@ -8,12 +8,10 @@ before owners were part of the key keep their documents in ``documents``; the sc
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Callable
 from typing import Any
 
-from core.domain import Document
+from core.stores import StoredDocument
 
 DOCUMENT_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS tenant_documents (owner TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,"
@@ -44,58 +42,42 @@ _GET = "SELECT * FROM tenant_documents WHERE owner = ? AND collection = ? AND id
 _DELETE = "DELETE FROM tenant_documents WHERE owner = ? AND collection = ? AND id = ?"
 
 
-def _doc_from(row: sqlite3.Row) -> Document:
-    return Document(row["id"], row["owner"], json.loads(row["body"]), row["version"], row["updated_at"])
+def _stored(row: sqlite3.Row) -> StoredDocument:
+    return StoredDocument(row["id"], row["body"], row["version"], row["updated_at"])
 
 
 class SQLiteDocuments:
-    """One row per document; each conditional write is one statement, atomic on its row."""
-
-    _clock: Callable[[], float]
+    """The DocumentStore primitives: one row per document, each conditional write one statement on its row."""
 
     def _conn(self) -> sqlite3.Connection:
         raise NotImplementedError
 
-    def put_document(
-        self,
-        collection: str,
-        doc: Document,
-        *,
-        if_absent: bool = False,
-        if_version: int | None = None,
-    ) -> Document | None:
-        body = json.dumps(doc.body, separators=(",", ":"), ensure_ascii=False)
-        now = self._clock()
+    def _write_document(
+        self, collection: str, owner: str, doc: StoredDocument, *, if_absent: bool, if_version: int | None
+    ) -> int | None:
         conn = self._conn()
         if if_absent:
-            if conn.execute(_INSERT, (doc.owner, collection, doc.id, body, now)).rowcount != 1:
-                return None
-            version = 1
-        elif if_version is not None:
-            params = (body, now, doc.owner, collection, doc.id, if_version)
-            if conn.execute(_REPLACE, params).rowcount != 1:
-                return None
-            version = if_version + 1
-        else:
-            # fetchall steps the statement to its end, so no write lock outlives this call.
-            version = int(conn.execute(_UPSERT, (doc.owner, collection, doc.id, body, now)).fetchall()[0][0])
-        return Document(doc.id, doc.owner, json.loads(body), version, now)
+            inserted = conn.execute(_INSERT, (owner, collection, doc.id, doc.body, doc.updated_at)).rowcount
+            return 1 if inserted == 1 else None
+        if if_version is not None:
+            params = (doc.body, doc.updated_at, owner, collection, doc.id, if_version)
+            return if_version + 1 if conn.execute(_REPLACE, params).rowcount == 1 else None
+        # fetchall steps the statement to its end, so no write lock outlives this call.
+        return int(conn.execute(_UPSERT, (owner, collection, doc.id, doc.body, doc.updated_at)).fetchall()[0][0])
 
-    def get_document(self, collection: str, owner: str, doc_id: str) -> Document | None:
+    def _read_document(self, collection: str, owner: str, doc_id: str) -> StoredDocument | None:
         row = self._conn().execute(_GET, (owner, collection, doc_id)).fetchone()
-        return _doc_from(row) if row is not None else None
+        return _stored(row) if row is not None else None
 
-    def list_documents(self, collection: str, owner: str, after: str | None = None, limit: int = 100) -> list[Document]:
-        """The owner's documents ordered by id, those with an id above ``after`` only."""
+    def _list_documents(self, collection: str, owner: str, after: str | None, limit: int) -> list[StoredDocument]:
         sql = "SELECT * FROM tenant_documents WHERE owner = ? AND collection = ?"
         params: list[Any] = [owner, collection]
         if after is not None:
             sql += " AND id > ?"
             params.append(after)
         sql += " ORDER BY id LIMIT ?"
-        params.append(max(limit, 0))
-        return [_doc_from(r) for r in self._conn().execute(sql, params).fetchall()]
+        params.append(limit)
+        return [_stored(r) for r in self._conn().execute(sql, params).fetchall()]
 
-    def delete_document(self, collection: str, owner: str, doc_id: str) -> bool:
-        cursor = self._conn().execute(_DELETE, (owner, collection, doc_id))
-        return cursor.rowcount == 1
+    def _delete_document(self, collection: str, owner: str, doc_id: str) -> bool:
+        return self._conn().execute(_DELETE, (owner, collection, doc_id)).rowcount == 1

@@ -1,4 +1,4 @@
-"""SQLiteStore: the embedded default Store, safe with several worker processes and threads."""
+"""SQLiteStore: the embedded default Store, safe with several worker processes and threads (policy in core.stores)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from core.domain import (
     UsageAggregate,
     UsageRecord,
 )
+from core.stores import CacheEntry, StorePolicy
 
 _BUSY_TIMEOUT_S = 30.0
 _PURGE_EVERY = 256
@@ -89,10 +89,6 @@ _ADD_DAILY = (
 _MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec))
 
 
-def _utc_day(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
-
-
 def _limits_json(limits: Limits) -> str:
     return json.dumps(dataclasses.asdict(limits), sort_keys=True)
 
@@ -140,7 +136,7 @@ def _cache_row_key(tenant_id: str, key: str) -> str:
     return f"{tenant_id}\x00{key}"
 
 
-class SQLiteStore(SQLiteDocuments):
+class SQLiteStore(SQLiteDocuments, StorePolicy):
     """Every Store role in one SQLite file (WAL), one connection per thread and process.
 
     Each read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, which serialises writers
@@ -287,19 +283,8 @@ class SQLiteStore(SQLiteDocuments):
             [(item, name, value, expires_at) for name, value in values.items()],
         )
 
-    def try_add(
-        self,
-        item: str,
-        increments: Mapping[str, int],
-        limits: Mapping[str, int],
-        expires_at: float,
-    ) -> tuple[bool, dict[str, int]]:
-        """Add every increment if every limited field stays <= its limit; else write nothing."""
-        ok, values = self.try_add_all([CounterChange(item, dict(increments), dict(limits), expires_at)])
-        return ok, values[0]
-
-    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
-        """``try_add`` over several items in one transaction: all apply, or nothing is written."""
+    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        """Every change in one transaction: all apply, or nothing is written."""
         now = self._clock()
         with self._tx() as conn:
             seen, expiries = [], []
@@ -320,8 +305,7 @@ class SQLiteStore(SQLiteDocuments):
         self._wrote()
         return True, seen
 
-    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
-        """Unconditional add. An absent (or expired) item is created, expiring at ``expires_at``."""
+    def _add_counter(self, item: str, deltas: Mapping[str, int], expires_at: float | None) -> None:
         now = self._clock()
         with self._tx() as conn:
             self._add_in(conn, item, deltas, expires_at, now)
@@ -337,7 +321,7 @@ class SQLiteStore(SQLiteDocuments):
         changed = {name: values.get(name, 0) + delta for name, delta in deltas.items()}
         self._write_values(conn, item, changed, expires_at)
 
-    def read(self, item: str) -> dict[str, int]:
+    def _read_counter(self, item: str) -> dict[str, int]:
         now = self._clock()
         rows = self._all_rows("SELECT field, value, expires_at FROM counters WHERE item = ?", item)
         values: dict[str, int] = {}
@@ -349,13 +333,12 @@ class SQLiteStore(SQLiteDocuments):
 
     # -- usage --------------------------------------------------------------------------------------
 
-    def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:
+    def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
         r = record
         now = self._clock()
         with self._tx() as conn:
             if conn.execute(_PUT_USAGE, _usage_row(r)).rowcount != 1:
                 return False
-            day = _utc_day(r.created_at)
             aggregate = (r.prompt_tokens, r.completion_tokens, int(r.cached), r.cost)
             conn.execute(_ADD_DAILY, (r.tenant_id, day, r.model, *aggregate))
             for change in settle:
@@ -364,37 +347,35 @@ class SQLiteStore(SQLiteDocuments):
                 self._add_in(conn, change.item, increments, change.expires_at, now)
         return True
 
-    def get_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
+    def _load_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         row = self._one("SELECT * FROM usage WHERE request_id = ? AND tenant_id = ?", request_id, tenant_id)
         return _usage_from(row) if row is not None else None
 
-    def list_usage(self, tenant_id: str | None, start: float, end: float, limit: int = 1000) -> list[UsageRecord]:
-        """Records with ``start <= created_at < end`` (all tenants when ``tenant_id`` is None)."""
+    def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
         rows = self._all_rows(
             "SELECT * FROM usage WHERE created_at >= ? AND created_at < ? AND (? IS NULL OR tenant_id = ?)"
             " ORDER BY created_at, request_id LIMIT ?",
-            *(start, end, tenant_id, tenant_id, max(limit, 0)),
+            *(start, end, tenant_id, tenant_id, limit),
         )
         return [_usage_from(r) for r in rows]
 
-    def daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+    def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         rows = self._all_rows(
-            "SELECT * FROM usage_daily WHERE day >= ? AND day <= ? AND (? IS NULL OR tenant_id = ?)"
-            " ORDER BY day, tenant_id, model",
+            "SELECT * FROM usage_daily WHERE day >= ? AND day <= ? AND (? IS NULL OR tenant_id = ?)",
             *(start_day, end_day, tenant_id, tenant_id),
         )
         return [UsageAggregate(**dict(r)) for r in rows]
 
     # -- cache --------------------------------------------------------------------------------------
 
-    def cache_get(self, tenant_id: str, key: str, now: float) -> bytes | None:
-        row = self._one("SELECT value FROM cache WHERE key = ? AND expires_at > ?", _cache_row_key(tenant_id, key), now)
-        return bytes(row[0]) if row is not None else None
+    def _load_cache_entry(self, tenant_id: str, key: str) -> CacheEntry | None:
+        row = self._one("SELECT value, expires_at FROM cache WHERE key = ?", _cache_row_key(tenant_id, key))
+        return CacheEntry(bytes(row[0]), row[1]) if row is not None else None
 
-    def cache_put(self, tenant_id: str, key: str, value: bytes, expires_at: float) -> None:
+    def _save_cache_entry(self, tenant_id: str, key: str, entry: CacheEntry) -> None:
         self._conn().execute(
             "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
-            (_cache_row_key(tenant_id, key), bytes(value), expires_at),
+            (_cache_row_key(tenant_id, key), entry.value, entry.expires_at),
         )
         self._wrote()
 

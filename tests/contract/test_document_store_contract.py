@@ -131,6 +131,21 @@ def test_delete(store: Store) -> None:
 # -- owners: every call names one, and no call reaches another owner's documents ---------------------------
 
 
+def test_bad_arguments_are_refused_before_anything_is_written(store: Store) -> None:
+    """Core's checks (``core.stores``), the same on every store: names are non-empty, conditions exclusive."""
+    for collection, doc in (("", _doc("a")), ("files", _doc("")), ("files", _doc("a", owner=""))):
+        with pytest.raises(ValueError, match="non-empty"):
+            store.put_document(collection, doc)
+    with pytest.raises(ValueError, match="exclude each other"):
+        store.put_document("files", _doc("a"), if_absent=True, if_version=1)
+    with pytest.raises(ValueError, match="owner"):
+        store.list_documents("files", "")
+    with pytest.raises(ValueError, match="id"):
+        store.get_document("files", "t1", "")
+    assert store.list_documents("files", "t1") == []
+    assert store.list_documents("files", "t1", limit=0) == []
+
+
 def test_the_same_id_under_two_owners_is_two_documents(store: Store) -> None:
     mine = store.put_document("files", _doc("file-1", "t1", who="t1"), if_absent=True)
     theirs = store.put_document("files", _doc("file-1", "t2", who="t2"), if_absent=True)  # not a conflict

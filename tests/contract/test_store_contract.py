@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -468,12 +469,10 @@ def test_sqlite_failed_transaction_rolls_back_and_the_store_stays_usable(
 
     store = SQLiteStore(tmp_path / "s.db", clock=clock)
 
-    def boom(timestamp: float) -> str:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(sqlite_store, "_utc_day", boom)
-    with pytest.raises(RuntimeError):
-        store.record_usage(_usage("r1"))  # the usage row was inserted before the failure
+    # The daily aggregate's statement fails, after the usage row was inserted in the same transaction.
+    monkeypatch.setattr(sqlite_store, "_ADD_DAILY", "INSERT INTO no_such_table VALUES (?, ?, ?, ?, ?, ?, ?)")
+    with pytest.raises(sqlite3.OperationalError):
+        store.record_usage(_usage("r1"))
     monkeypatch.undo()
     assert store.get_usage("t1", "r1") is None
     assert store.record_usage(_usage("r1")) is True

@@ -1,0 +1,63 @@
+"""Every Store is core's policy (``core.stores.StorePolicy``) on a few primitives: a store lacking one fails by name."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+from adapters.local.memory_store import MemoryStore
+from adapters.local.sqlite_store import SQLiteStore
+from core.stores import StorePolicy
+
+#: What a new store adapter (Firestore, Cosmos) implements; the rest of the Store port is core's.
+PRIMITIVES = {
+    "_try_add_counters",
+    "_add_counter",
+    "_read_counter",
+    "_record_usage",
+    "_load_usage",
+    "_list_usage",
+    "_daily_usage",
+    "_save_cache_entry",
+    "_load_cache_entry",
+    "_write_document",
+    "_read_document",
+    "_list_documents",
+    "_delete_document",
+}
+
+
+def _stores() -> list[type]:
+    stores: list[type] = [MemoryStore, SQLiteStore]
+    try:
+        from adapters.aws.dynamodb import DynamoDBStore
+    except ImportError:  # pragma: no cover - the aws extra is not installed
+        return stores
+    return [*stores, DynamoDBStore]
+
+
+def test_the_primitives_are_the_abstract_methods_of_the_policy() -> None:
+    assert StorePolicy.__abstractmethods__ == PRIMITIVES
+
+
+@pytest.mark.parametrize("store_class", _stores(), ids=lambda c: c.__name__)
+def test_every_store_implements_every_primitive_and_no_policy(store_class: type) -> None:
+    assert issubclass(store_class, StorePolicy)
+    assert not inspect.isabstract(store_class), store_class.__abstractmethods__
+    policy = {name for name, value in vars(StorePolicy).items() if callable(value) and name not in PRIMITIVES}
+    for cls in store_class.__mro__[: store_class.__mro__.index(StorePolicy)]:
+        overridden = policy.intersection(vars(cls)) - {"__init__", "__init_subclass__"}
+        assert not overridden, f"{cls.__name__} re-implements core's policy: {sorted(overridden)}"
+
+
+@pytest.mark.parametrize("missing", sorted(PRIMITIVES))
+def test_a_store_lacking_a_primitive_cannot_be_made_and_the_error_names_it(missing: str) -> None:
+    def primitive(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("never called")
+
+    methods = dict.fromkeys(PRIMITIVES - {missing}, primitive)
+    incomplete = type("IncompleteStore", (StorePolicy,), methods)
+    with pytest.raises(TypeError, match=f"abstract method.*{missing}"):
+        incomplete()
