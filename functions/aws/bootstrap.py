@@ -71,7 +71,9 @@ class AwsSettings:
             gateway=GatewaySettings(
                 log_level=env.get("POWERTOOLS_LOG_LEVEL", "INFO"),
                 cache_enabled=env.get("TEXTNLP_CACHE", "on") != "off",
-                store_threads=int(env.get("TEXTNLP_STORE_THREADS", "64")),
+                # Lambda gives a container one request at a time: nothing to overlap, so store calls stay on
+                # the loop (no thread hop, and X-Ray's thread-local context keeps each call under its handler).
+                store_threads=int(env.get("TEXTNLP_STORE_THREADS", "0")),
             ),
         )
 
