@@ -36,12 +36,14 @@ GOAL = 0.80
 
 
 class SlowStore:
-    """Every Store method of the wrapped store, each call ``delay_s`` slower (blocking), counted by name."""
+    """Every Store method of the wrapped store, each call ``delay_s`` slower (blocking, as a real store's I/O
+    is), counted by name and by the thread that made it (tests/unit/test_store_off_loop.py uses it too)."""
 
     def __init__(self, inner: MemoryStore, delay_s: float) -> None:
         self._inner = inner
         self.delay_s = delay_s
         self.calls: Counter[str] = Counter()
+        self.threads: set[int] = set()
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -52,6 +54,7 @@ class SlowStore:
         def slow(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 self.calls[name] += 1
+                self.threads.add(threading.get_ident())
             time.sleep(self.delay_s)
             return attr(*args, **kwargs)
 

@@ -22,16 +22,14 @@ from typing import Any
 import pytest
 
 from adapters.aws.dynamodb import DynamoDBStore
-from adapters.aws.dynamodb_models import create_table
 from adapters.aws.dynamodb_table import connect
 from functions.aws import bootstrap
+from functions.aws.local import stack as local_stack
+from functions.aws.local.stack import BUCKET, IDEMPOTENCY_TABLE, TABLE
 from tests.aws.support import REGION, client_kwargs, post_json
 
 EVENTS = Path(__file__).resolve().parents[2] / "events" / "aws"
-TABLE = "textnlp-handlers"
-IDEMPOTENCY_TABLE = "textnlp-idempotency"
-BUCKET = "textnlp-handlers-bucket"
-QUEUE = "textnlp-batch"
+
 ADMIN_KEY = "AdminKeyFromSecretsManager0123456789abcdefXYZ"  # what the CDK secret generator makes: 48 chars
 
 
@@ -73,40 +71,11 @@ class Stack:
 
 
 def deploy(moto_url: str, url: str) -> Stack:
-    """Reset moto and create the stack's resources on it, through ``url`` (the atomic server)."""
+    """Reset moto and create the stack's resources on it, through ``url`` (the atomic server): the same
+    resources as ``make serve CLOUD=aws`` makes (functions.aws.local.stack)."""
     post_json(f"{moto_url}/moto-api/reset", None)
-    kw = client_kwargs(url)
-    import boto3
-
-    create_table(connect(url, REGION, max_attempts=2), TABLE)
-    ddb = boto3.client("dynamodb", **kw)
-    ddb.create_table(
-        TableName=IDEMPOTENCY_TABLE,
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    ddb.update_time_to_live(
-        TableName=IDEMPOTENCY_TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
-    )
-    sqs = boto3.client("sqs", **kw)
-    dlq_url = sqs.create_queue(QueueName=f"{QUEUE}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})
-    queue_url = sqs.create_queue(QueueName=QUEUE, Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "5400"})[
-        "QueueUrl"
-    ]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3 = boto3.client("s3", **kw)
-    s3.create_bucket(Bucket=BUCKET)
-    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    rules = [{"Name": "prefix", "Value": "batch-input/"}, {"Name": "suffix", "Value": ".jsonl"}]
-    queue: Any = {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"], "Filter": {"Key": {"FilterRules": rules}}}
-    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={"QueueConfigurations": [queue]})
-    sm = boto3.client("secretsmanager", **kw)
-    signing = sm.create_secret(Name="textnlp-signing-keys", SecretString="{}")["ARN"]  # as the CDK stack does
-    admin = sm.create_secret(Name="textnlp-admin-key", SecretString=ADMIN_KEY)["ARN"]
-    return Stack(url, queue_url, dlq_url, queue_arn, signing, admin)
+    made = local_stack.deploy(url, ADMIN_KEY)
+    return Stack(url, made.queue_url, made.dlq_url, made.queue_arn, made.signing_keys_arn, made.admin_key_arn)
 
 
 def drop_runtime() -> None:

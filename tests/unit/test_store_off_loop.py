@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from adapters.local.memory_store import MemoryStore
+from bench.slow_store import SlowStore
 from core import deadlines
 from core.app import Gateway
 from core.auth import api_keys
@@ -24,31 +25,6 @@ from tests.fakes import EMB, GEN, FakeBackend, Resolver
 
 DELAY_S = 0.05
 CONCURRENCY = 16
-
-
-class SlowStore:
-    """A MemoryStore whose every call blocks ``delay_s`` (as a real store's I/O does), counted with its thread."""
-
-    def __init__(self, inner: MemoryStore, delay_s: float) -> None:
-        self._inner = inner
-        self.delay_s = delay_s
-        self.calls: Counter[str] = Counter()
-        self.threads: set[int] = set()
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name.startswith("_") or not callable(attr):
-            return attr
-
-        def slow(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.calls[name] += 1
-                self.threads.add(threading.get_ident())
-            time.sleep(self.delay_s)
-            return attr(*args, **kwargs)
-
-        return slow
 
 
 class World:
@@ -116,7 +92,8 @@ def test_concurrent_requests_overlap_their_store_calls_and_the_loop_stays_respon
     assert calls >= 2 * CONCURRENCY  # a reservation and a usage record each, at least
     serial = calls * DELAY_S  # what the requests took when each store call held the loop
     assert elapsed < serial / 4, (elapsed, serial, world.store.calls)
-    assert worst < 0.02, worst
+    # One store call on the loop would hold it DELAY_S (50 ms); a loaded CI machine adds some jitter of its own.
+    assert worst < 0.8 * DELAY_S, worst
     assert threading.get_ident() not in world.store.threads  # no store call ran on the loop's thread
     # Exactly as before: one record per request, the quota counter equal to what the records charged.
     usage = world.inner.list_usage(None, 0.0, float("inf"))
