@@ -194,7 +194,6 @@ def breakdown(
     s.wrap(gateway.generation, "_reserve", "limits.reserve (+ tenant/key lookup)")
     s.wrap(gateway.cache, "get", "cache.get")
     s.wrap(gateway.model_router, "generate", "backend call via ModelRouter (+fake)")
-    s.wrap(gateway.limits, "settle", "limits.settle")
     s.wrap(gateway.meter, "record", "meter.record (usage write)")
     s.wrap(gateway.cache, "put", "cache.put")
     s.wrap(Response, "json", "response model -> JSON bytes")

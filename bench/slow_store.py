@@ -94,7 +94,7 @@ def measure(
     store = SlowStore(inner, delay_s)
     metrics = PrometheusMetrics()
     settings = GatewaySettings(log_level="WARNING", store_threads=store_threads)
-    gateway = Gateway(store, LocalBackends(), settings=settings, metrics=metrics)  # type: ignore[arg-type]
+    gateway = Gateway(store, LocalBackends(), settings=settings, metrics=metrics)
     port = free_port()
     config = uvicorn.Config(
         LocalApp(gateway, metrics), host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False

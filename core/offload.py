@@ -11,9 +11,10 @@ Steps answered from the per-process caches stay on the loop (a thread hop costs 
 call sites check the caches first. Likewise a kind of step whose recent runs took less than ``inline_below_s``
 (an in-memory store: microseconds) runs on the loop: handing it to a thread would hold the loop longer than
 running it (a hop costs tens of microseconds of the loop's time, more in latency). Each kind's duration is
-followed (a moving average, measured wherever it runs), so a store that turns slow is moved off the loop
-after one slow call. A step, once started, always runs to its end even if the request is
-cancelled meanwhile (a write must not be half-known): the cancellation is delivered after it.
+followed (fast runs count at once, slow ones by a moving average), so a store that turns slow is moved off the
+loop within a call or two, and a local store's occasional slow run does not move it. A step, once started,
+always runs to its end even if the request is cancelled meanwhile (a write must not be half-known): the
+cancellation is delivered after it.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ class Offload:
         finally:
             took = time.perf_counter() - started
             before = self._took.get(kind)
-            # A slow run counts at once (move off the loop now); fast runs bring the average down gradually.
-            self._took[kind] = took if before is None or took > before else before + (took - before) / 8
+            # A fast run counts at once (a step first seen on a new thread may have paid for a connection); a slow
+            # one raises the moving average by an eighth of the difference, so one slow run (a GC pause, a WAL
+            # checkpoint) does not send a local store's steps to the threads, while a store that is slow call
+            # after call (a network round trip) crosses the threshold within a call or two.
+            self._took[kind] = took if before is None or took < before else before + (took - before) / 8
 
     def close(self) -> None:
         """Wait for running steps and stop the threads (at shutdown)."""

@@ -30,9 +30,10 @@ class GatewaySettings:
     # store round trips; at least the concurrency one instance serves. 0: on the loop (a store that never blocks).
     store_threads: int = 64
     # A kind of store step whose recent runs took less than this runs on the loop (core.offload): a thread hop
-    # costs ~65 us of CPU, and a local SQLite step of ~0.2 ms holds the loop less than a request's own work does;
-    # a network store's steps (milliseconds) go to the threads. 0: every step off the loop.
-    store_inline_below_s: float = 0.001
+    # costs ~65 us of CPU, and a local SQLite step (~0.2 ms, a few ms when its writers queue for the file's lock)
+    # holds the loop less than hopping would cost; a network store's steps (tens of ms) go to the threads.
+    # 0: every step off the loop.
+    store_inline_below_s: float = 0.005
     tokens: TokenSettings = field(default_factory=TokenSettings)
 
     def __post_init__(self) -> None:

@@ -44,7 +44,8 @@ class World:
         self.gateway = Gateway(
             self.store,  # type: ignore[arg-type]
             Resolver({"gen": backend, "emb": backend}),
-            settings=GatewaySettings(store_threads=store_threads),
+            # Below the slow store's delay, whatever the default: every step here is a "network" step.
+            settings=GatewaySettings(store_threads=store_threads, store_inline_below_s=delay_s / 4),
             clock=self.clock,
         )
 
@@ -192,7 +193,8 @@ def test_offload_outside_a_loop_runs_in_place() -> None:
 
 
 def test_a_kind_of_step_faster_than_a_hop_runs_on_the_loop_until_it_turns_slow() -> None:
-    offload = Offload(4, inline_below_s=0.001)
+    # Wide margins (a 10 ms threshold, 100 ms slow runs): a loaded machine's jitter cannot flip the outcome.
+    offload = Offload(4, inline_below_s=0.01)
     delay = [0.0]
 
     def step() -> int:
@@ -202,9 +204,10 @@ def test_a_kind_of_step_faster_than_a_hop_runs_on_the_loop_until_it_turns_slow()
     async def go() -> list[bool]:
         here = threading.get_ident()
         seen = [await offload.call(step) == here for _ in range(3)]  # unknown: off the loop once, then here
-        delay[0] = 0.005
-        seen.append(await offload.call(step) == here)  # turned slow: this run blocks, the next ones do not
-        seen.append(await offload.call(step) == here)
+        delay[0] = 0.1
+        # Turned slow: this run still ran here, and the moving average (1/8 a run: 12.5 ms) crosses the
+        # threshold, so the next ones go to a thread.
+        seen += [await offload.call(step) == here for _ in range(2)]
         return seen
 
     assert asyncio.run(go()) == [False, True, True, True, False]
