@@ -9,7 +9,7 @@ DATA_DIR ?= .textnlp
 SAM_VENV ?= .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 # llama-cpp-python is compiled by scripts/llama-wheel.sh with portable CPU flags (AVX2 on x86-64, armv8-a on
-# arm64; never -march=native) into a folder keyed by version, CPU architecture, Python and flags, outside
+# arm64; never the build machine's own CPU flags) into a folder keyed by version, architecture, Python and flags, outside
 # pip's cache, so a wheel built with other flags is never picked up. Shared by every clone of the project.
 LLAMA_CPP_VERSION := 0.3.36
 WHEEL_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/textnlp/wheels

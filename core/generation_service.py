@@ -13,14 +13,15 @@ from typing import Any
 from core.cache import CacheKey, ResponseCache, cache_key
 from core.domain import ApiKeyRecord, ModelSpec, Principal
 from core.errors import APIError, BackendError, InvalidRequest, Unauthorized
-from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEnd, StreamEvent, TextDelta
+from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent, TextDelta
 from core.limits import LimitEnforcer, Reservation
 from core.metering import Meter
 from core.model_router import ModelRouter
 from core.offload import Offload
 from core.ports import TokenCounter
+from core.stream_charge import StreamCharge, ended_by
 from core.tenants import TenantDirectory
-from core.token_counts import estimate_tokens, prompt_upper_bound
+from core.token_counts import prompt_upper_bound
 
 
 @dataclass
@@ -278,7 +279,7 @@ class GenerationService:
         except BaseException as exc:
             await self._fail(ctx, spec, reservation, started, exc)
             raise
-        charge = _StreamCharge(spec, prompt, bound if exact else None, self._counter)
+        charge = StreamCharge(spec, prompt, bound if exact else None, self._counter)
         return Streamed(reservation.headers, self._metered(ctx, spec, reservation, started, first, events, charge))
 
     async def _metered(
@@ -289,7 +290,7 @@ class GenerationService:
         started: float,
         first: StreamEvent | None,
         events: AsyncIterator[StreamEvent],
-        charge: _StreamCharge,
+        charge: StreamCharge,
     ) -> AsyncIterator[StreamEvent]:
         """Pass events through; on every way out, settle to what reached the caller and record how it ended.
 
@@ -314,7 +315,7 @@ class GenerationService:
                 )
             ended, status = "completed", 200
         except APIError as exc:
-            ended, status = _ended_by(exc), exc.status
+            ended, status = ended_by(exc), exc.status
             raise
         except asyncio.CancelledError:
             ended = "cancelled"  # this task was cancelled: the server lost the caller or is shutting down
@@ -377,54 +378,6 @@ class GenerationService:
         )
         await self._offload.call(record)
         return Embedded(result, False, reservation.headers)
-
-
-@dataclass
-class _StreamCharge:
-    """What a stream has cost so far: its end event if one came, else the text that reached the caller."""
-
-    spec: ModelSpec
-    prompt: Prompt
-    exact_prompt: int | None
-    counter: TokenCounter | None
-    end: StreamEnd | None = None
-    deltas: list[str] = field(default_factory=list)
-
-    def saw(self, event: StreamEvent) -> None:
-        if isinstance(event, StreamEnd):
-            self.end = event
-        elif event.text:
-            self.deltas.append(event.text)
-
-    def tokens(self) -> tuple[int, int]:
-        """(prompt, completion) tokens to charge; the settlement caps them at the reservation."""
-        if self.end is not None and (self.end.completion_tokens or not self.deltas):
-            return self.end.prompt_tokens, self.end.completion_tokens
-        if not self.deltas:
-            # Nothing reached the caller. A caller that left is charged the prompt the model read, where
-            # the gateway counted it exactly; a failure is charged nothing.
-            return (self.exact_prompt or 0) if self.end is None else self.end.prompt_tokens, 0
-        prompt = self.end.prompt_tokens if self.end is not None and self.end.prompt_tokens else self._prompt()
-        return prompt, self._completion()
-
-    def _prompt(self) -> int:
-        if self.exact_prompt is not None:
-            return self.exact_prompt
-        return estimate_tokens(self.prompt)
-
-    def _completion(self) -> int:
-        """The gateway's own count of the delivered text where it has the model's tokenizer, else one token
-        per delta (how OpenAI-compatible servers and llama.cpp stream)."""
-        counted = self.counter.count(self.spec.backend, Prompt(text="".join(self.deltas))) if self.counter else None
-        return max(1, counted) if counted is not None else len(self.deltas)
-
-
-def _ended_by(exc: APIError) -> str:
-    if exc.status == 504:
-        return "timeout"
-    if exc.code in ("stream_truncated", "stream_interrupted"):
-        return "truncated"
-    return "backend_error"
 
 
 def _model_key(spec: ModelSpec) -> str:
