@@ -25,6 +25,7 @@ from adapters.aws.dynamodb import DynamoDBStore
 from adapters.aws.dynamodb_table import connect
 from functions.aws import bootstrap
 from functions.aws.local import stack as local_stack
+from functions.aws.local.consumer import sqs_record as lambda_sqs_record
 from functions.aws.local.stack import BUCKET, IDEMPOTENCY_TABLE, TABLE
 from tests.aws.support import REGION, client_kwargs, post_json
 
@@ -265,17 +266,7 @@ def receive(stack: Stack, *, expect: int | None = None, rounds: int = 20) -> lis
 
 
 def as_record(stack: Stack, message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": message.get("Attributes", {}),
-        "messageAttributes": {},
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": stack.queue_arn,
-        "awsRegion": REGION,
-    }
+    return lambda_sqs_record(message, stack.queue_arn, REGION)
 
 
 def sqs_record(stack: Stack, body: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from functions.aws.local.containers import LambdaContext
+from functions.aws.local.stack import REGION
 
 log = logging.getLogger("textnlp.local.aws")
 
@@ -60,7 +61,7 @@ class QueueConsumer:
             return 0
         from functions.aws import batch
 
-        records = [self._record(message) for message in got]
+        records = [sqs_record(message, self._queue_arn) for message in got]
         context = LambdaContext("textnlp-batch", BATCH_TIMEOUT_S, "batch-1")
         failed = {f["itemIdentifier"] for f in batch.handler({"Records": records}, context)["batchItemFailures"]}
         done = [
@@ -74,15 +75,17 @@ class QueueConsumer:
             log.warning("batch function: %d of %d records failed; left on the queue", len(failed), len(got))
         return len(got)
 
-    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message.get("Attributes", {}),
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self._queue_arn,
-            "awsRegion": "us-east-1",
-        }
+
+def sqs_record(message: dict[str, Any], queue_arn: str, region: str = REGION) -> dict[str, Any]:
+    """A ReceiveMessage message as Lambda's SQS trigger hands it to the function (one ``Records`` entry)."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {},
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
