@@ -139,6 +139,7 @@ class Gateway:
             self.settings.cache_l1_size,
             enabled=self.settings.cache_enabled,
         )
+        self.backends = backends
         self.model_router = ModelRouter(self.registry, backends, self.metrics)
         self.meter = Meter(store, self.clock, self.metrics)
         self.generation = GenerationService(

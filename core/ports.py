@@ -160,9 +160,13 @@ class InferenceBackend(Protocol):
 
 
 class BackendResolver(Protocol):
-    """Maps a registry route (``{"type": "openai", ...}``) to the backend that serves it."""
+    """Maps a registry route (``{"type": "openai", ...}``) to the backend that serves it
+    (``core.backend_types.BackendCatalog`` over the types a runtime declares)."""
 
     def backend_for(self, route: Mapping[str, Any]) -> InferenceBackend: ...
+
+    def check_route(self, route: Mapping[str, Any]) -> None:
+        """Raise ``InvalidRequest`` for a route no backend here can serve (a model being registered)."""
 
 
 class TokenCounter(Protocol):

@@ -8,10 +8,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.aws.backend_types import sagemaker_type
+from adapters.local.backend_types import local_type
 from adapters.local.memory_blobs import MemoryBlobStore
 from adapters.local.memory_store import MemoryStore
+from adapters.openai_compat.backend_type import OPENAI
 from core.app import Gateway
 from core.auth import api_keys
+from core.backend_types import BackendCatalog
 from core.clock import FixedClock
 from core.domain import ALL_SCOPES, Limits, ModelSpec, Tenant, UsageRecord
 from core.errors import APIError, BackendError
@@ -79,6 +83,10 @@ class FakeBackend:
         return Embeddings(vectors=vectors, prompt_tokens=sum(len(t.split()) for t in inputs), dimensions=3)
 
 
+#: The route checks of the real runtimes' types (the local one as the fakes use it: any ``name``).
+ROUTE_TYPES = BackendCatalog((local_type(), OPENAI, sagemaker_type()), "the test harness")
+
+
 @dataclass
 class Resolver:
     backends: dict[str, Any]
@@ -88,6 +96,9 @@ class Resolver:
             return self.backends[route["name"]]
         except KeyError:
             raise BackendError("no such fake backend", status=501) from None
+
+    def check_route(self, route: Mapping[str, Any]) -> None:
+        ROUTE_TYPES.check_route(route)
 
 
 GEN = ModelSpec(

@@ -233,6 +233,7 @@ def register(router: Router) -> None:
     )
     async def create_model(ctx: RequestContext) -> Response:
         body = ctx.body(ModelIn)
+        ctx.gateway.backends.check_route(body.backend)
         registry = ctx.gateway.registry
         if await ctx.offload(registry.by_id, body.id) is not None:
             raise Conflict(f"the model '{body.id}' exists; use PUT /admin/models/{body.id}", param="id")
@@ -255,6 +256,7 @@ def register(router: Router) -> None:
         if body.id not in (None, model_id):
             raise InvalidRequest("the id in the body differs from the path", param="id")
         body.id = model_id
+        ctx.gateway.backends.check_route(body.backend)
         if model_id in body.aliases:  # the body's validator could not check this: the id came from the path
             raise InvalidRequest("a model's id cannot also be its alias", param="aliases")
         if model_id in body.fallbacks:

@@ -8,14 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.domain import ALL_SCOPES
 
-BACKEND_TYPES = ("local", "openai", "sagemaker", "vertex", "azureml")
-_REQUIRED_ROUTE_FIELDS = {
-    "openai": ("base_url", "model"),
-    "sagemaker": ("endpoint_name",),
-    "vertex": ("endpoint",),
-    "azureml": ("scoring_uri",),
-}
-
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/-]+$")]
 MAX_ALIASES = 32
@@ -96,7 +88,10 @@ class ModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: ModelName
     kind: Literal["generation", "embedding"]
-    backend: dict[str, Any]
+    backend: dict[str, Any] = Field(
+        description='The route to the model: {"type": ..., and the fields its type needs}; the types are the'
+        " ones this deployment serves (local, openai, sagemaker, ...)"
+    )
     context_length: Annotated[int, Field(ge=16)] = 2048
     max_output_tokens: Annotated[int, Field(ge=1)] = 512
     price_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = 0.0
@@ -113,13 +108,8 @@ class ModelIn(BaseModel):
     ] = []
 
     @model_validator(mode="after")
-    def _route(self) -> ModelIn:
-        kind = self.backend.get("type")
-        if kind not in BACKEND_TYPES:
-            raise ValueError(f"backend.type must be one of {list(BACKEND_TYPES)}")
-        missing = [f for f in _REQUIRED_ROUTE_FIELDS.get(kind, ()) if not self.backend.get(f)]
-        if missing:
-            raise ValueError(f"backend of type {kind!r} needs {missing}")
+    def _consistent(self) -> ModelIn:
+        # The backend route is checked against this deployment's backend types by the handler.
         if self.id in self.fallbacks or set(self.aliases) & set(self.fallbacks):
             raise ValueError("a model cannot be its own fallback")
         if self.id in self.aliases:

@@ -13,23 +13,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from types import ModuleType
 from typing import Any
 
+from adapters.aws.backend_types import sagemaker_type
+from adapters.openai_compat.backend_type import OPENAI
 from core.app import Gateway
-from core.auth import api_keys
-from core.auth.revocation import Revocations
-from core.clock import SystemClock
-from core.domain import ALL_SCOPES, Tenant
-from core.errors import APIError, BackendError, ServiceUnavailable
+from core.auth.admin_bootstrap import ADMIN_TENANT, import_admin_key
+from core.backend_types import BackendCatalog
+from core.clock import FixedClock
+from core.errors import APIError, ServiceUnavailable
 from core.observability import LOGGER_NAME, log_event
-from core.ports import InferenceBackend, Store
+from core.ports import Store
 from core.settings import GatewaySettings
 
-ADMIN_TENANT = "ten_admin"
 #: The name of the key imported from the admin-key secret; a key of this name is replaced when the secret changes.
 SECRET_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY_SECRET_ARN)"  # noqa: S105  # nosec B105 - a record name
 
@@ -78,60 +77,30 @@ class AwsSettings:
         )
 
 
-class AwsBackends:
-    """BackendResolver: SageMaker endpoints and OpenAI-compatible servers, each built on first use."""
+class AwsBackends(BackendCatalog):
+    """BackendResolver of the AWS functions: SageMaker endpoints and OpenAI-compatible servers, each built on
+    first use. With ``endpoint_url`` (an emulator) SageMaker calls go there."""
 
     def __init__(self, region: str | None = None, endpoint_url: str | None = None) -> None:
-        self._region = region
-        self._endpoint_url = endpoint_url
-        self._lock = threading.Lock()
-        self._built: dict[str, InferenceBackend] = {}
+        client = None if endpoint_url is None else partial(_local_sagemaker_client, region, endpoint_url)
+        super().__init__((sagemaker_type(client), OPENAI), "AWS")
 
-    def backend_for(self, route: Mapping[str, Any]) -> InferenceBackend:
-        kind = str(route.get("type", ""))
-        backend = self._built.get(kind)
-        if backend is None:
-            with self._lock:
-                backend = self._built.get(kind) or self._build(kind)
-                self._built[kind] = backend
-        return backend
 
-    def _build(self, kind: str) -> InferenceBackend:
-        if kind == "sagemaker":
-            from adapters.aws.sagemaker import SageMakerBackend
+def _local_sagemaker_client(region: str | None, endpoint_url: str) -> Any:
+    """A client on the emulator, configured like the SageMaker adapter's own clients."""
+    from botocore.config import Config
 
-            if self._endpoint_url is None:
-                # The adapter makes its own clients: one per route region, no botocore retries (core's
-                # router retries with backoff and fallbacks), a read timeout above SageMaker's 60 s.
-                return SageMakerBackend()
-            return SageMakerBackend(client=self._local_sagemaker_client())
-        if kind == "openai":
-            from adapters.openai_compat.backend import OpenAICompatBackend
+    from adapters.aws.sagemaker import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
-            return OpenAICompatBackend()
-        raise BackendError(
-            f"backend type '{kind}' is not available on AWS; use 'sagemaker' or 'openai'",
-            status=501,
-            code="backend_unavailable",
-        )
-
-    def _local_sagemaker_client(self) -> Any:
-        """A client on the emulator (tests), configured like the adapter's own clients."""
-        from botocore.config import Config
-
-        from adapters.aws.sagemaker import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
-
-        config = Config(
-            read_timeout=READ_TIMEOUT_S,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            retries={"total_max_attempts": 1},
-            max_pool_connections=64,
-        )
-        session = botocore_session()
-        with _CLIENT_LOCK:
-            return session.create_client(
-                "sagemaker-runtime", region_name=self._region, endpoint_url=self._endpoint_url, config=config
-            )
+    config = Config(
+        read_timeout=READ_TIMEOUT_S,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        retries={"total_max_attempts": 1},
+        max_pool_connections=64,
+    )
+    session = botocore_session()
+    with _CLIENT_LOCK:
+        return session.create_client("sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 class NoJobQueue:
@@ -291,22 +260,9 @@ def admin_key_from_secret(value: str | None) -> str | None:
 
 
 def seed_admin_key(store: Store, plaintext: str, now: float) -> bool:
-    """Import ``plaintext`` as the admin tenant's bootstrap key; True when something was written.
-
-    A warm table costs one GetItem: the key's record exists (revoked by an operator or not, it is left
-    as it is). A new plaintext (the secret was changed) revokes the key imported before it, so the
-    old value stops working, and creates the admin tenant if the table has none.
-    """
-    record = api_keys.imported(plaintext, ADMIN_TENANT, SECRET_ADMIN_KEY_NAME, frozenset(ALL_SCOPES), now)
-    if store.get_key(record.id) is not None:
-        return False
-    if store.get_tenant(ADMIN_TENANT) is None:
-        store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
-    for old in store.list_keys(ADMIN_TENANT):
-        if old.name == SECRET_ADMIN_KEY_NAME and old.id != record.id and old.revoked_at is None:
-            Revocations.beside_the_servers(store, SystemClock()).revoke_key(old)
-    store.put_key(record)
-    return True
+    """Import ``plaintext`` as the admin tenant's bootstrap key (``core.auth.admin_bootstrap``); True when
+    something was written. A warm table costs one GetItem."""
+    return import_admin_key(store, plaintext, SECRET_ADMIN_KEY_NAME, FixedClock(now))
 
 
 def bootstrap_admin_key(store: Store, client: Any, secret_id: str) -> None:

@@ -11,17 +11,15 @@ from adapters.local.fine_tuner import UnavailableFineTuner
 from adapters.local.prometheus import PrometheusMetrics
 from adapters.local.sqlite_store import SQLiteStore
 from core.app import Gateway
-from core.auth import api_keys
 from core.auth.access_tokens import TokenSettings
-from core.auth.revocation import Revocations
+from core.auth.admin_bootstrap import ADMIN_TENANT, import_admin_key, mint_first_admin_key
 from core.clock import SystemClock, new_id
-from core.domain import ALL_SCOPES, ModelSpec, Tenant
+from core.domain import ModelSpec
 from core.observability import configure_logging
 from core.ports import Store
 from core.settings import GatewaySettings
 from functions.local.backends import LocalBackends
 
-ADMIN_TENANT = "ten_admin"
 ENV_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY)"
 
 DEFAULT_MODELS = (
@@ -90,27 +88,17 @@ def open_store(data_dir: Path) -> SQLiteStore:
 
 
 def seed(store: Store, admin_key: str | None = None) -> str | None:
-    """First start: the admin tenant, an admin key (returned once) and the default models."""
-    now = SystemClock().now()
+    """First start: the default models, the admin tenant, and its key: ``admin_key`` (TEXTNLP_ADMIN_KEY)
+    imported, else one minted and returned once."""
+    clock = SystemClock()
+    now = clock.now()
     for spec in DEFAULT_MODELS:
         if store.get_model(spec.id) is None:
             store.put_model(replace(spec, created_at=now))
-    if store.get_tenant(ADMIN_TENANT) is None:
-        store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
     if admin_key:
-        record = api_keys.imported(admin_key, ADMIN_TENANT, ENV_ADMIN_KEY_NAME, frozenset(ALL_SCOPES), now)
-        # A changed TEXTNLP_ADMIN_KEY replaces the previous one: the old key must stop working.
-        for old in store.list_keys(ADMIN_TENANT):
-            if old.name == ENV_ADMIN_KEY_NAME and old.id != record.id and old.revoked_at is None:
-                Revocations.beside_the_servers(store, SystemClock()).revoke_key(old)
-        if store.get_key(record.id) is None:
-            store.put_key(record)
+        import_admin_key(store, admin_key, ENV_ADMIN_KEY_NAME, clock)
         return None
-    if any(not k.revoked_at for k in store.list_keys(ADMIN_TENANT)):
-        return None
-    plaintext, record = api_keys.mint(ADMIN_TENANT, "admin", frozenset(ALL_SCOPES), now)
-    store.put_key(record)
-    return plaintext
+    return mint_first_admin_key(store, clock)
 
 
 def build_gateway(settings: LocalSettings) -> tuple[Gateway, PrometheusMetrics, LocalBackends]:

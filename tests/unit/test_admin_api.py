@@ -274,8 +274,9 @@ def test_registering_an_existing_model_is_409(harness: Harness) -> None:
         {"backend": {"type": "openai", "base_url": "http://x/v1"}},
         {"backend": {"type": "openai", "model": "m"}},
         {"backend": {"type": "sagemaker"}},
-        {"backend": {"type": "vertex", "endpoint": ""}},
-        {"backend": {"type": "azureml"}},
+        {"backend": {"type": "sagemaker", "endpoint_name": ""}},
+        {"backend": {"type": "local", "engine": "tensorrt"}},
+        {"backend": {"type": "vertex", "endpoint": "projects/p/locations/l/endpoints/e"}},
         {"backend": "local"},
         {"kind": "image"},
         {"id": "bad id with spaces"},
@@ -302,8 +303,7 @@ def test_model_validation(harness: Harness, change: dict[str, Any]) -> None:
     [
         {"type": "openai", "base_url": "http://vllm:8000/v1", "model": "m"},
         {"type": "sagemaker", "endpoint_name": "ep"},
-        {"type": "vertex", "endpoint": "projects/p/locations/l/endpoints/e"},
-        {"type": "azureml", "scoring_uri": "https://x.inference.ml.azure.com/score"},
+        {"type": "local", "engine": "onnx"},
     ],
 )
 def test_every_backend_type_with_its_fields_is_accepted(harness: Harness, backend: dict[str, Any]) -> None:

@@ -1,0 +1,53 @@
+"""The first admin key of a deployment, the same way on every runtime.
+
+A fresh deployment has no key to call the admin API with. Each runtime hands core the plaintext it was given
+(``TEXTNLP_ADMIN_KEY`` locally, the admin-key secret on AWS, its counterparts on the other clouds) and
+``import_admin_key`` makes it the admin tenant's key; with none given, ``mint_first_admin_key`` makes one
+and returns it once (the local runtime prints it).
+"""
+
+from __future__ import annotations
+
+from core.auth import api_keys
+from core.auth.revocation import Revocations
+from core.clock import SystemClock
+from core.domain import ALL_SCOPES, Tenant
+from core.ports import Clock, Store
+
+ADMIN_TENANT = "ten_admin"
+
+
+def _ensure_admin_tenant(store: Store, now: float) -> None:
+    if store.get_tenant(ADMIN_TENANT) is None:
+        store.put_tenant(Tenant(id=ADMIN_TENANT, name="admin", created_at=now))
+
+
+def import_admin_key(store: Store, plaintext: str, name: str, clock: Clock | None = None) -> bool:
+    """Make ``plaintext`` an admin key named ``name``; True when something was written.
+
+    A warm store costs one read: the key's record exists (revoked by an operator or not, it is left as it
+    is). A new plaintext (the setting was changed) revokes the key of the same name imported before it, so
+    the old value stops working, and creates the admin tenant if the store has none.
+    """
+    clock = clock or SystemClock()
+    now = clock.now()
+    record = api_keys.imported(plaintext, ADMIN_TENANT, name, frozenset(ALL_SCOPES), now)
+    if store.get_key(record.id) is not None:
+        return False
+    _ensure_admin_tenant(store, now)
+    for old in store.list_keys(ADMIN_TENANT):
+        if old.name == name and old.id != record.id and old.revoked_at is None:
+            Revocations.beside_the_servers(store, clock).revoke_key(old)
+    store.put_key(record)
+    return True
+
+
+def mint_first_admin_key(store: Store, clock: Clock | None = None) -> str | None:
+    """An admin key, returned once, when the admin tenant has no working key; None otherwise."""
+    now = (clock or SystemClock()).now()
+    _ensure_admin_tenant(store, now)
+    if any(not k.revoked_at for k in store.list_keys(ADMIN_TENANT)):
+        return None
+    plaintext, record = api_keys.mint(ADMIN_TENANT, "admin", frozenset(ALL_SCOPES), now)
+    store.put_key(record)
+    return plaintext
