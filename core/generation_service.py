@@ -12,14 +12,16 @@ from typing import Any
 
 from core.cache import CacheKey, ResponseCache, cache_key
 from core.domain import ApiKeyRecord, ModelSpec, Principal
-from core.errors import APIError, BackendError, InvalidRequest, Unauthorized
+from core.errors import APIError, InvalidRequest, Unauthorized
+from core.generation_cache import generation_json, model_key, params_dict, prompt_json
+from core.generation_stream import metered
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent, TextDelta
 from core.limits import LimitEnforcer, Reservation
 from core.metering import Meter
 from core.model_router import ModelRouter
 from core.offload import Offload
 from core.ports import TokenCounter
-from core.stream_charge import StreamCharge, ended_by
+from core.stream_charge import StreamCharge
 from core.tenants import TenantDirectory
 from core.token_counts import prompt_upper_bound
 
@@ -159,10 +161,10 @@ class GenerationService:
         if params.deterministic:
             key = cache_key(
                 ctx.principal.tenant_id,
-                _model_key(spec),
+                model_key(spec),
                 ctx.endpoint,
-                _params_dict(params, n),
-                [_prompt_json(p) for p in prompts],
+                params_dict(params, n),
+                [prompt_json(p) for p in prompts],
             )
             hit = await self._cache_get(key, spec.id)
             if hit is not None:
@@ -191,7 +193,7 @@ class GenerationService:
         generations = [g for g, _ in results]
         served_by = results[0][1]
         done = Completed(generations, served_by, False, reservation.headers)
-        answer = None if key is None else (key, json.dumps([_generation_json(g) for g in generations]).encode())
+        answer = None if key is None else (key, json.dumps([generation_json(g) for g in generations]).encode())
         record = functools.partial(
             self._record_and_cache,
             answer,
@@ -280,74 +282,44 @@ class GenerationService:
             await self._fail(ctx, spec, reservation, started, exc)
             raise
         charge = StreamCharge(spec, prompt, bound if exact else None, self._counter)
-        return Streamed(reservation.headers, self._metered(ctx, spec, reservation, started, first, events, charge))
+        settle = functools.partial(self._settle_stream, ctx, spec, reservation, started)
+        return Streamed(reservation.headers, metered(first, events, charge, settle))
 
-    async def _metered(
+    async def _settle_stream(
         self,
         ctx: CallContext,
         spec: ModelSpec,
         reservation: Reservation,
         started: float,
-        first: StreamEvent | None,
-        events: AsyncIterator[StreamEvent],
-        charge: StreamCharge,
-    ) -> AsyncIterator[StreamEvent]:
-        """Pass events through; on every way out, settle to what reached the caller and record how it ended.
-
-        Completed: the backend's final usage (the gateway's count where it gave none). Anything else after
-        content (the caller went away, the backend failed, cut the stream or stalled past its deadline, the
-        process is stopping): what was delivered, never 0 when text was sent, never above the reservation.
-        A stream that ends without its end marker is a truncation (502 ``stream_truncated``), never "stop".
-        """
-        ended = "client_gone"  # left at a yield: the caller closed the stream
-        status = 499
-        try:
-            event = first
-            while event is not None and charge.end is None:
-                charge.saw(event)
-                yield event
-                event = await anext(events, None)
-            if charge.end is None:
-                raise BackendError(
-                    "the model's stream ended before it finished; the answer is incomplete",
-                    status=502,
-                    code="stream_truncated",
-                )
-            ended, status = "completed", 200
-        except APIError as exc:
-            ended, status = ended_by(exc), exc.status
-            raise
-        except asyncio.CancelledError:
-            ended = "cancelled"  # this task was cancelled: the server lost the caller or is shutting down
-            raise
-        finally:
-            # Settled off the loop. Closed by aclose() (the caller left, the stream ended) or finalised by the
-            # loop's asyncgen hooks, this finally may await; finalised with no loop running, it runs here.
-            prompt_tokens, completion_tokens = charge.tokens()
-            record = functools.partial(
-                self._record,
-                reservation,
-                prompt_tokens + completion_tokens,
-                request_id=ctx.request_id,
-                principal=ctx.principal,
-                model=spec,
-                endpoint=ctx.endpoint,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached=False,
-                latency_ms=_ms(started),
-                status=status,
-                ended=ended,
-            )
-            await self._offload.call(record)
-            await _aclose(events)
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: int,
+        ended: str,
+    ) -> None:
+        """A stream's end (core/generation_stream.py): settle to its charge and record how it ended, off the loop."""
+        record = functools.partial(
+            self._record,
+            reservation,
+            prompt_tokens + completion_tokens,
+            request_id=ctx.request_id,
+            principal=ctx.principal,
+            model=spec,
+            endpoint=ctx.endpoint,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached=False,
+            latency_ms=_ms(started),
+            status=status,
+            ended=ended,
+        )
+        await self._offload.call(record)
 
     # -- embeddings ---------------------------------------------------------------------------
 
     async def embed(self, ctx: CallContext, spec: ModelSpec, inputs: list[str]) -> Embedded:
         started = time.perf_counter()
         bound = sum(prompt_upper_bound(Prompt(text=t), spec.context_length) for t in inputs)
-        key = cache_key(ctx.principal.tenant_id, _model_key(spec), "embeddings", {}, inputs)
+        key = cache_key(ctx.principal.tenant_id, model_key(spec), "embeddings", {}, inputs)
         hit = await self._cache_get(key, spec.id)
         if hit is not None:
             headers = await self._offload.call(self._served_from_cache, ctx, spec, started)
@@ -380,45 +352,8 @@ class GenerationService:
         return Embedded(result, False, reservation.headers)
 
 
-def _model_key(spec: ModelSpec) -> str:
-    """A model's identity for caching: re-pointing or re-versioning a model starts a fresh cache."""
-    return f"{spec.id}@{spec.version}#{json.dumps(spec.backend, sort_keys=True, default=str)}"
-
-
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-def _params_dict(params: GenerationParams, n: int) -> dict[str, object]:
-    return {
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "stop": list(params.stop),
-        "seed": params.seed,
-        "n": n,
-    }
-
-
-def _prompt_json(prompt: Prompt) -> object:
-    if prompt.text is not None:
-        return prompt.text
-    return [[m.role, m.content] for m in prompt.messages]
-
-
-def _generation_json(g: Generation) -> dict[str, object]:
-    return {
-        "text": g.text,
-        "finish_reason": g.finish_reason,
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.completion_tokens,
-    }
-
-
-async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
-    closer = getattr(events, "aclose", None)
-    if closer is not None:
-        await closer()
 
 
 __all__ = [

@@ -8,32 +8,27 @@ request path of generate never touches it.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from core.errors import BackendError
+from adapters.aws.sagemaker_control_errors import GONE, error_code, exists_ok, is_missing, missing_ok, training_error
+
+# Re-exported: the tests import the names from here.
+from adapters.aws.sagemaker_names import resource_name as resource_name
+from adapters.aws.sagemaker_names import training_job_name as training_job_name
 from core.fine_tuning.job import FineTuneJob, TunerStatus
 
 if TYPE_CHECKING:
-    from botocore.exceptions import ClientError
     from mypy_boto3_sagemaker.client import SageMakerClient
     from mypy_boto3_sagemaker.type_defs import DescribeEndpointOutputTypeDef, DescribeTrainingJobResponseTypeDef
 
-NAME_PREFIX = "textnlp-"
-NAME_LIMIT = 63  # training job, model, endpoint config and endpoint names: [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 # While SageMaker finds and prepares instances the job waits, as OpenAI's ``queued`` does. ``Completed`` is not
 # here: a trained model still has to be deployed, and the job runs on until its endpoint is in service.
 WAITING = frozenset({"Starting", "Pending", "LaunchingMLInstances", "PreparingTrainingStack"})
 STATES = {"Failed": "failed", "Stopped": "cancelled", "Deleting": "cancelled"}
 TOKEN_METRICS = ("trained_tokens", "train_tokens")
-_THROTTLING = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
-_GONE = frozenset({"ResourceNotFound", "ValidationException"})  # StopTrainingJob on an ended or unknown job
 
 #: The Hugging Face TGI inference Deep Learning Container (the CDK endpoint's default image, cdk/sagemaker_endpoint.py).
 DEFAULT_INFERENCE_IMAGE = (
@@ -48,25 +43,6 @@ DOWNLOAD_TIMEOUT_S = 1800
 #: Set on the training job by ``cancel`` before it deletes anything: a deploy step that ran meanwhile sees it.
 CANCELLED_TAG = "textnlp:cancelled"
 DEPLOY_FAILED = "the trained model could not be deployed"
-
-
-def resource_name(job_id: str) -> str:
-    """``textnlp-<job id>``: the name of one fine-tune job's training job, model, endpoint config and endpoint.
-
-    SageMaker allows letters, digits and inner hyphens, 63 characters at most. Job ids (``ftjob-`` + hex) fit
-    as they are; any other id has its unsafe characters replaced and ends in a hash of the whole id, so two ids
-    never share a name.
-    """
-    plain = f"{NAME_PREFIX}{job_id}"
-    safe = _NAME_UNSAFE.sub("-", plain).strip("-")
-    if safe == plain and len(plain) <= NAME_LIMIT:
-        return plain
-    digest = hashlib.sha256(job_id.encode()).hexdigest()[:12]
-    return f"{safe[: NAME_LIMIT - len(digest) - 1].rstrip('-')}-{digest}"
-
-
-training_job_name = resource_name
-endpoint_name = resource_name
 
 
 class SageMakerTrainingTuner:
@@ -180,7 +156,7 @@ class SageMakerTrainingTuner:
         try:
             self.client().create_training_job(**request)
         except ClientError as exc:
-            if _code(exc) != "ResourceInUse":  # a repeated start: the job exists already
+            if error_code(exc) != "ResourceInUse":  # a repeated start: the job exists already
                 raise training_error(exc) from None
         return str(request["TrainingJobName"])
 
@@ -303,7 +279,7 @@ class SageMakerTrainingTuner:
         try:
             return self.client().describe_endpoint(EndpointName=name)
         except ClientError as exc:
-            if _missing(exc):
+            if is_missing(exc):
                 return None
             raise
 
@@ -322,7 +298,7 @@ class SageMakerTrainingTuner:
             self._create(name, artifact)
         except ClientError as exc:
             error = training_error(exc)
-            if _missing(exc) or error.retryable:
+            if is_missing(exc) or error.retryable:
                 raise  # a model or config not visible yet, throttling, a 5xx: the next poll tries again
             return replace(deploying, state="failed", error=f"{DEPLOY_FAILED}: {error.message}")
         if self._cancel_requested(arn):
@@ -332,16 +308,16 @@ class SageMakerTrainingTuner:
 
     def _create(self, name: str, artifact: str) -> None:
         client = self.client()
-        _exists_ok(lambda: client.create_model(**self.model_request(name, artifact)))
-        _exists_ok(lambda: client.create_endpoint_config(**self.endpoint_config_request(name)))
-        _exists_ok(lambda: client.create_endpoint(EndpointName=name, EndpointConfigName=name))
+        exists_ok(lambda: client.create_model(**self.model_request(name, artifact)))
+        exists_ok(lambda: client.create_endpoint_config(**self.endpoint_config_request(name)))
+        exists_ok(lambda: client.create_endpoint(EndpointName=name, EndpointConfigName=name))
 
     def _undeploy(self, name: str) -> None:
         """Delete the endpoint (which stops its creation and its instances), then its config and model."""
         client = self.client()
-        _missing_ok(lambda: client.delete_endpoint(EndpointName=name))
-        _missing_ok(lambda: client.delete_endpoint_config(EndpointConfigName=name))
-        _missing_ok(lambda: client.delete_model(ModelName=name))
+        missing_ok(lambda: client.delete_endpoint(EndpointName=name))
+        missing_ok(lambda: client.delete_endpoint_config(EndpointConfigName=name))
+        missing_ok(lambda: client.delete_model(ModelName=name))
 
     def _cancel_requested(self, training_job_arn: str) -> bool:
         pages = self.client().get_paginator("list_tags").paginate(ResourceArn=training_job_arn)
@@ -363,7 +339,7 @@ class SageMakerTrainingTuner:
         try:
             described = client.describe_training_job(TrainingJobName=name)
         except ClientError as exc:
-            if _missing(exc):
+            if is_missing(exc):
                 return  # never started: nothing to stop
             raise training_error(exc) from None
         if described["TrainingJobStatus"] in ("Failed", "Stopped"):
@@ -382,60 +358,10 @@ class SageMakerTrainingTuner:
         try:
             self.client().stop_training_job(TrainingJobName=name)
         except ClientError as exc:
-            if _code(exc) not in _GONE:  # ended meanwhile (the deletes that follow cover a completed job)
+            if error_code(exc) not in GONE:  # ended meanwhile (the deletes that follow cover a completed job)
                 raise
 
 
 def _channel(name: str, uri: str) -> dict[str, Any]:
     source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
     return {"ChannelName": name, "DataSource": {"S3DataSource": source}, "ContentType": "application/jsonlines"}
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code") or "")
-
-
-def _message(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message") or "")
-
-
-def _missing(exc: ClientError) -> bool:
-    """SageMaker's answer for a resource that does not exist: ``Could not find endpoint "..."`` and the like."""
-    message = _message(exc).lower()
-    return _code(exc) in _GONE and ("could not find" in message or "not found" in message)
-
-
-def _exists_ok(create: Callable[[], object]) -> None:
-    """A Create* call; ``Cannot create already existing ...`` is success (another poll created it first)."""
-    from botocore.exceptions import ClientError
-
-    try:
-        create()
-    except ClientError as exc:
-        if not (_code(exc) in ("ValidationException", "ResourceInUse") and "already exist" in _message(exc).lower()):
-            raise
-
-
-def _missing_ok(delete: Callable[[], object]) -> None:
-    """A Delete* call; a resource that does not exist is deleted already."""
-    from botocore.exceptions import ClientError
-
-    try:
-        delete()
-    except ClientError as exc:
-        if not _missing(exc):
-            raise
-
-
-def training_error(exc: ClientError) -> BackendError:
-    """The gateway error for a failed SageMaker control-plane call."""
-    code = _code(exc)
-    message = str(exc.response.get("Error", {}).get("Message") or exc)[:500]
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-    if code in _THROTTLING or status == 429:
-        return BackendError(f"SageMaker is throttling: {message}", status=429, retryable=True, code="backend_throttled")
-    if code == "ResourceLimitExceeded":
-        return BackendError(f"no SageMaker capacity for this job: {message}", status=503, code="training_capacity")
-    if status >= 500:
-        return BackendError(f"SageMaker failed ({code or status}): {message}", status=502, retryable=True)
-    return BackendError(f"SageMaker refused the call ({code or status}): {message}", code="backend_misconfigured")
