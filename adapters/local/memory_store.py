@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from adapters.local.memory_documents import MemoryDocuments
-from core.counters import admits, settled_increments
-from core.domain import ApiKeyRecord, CounterChange, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
-from core.stores import CacheEntry, StorePolicy
+from core.domain import ApiKeyRecord, ModelSpec, SigningKey, Tenant, UsageAggregate, UsageRecord
+from core.stores import CacheEntry, Loaded, StorePolicy, TransactionalCounters
 
 _PURGE_EVERY = 1024
 
@@ -43,7 +43,7 @@ class _State:
     signing_keys: dict[str, SigningKey] = field(default_factory=dict)
 
 
-class MemoryStore(MemoryDocuments, StorePolicy):
+class MemoryStore(MemoryDocuments, TransactionalCounters[_State], StorePolicy):
     """Every Store role in dictionaries behind one lock.
 
     Counter items expire when ``expires_at < now``; cache entries when ``expires_at <= now``.
@@ -85,14 +85,27 @@ class MemoryStore(MemoryDocuments, StorePolicy):
             keys = [k for k in self._s.keys.values() if k.tenant_id == tenant_id]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
-    # -- counters -----------------------------------------------------------------------------------
+    # -- counters and usage writes (core.stores.TransactionalCounters) -------------------------------
 
-    def _live(self, item: str, now: float) -> _Counters | None:
-        counters = self._s.counters.get(item)
-        if counters is not None and counters.expires_at is not None and counters.expires_at < now:
-            del self._s.counters[item]
+    @contextmanager
+    def _transaction(self) -> Iterator[_State]:
+        with self._lock:
+            yield self._s
+            self._wrote(self._clock())
+
+    def _load_item(self, tx: _State, item: str, now: float) -> Loaded:
+        counters = tx.counters.get(item)
+        if counters is None or (counters.expires_at is not None and counters.expires_at < now):
             return None
-        return counters
+        return counters.values, counters.expires_at
+
+    def _save_item(
+        self, tx: _State, item: str, fields: Mapping[str, int], expires_at: float | None, *, replace: bool
+    ) -> None:
+        if replace:
+            tx.counters[item] = _Counters(dict(fields), expires_at)
+        else:
+            tx.counters[item].values.update(fields)
 
     def _wrote(self, now: float) -> None:
         self._writes += 1
@@ -103,68 +116,19 @@ class MemoryStore(MemoryDocuments, StorePolicy):
             for entry in [k for k, e in self._s.cache.items() if e.expires_at <= now]:
                 del self._s.cache[entry]
 
-    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
-        """Every change under one lock: all apply, or nothing is written."""
-        now = self._clock()
-        with self._lock:
-            live = [self._live(c.item, now) for c in changes]
-            seen = [dict(c.values) if c is not None else {} for c in live]
-            if not all(admits(c, values) for c, values in zip(changes, seen, strict=True)):
-                return False, seen
-            after = []
-            for change, counters in zip(changes, live, strict=True):
-                if counters is None:
-                    counters = self._s.counters[change.item] = _Counters({}, change.expires_at)
-                else:
-                    counters.expires_at = change.expires_at
-                for name, inc in change.increments.items():
-                    counters.values[name] = counters.values.get(name, 0) + inc
-                after.append(dict(counters.values))
-            self._wrote(now)
-            return True, after
+    def _save_usage(self, tx: _State, record: UsageRecord, day: str) -> bool:
+        if record.request_id in tx.usage:
+            return False
+        tx.usage[record.request_id] = record
+        daily = tx.daily.setdefault((record.tenant_id, day, record.model), _Daily())
+        daily.requests += 1
+        daily.prompt_tokens += record.prompt_tokens
+        daily.completion_tokens += record.completion_tokens
+        daily.cached_requests += int(record.cached)
+        daily.cost += record.cost
+        return True
 
-    def _add_counter(self, item: str, deltas: Mapping[str, int], expires_at: float | None) -> None:
-        now = self._clock()
-        with self._lock:
-            self._add_locked(item, deltas, expires_at, now)
-            self._wrote(now)
-
-    def _add_locked(self, item: str, deltas: Mapping[str, int], expires_at: float | None, now: float) -> None:
-        counters = self._live(item, now)
-        if counters is None:
-            counters = _Counters({}, expires_at)
-            self._s.counters[item] = counters
-        for name, delta in deltas.items():
-            counters.values[name] = counters.values.get(name, 0) + delta
-
-    def _read_counter(self, item: str) -> dict[str, int]:
-        now = self._clock()
-        with self._lock:
-            counters = self._live(item, now)
-            return dict(counters.values) if counters is not None else {}
-
-    # -- usage --------------------------------------------------------------------------------------
-
-    def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
-        group = (record.tenant_id, day, record.model)
-        now = self._clock()
-        with self._lock:
-            if record.request_id in self._s.usage:
-                return False
-            for change in settle:
-                live = self._live(change.item, now)
-                increments = settled_increments(change, live.values if live is not None else {})
-                self._add_locked(change.item, increments, change.expires_at, now)
-            self._s.usage[record.request_id] = record
-            daily = self._s.daily.get(group)
-            if daily is None:
-                daily = self._s.daily[group] = _Daily()
-            daily.requests += 1
-            daily.prompt_tokens += record.prompt_tokens
-            daily.completion_tokens += record.completion_tokens
-            daily.cached_requests += int(record.cached)
-            daily.cost += record.cost
-            return True
+    # -- usage reads --------------------------------------------------------------------------------
 
     def _load_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         with self._lock:

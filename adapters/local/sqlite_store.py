@@ -8,16 +8,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from adapters.local.sqlite_documents import DOCUMENT_SCHEMA, SQLiteDocuments
-from core.counters import admits, settled_increments
 from core.domain import (
     ApiKeyRecord,
-    CounterChange,
     Limits,
     ModelSpec,
     SigningKey,
@@ -25,7 +23,7 @@ from core.domain import (
     UsageAggregate,
     UsageRecord,
 )
-from core.stores import CacheEntry, StorePolicy
+from core.stores import CacheEntry, Loaded, StorePolicy, TransactionalCounters
 
 _BUSY_TIMEOUT_S = 30.0
 _PURGE_EVERY = 256
@@ -136,7 +134,7 @@ def _cache_row_key(tenant_id: str, key: str) -> str:
     return f"{tenant_id}\x00{key}"
 
 
-class SQLiteStore(SQLiteDocuments, StorePolicy):
+class SQLiteStore(SQLiteDocuments, TransactionalCounters[sqlite3.Connection], StorePolicy):
     """Every Store role in one SQLite file (WAL), one connection per thread and process.
 
     Each read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, which serialises writers
@@ -263,89 +261,38 @@ class SQLiteStore(SQLiteDocuments, StorePolicy):
         rows = self._all_rows("SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id", tenant_id)
         return [_key_from(r) for r in rows]
 
-    # -- counters -----------------------------------------------------------------------------------
+    # -- counters and usage writes (core.stores.TransactionalCounters) -------------------------------
 
-    @staticmethod
-    def _live(conn: sqlite3.Connection, item: str, now: float) -> tuple[dict[str, int], float | None] | None:
-        """The item's fields and expiry, or None when absent or expired (an expired item is deleted)."""
-        rows = conn.execute("SELECT field, value, expires_at FROM counters WHERE item = ?", (item,)).fetchall()
-        if not rows:
-            return None
-        if any(r[2] is not None and r[2] < now for r in rows):
-            conn.execute("DELETE FROM counters WHERE item = ?", (item,))
-            return None
-        return {r[0]: r[1] for r in rows}, rows[0][2]
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._tx() as conn:
+            yield conn
+        self._wrote()
 
-    @staticmethod
-    def _write_values(conn: sqlite3.Connection, item: str, values: Mapping[str, int], expires_at: float | None) -> None:
-        conn.executemany(
+    def _load_item(self, tx: sqlite3.Connection, item: str, now: float) -> Loaded:
+        rows = tx.execute("SELECT field, value, expires_at FROM counters WHERE item = ?", (item,)).fetchall()
+        if not rows or any(r[2] is not None and r[2] < now for r in rows):
+            return None
+        return {r[0]: r[1] for r in rows}, rows[0][2]  # every field's row carries the item's expiry
+
+    def _save_item(
+        self, tx: sqlite3.Connection, item: str, fields: Mapping[str, int], expires_at: float | None, *, replace: bool
+    ) -> None:
+        if replace:
+            tx.execute("DELETE FROM counters WHERE item = ?", (item,))
+        tx.executemany(
             "INSERT OR REPLACE INTO counters (item, field, value, expires_at) VALUES (?, ?, ?, ?)",
-            [(item, name, value, expires_at) for name, value in values.items()],
+            [(item, name, value, expires_at) for name, value in fields.items()],
         )
 
-    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
-        """Every change in one transaction: all apply, or nothing is written."""
-        now = self._clock()
-        with self._tx() as conn:
-            seen, expiries = [], []
-            for change in changes:
-                live = self._live(conn, change.item, now)
-                seen.append(live[0] if live is not None else {})
-                expiries.append(live[1] if live is not None else None)
-            if not all(admits(c, values) for c, values in zip(changes, seen, strict=True)):
-                return False, seen
-            for change, values, expiry in zip(changes, seen, expiries, strict=True):
-                for name, inc in change.increments.items():
-                    values[name] = values.get(name, 0) + inc
-                # The item keeps its expiry (it is named after its window): only the fields that changed are
-                # written, unless the expiry moves, which every field's row carries.
-                moved = expiry != change.expires_at
-                changed = values if moved else {name: values[name] for name in change.increments}
-                self._write_values(conn, change.item, changed, change.expires_at)
-        self._wrote()
-        return True, seen
-
-    def _add_counter(self, item: str, deltas: Mapping[str, int], expires_at: float | None) -> None:
-        now = self._clock()
-        with self._tx() as conn:
-            self._add_in(conn, item, deltas, expires_at, now)
-        self._wrote()
-
-    def _add_in(
-        self, conn: sqlite3.Connection, item: str, deltas: Mapping[str, int], expires_at: float | None, now: float
-    ) -> None:
-        live = self._live(conn, item, now)
-        values: dict[str, int] = {}
-        if live is not None:
-            values, expires_at = live
-        changed = {name: values.get(name, 0) + delta for name, delta in deltas.items()}
-        self._write_values(conn, item, changed, expires_at)
-
-    def _read_counter(self, item: str) -> dict[str, int]:
-        now = self._clock()
-        rows = self._all_rows("SELECT field, value, expires_at FROM counters WHERE item = ?", item)
-        values: dict[str, int] = {}
-        for name, value, expires in rows:
-            if expires is not None and expires < now:
-                return {}
-            values[name] = value
-        return values
-
-    # -- usage --------------------------------------------------------------------------------------
-
-    def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
+    def _save_usage(self, tx: sqlite3.Connection, record: UsageRecord, day: str) -> bool:
+        if tx.execute(_PUT_USAGE, _usage_row(record)).rowcount != 1:
+            return False
         r = record
-        now = self._clock()
-        with self._tx() as conn:
-            if conn.execute(_PUT_USAGE, _usage_row(r)).rowcount != 1:
-                return False
-            aggregate = (r.prompt_tokens, r.completion_tokens, int(r.cached), r.cost)
-            conn.execute(_ADD_DAILY, (r.tenant_id, day, r.model, *aggregate))
-            for change in settle:
-                live = self._live(conn, change.item, now) if change.conditional else None
-                increments = settled_increments(change, live[0] if live is not None else {})
-                self._add_in(conn, change.item, increments, change.expires_at, now)
+        tx.execute(_ADD_DAILY, (r.tenant_id, day, r.model, r.prompt_tokens, r.completion_tokens, int(r.cached), r.cost))
         return True
+
+    # -- usage reads --------------------------------------------------------------------------------
 
     def _load_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
         row = self._one("SELECT * FROM usage WHERE request_id = ? AND tenant_id = ?", request_id, tenant_id)

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from core.stores.base import CacheEntry, StoredDocument, StorePolicy, utc_day
+from core.stores.transactional import Loaded, TransactionalCounters
 
-__all__ = ["CacheEntry", "StorePolicy", "StoredDocument", "utc_day"]
+__all__ = ["CacheEntry", "Loaded", "StorePolicy", "StoredDocument", "TransactionalCounters", "utc_day"]

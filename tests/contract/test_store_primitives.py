@@ -1,4 +1,7 @@
-"""Every Store is core's policy (``core.stores.StorePolicy``) on a few primitives: a store lacking one fails by name."""
+"""Every Store is core's policy (``core.stores.StorePolicy``) on a few primitives: a store lacking one fails by name.
+
+A store with transactions (memory, SQLite) gets the counter and usage-write primitives from
+``core.stores.TransactionalCounters`` and implements that mixin's smaller primitives instead, with the same rule."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 
 from adapters.local.memory_store import MemoryStore
 from adapters.local.sqlite_store import SQLiteStore
-from core.stores import StorePolicy
+from core.stores import StorePolicy, TransactionalCounters
 
 #: What a new store adapter (Firestore, Cosmos) implements; the rest of the Store port is core's.
 PRIMITIVES = {
@@ -27,6 +30,10 @@ PRIMITIVES = {
     "_list_documents",
     "_delete_document",
 }
+
+#: What a store with transactions implements instead of the four primitives ``TransactionalCounters`` provides.
+TRANSACTIONAL = {"_transaction", "_load_item", "_save_item", "_save_usage"}
+PROVIDED = {"_try_add_counters", "_add_counter", "_read_counter", "_record_usage"}
 
 
 def _stores() -> list[type]:
@@ -59,5 +66,33 @@ def test_a_store_lacking_a_primitive_cannot_be_made_and_the_error_names_it(missi
 
     methods = dict.fromkeys(PRIMITIVES - {missing}, primitive)
     incomplete = type("IncompleteStore", (StorePolicy,), methods)
+    with pytest.raises(TypeError, match=f"abstract method.*{missing}"):
+        incomplete()
+
+
+def test_the_transactional_mixin_provides_four_primitives_on_four_smaller_ones() -> None:
+    assert TransactionalCounters.__abstractmethods__ == TRANSACTIONAL
+    assert PROVIDED <= PRIMITIVES
+    assert {name for name in PRIMITIVES if name in vars(TransactionalCounters)} == PROVIDED
+    store: Any = type("TransactionalStore", (TransactionalCounters, StorePolicy), {})
+    assert store.__abstractmethods__ == (PRIMITIVES - PROVIDED) | TRANSACTIONAL
+
+
+@pytest.mark.parametrize("store_class", [MemoryStore, SQLiteStore], ids=lambda c: c.__name__)
+def test_the_local_stores_are_transactional_stores(store_class: type) -> None:
+    assert issubclass(store_class, TransactionalCounters)
+    mro = store_class.__mro__
+    assert mro.index(TransactionalCounters) < mro.index(StorePolicy)
+    for cls in mro[: mro.index(TransactionalCounters)]:
+        assert not PROVIDED.intersection(vars(cls)), f"{cls.__name__} re-implements the mixin's primitives"
+
+
+@pytest.mark.parametrize("missing", sorted((PRIMITIVES - PROVIDED) | TRANSACTIONAL))
+def test_a_transactional_store_lacking_a_primitive_cannot_be_made_and_the_error_names_it(missing: str) -> None:
+    def primitive(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("never called")
+
+    methods = dict.fromkeys(((PRIMITIVES - PROVIDED) | TRANSACTIONAL) - {missing}, primitive)
+    incomplete = type("IncompleteStore", (TransactionalCounters, StorePolicy), methods)
     with pytest.raises(TypeError, match=f"abstract method.*{missing}"):
         incomplete()
