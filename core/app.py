@@ -202,6 +202,7 @@ class Gateway:
             metrics=self.metrics,
             settings=settings or self.batch_settings,
             sleep=self.batch_sleep,
+            offload=self.offload,
         )
 
     async def run_job(self, kind: str, tenant_id: str, job_id: str) -> None:

@@ -16,6 +16,7 @@ from core.domain import Principal
 from core.errors import APIError, QuotaExceeded, RateLimited
 from core.http import JSON, Request, Response
 from core.observability import LOGGER_NAME
+from core.offload import Offload
 from core.ports import Clock, Metrics, UsageStore
 
 Dispatch = Callable[[Principal, Request], Awaitable[Response]]
@@ -57,8 +58,10 @@ class LineExecutor:
         *,
         sleep: Sleep = asyncio.sleep,
         max_rate_waits: int = 30,
+        offload: Offload | None = None,
     ) -> None:
         self._usage = usage
+        self._offload = offload or Offload(0)  # the store blocks: its calls run off the event loop
         self._dispatch = dispatch
         self._clock = clock
         self._metrics = metrics
@@ -66,12 +69,12 @@ class LineExecutor:
         self._max_rate_waits = max_rate_waits
         self._log = logging.getLogger(LOGGER_NAME)
 
-    def _request_id(self, line: LineJob) -> str | APIError:
+    async def _request_id(self, line: LineJob) -> str | APIError:
         """``<batch>:<line>``; on a resumed batch, what an earlier run already charged decides."""
         request_id = line_request_id(line.batch_id, line.line_no)
         if line.attempt <= 1:
             return request_id
-        prior = self._usage.get_usage(line.principal.tenant_id, request_id)
+        prior = await self._offload.call(self._usage.get_usage, line.principal.tenant_id, request_id)
         if prior is None:
             return request_id
         if prior.status == 200:
@@ -86,7 +89,7 @@ class LineExecutor:
         call = parse_line(line.raw, line.line_no, line.endpoint)
         if isinstance(call, LineError):
             return output.line_error_result(call)
-        request_id = self._request_id(line)
+        request_id = await self._request_id(line)
         if isinstance(request_id, APIError):
             return output.api_error_result(line_request_id(line.batch_id, line.line_no), call.custom_id, request_id)
         if pacing.quota_line is not None:

@@ -11,6 +11,7 @@ from typing import Any
 from core.batch.lines import LineError
 from core.batch.records import FILES, BatchJob, FileRecord, derived_file_id, iter_documents, lines_collection
 from core.errors import APIError
+from core.offload import Offload
 from core.ports import BlobStore, DocumentStore
 
 
@@ -90,13 +91,20 @@ def write_outputs(
 
 
 async def finish(
-    store: DocumentStore, blobs: BlobStore, job: BatchJob, now: float, page: int = 500
+    store: DocumentStore,
+    blobs: BlobStore,
+    job: BatchJob,
+    now: float,
+    page: int = 500,
+    *,
+    offload: Offload | None = None,
 ) -> tuple[str | None, str | None]:
     """Write a batch's output and error objects (in a thread: they are streamed from the store).
 
-    A batch started through the API registers them as files of its tenant and returns their ids;
-    one without output (or without errors) gets no such file, as with OpenAI.
+    A batch started through the API registers them as files of its tenant (through ``offload``: the store
+    blocks) and returns their ids; one without output (or without errors) gets no such file, as with OpenAI.
     """
+    offload = offload or Offload(0)
     publish = job.publish_files
     with_output = not publish or job.completed + job.failed > 0
     with_errors = not publish or job.failed > 0
@@ -114,6 +122,6 @@ async def finish(
             continue
         file_id = derived_file_id(job.id, role)
         record = FileRecord(file_id, job.tenant_id, f"{job.id}_{role}.jsonl", f"batch_{role}", size, now, key)
-        store.put_document(FILES, record.to_document())
+        await offload.call(store.put_document, FILES, record.to_document())
         ids.append(file_id)
     return ids[0], ids[1]

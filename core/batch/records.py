@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.domain import Document, Principal
+from core.offload import Offload
 from core.ports import DocumentStore
 
 FILES = "files"
@@ -233,20 +234,24 @@ def iter_documents(store: DocumentStore, collection: str, owner: str, page: int 
 class DoneLines:
     """The stored results of a batch's lines, read page by page as a reader moves forward through the input.
 
-    ``get`` must be called with growing line numbers; only one page is held at a time, so memory does
-    not grow with the batch however many lines an earlier run finished.
+    ``get`` must be awaited with growing line numbers; only one page is held at a time, so memory does
+    not grow with the batch however many lines an earlier run finished. Pages are read through ``offload``
+    (off the event loop: the store blocks).
     """
 
-    def __init__(self, store: DocumentStore, batch_id: str, owner: str, page: int = 500) -> None:
+    def __init__(
+        self, store: DocumentStore, batch_id: str, owner: str, page: int = 500, *, offload: Offload | None = None
+    ) -> None:
         self._store = store
         self._collection = lines_collection(batch_id)
         self._owner = owner
         self._page = page
+        self._offload = offload or Offload(0)
         self._buffer: deque[Document] = deque()
         self._after: str | None = None
         self._exhausted = False
 
-    def get(self, line_no: int) -> Document | None:
+    async def get(self, line_no: int) -> Document | None:
         key = line_doc_id(line_no)
         while True:
             while self._buffer and self._buffer[0].id < key:
@@ -255,7 +260,8 @@ class DoneLines:
                 return self._buffer[0] if self._buffer[0].id == key else None
             if self._exhausted:
                 return None
-            docs = self._store.list_documents(self._collection, self._owner, self._after, self._page)
+            list_page = self._store.list_documents
+            docs = await self._offload.call(list_page, self._collection, self._owner, self._after, self._page)
             self._exhausted = len(docs) < self._page
             if docs:
                 self._after = docs[-1].id
