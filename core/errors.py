@@ -111,3 +111,14 @@ class ServiceUnavailable(APIError):
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+class StoreThrottled(ServiceUnavailable):
+    """The store refused a write because one item or partition is over its rate (DynamoDB's per-partition
+    write units, Firestore's writes per document, Cosmos DB's RU/s per logical partition). The counters
+    spread a busy tenant over more shards when they see it (``core.budget_shards``)."""
+
+    code = "store_throttled"
+
+    def __init__(self, message: str = "the usage store is busy; retry shortly", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]

@@ -7,6 +7,10 @@ Reserving is ONE atomic conditional write over both items (``CounterStore.try_ad
 every limit in them; settling is written together with the request's usage record. No interleaving
 of concurrent requests can push a counter past its limit, because each check-and-add is atomic.
 
+A busy tenant's counters spread over several such items (``core.budget_shards``): a request writes one
+shard, chosen at random among the tenant's shards, and a shard spends a budget it drew from the window's
+own item. With one shard (a quiet tenant, or ``ShardPolicy(max_shards=1)``) this is the single item.
+
 Revocation rides on the same write. Every reservation writes the tenant's minute item (it counts the
 request) and its condition also asks that the guard fields ``off`` (the tenant is suspended) and
 ``off|<key>`` (the key is revoked) be absent or 0. Revoking a key or suspending a tenant sets those
@@ -17,40 +21,56 @@ with no store call added to the hot path and no item that every request of every
 
 from __future__ import annotations
 
-import calendar
-import math
-import time
+import random
 from dataclasses import dataclass, field
 
-from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant
-from core.errors import Forbidden, QuotaExceeded, RateLimited, ServiceUnavailable, Unauthorized
-from core.leases import (
-    LeaseClock,
-    at_epoch,
-    epoch_field,
-    held,
-    lease_field,
-    leased,
-    reclaim,
-    slot_of,
-    stale_slots,
+from core.budget_shards import (
+    COUNT,
+    GUARD_VERSION,
+    REGISTERED,
+    ShardCounts,
+    ShardPolicy,
+    budget,
+    guard_writes,
+    marked,
+    on_shard,
+    registration,
+)
+from core.counters import admits
+from core.domain import ApiKeyRecord, CounterChange, Tenant
+from core.errors import ServiceUnavailable, StoreThrottled
+from core.leases import LeaseClock, at_epoch, epoch_field, held, lease_field, leased, reclaim, slot_of, stale_slots
+from core.limit_refusals import (
+    MINUTE,
+    TENANT_OFF,
+    key_off,
+    period_bounds,
+    quota_exceeded,
+    rate_headers,
+    rate_limited,
+    refuse_guarded,
 )
 from core.ports import Clock, CounterStore, Metrics
+from core.shard_room import ShardRoom
 
-MINUTE = 60
-# A reservation may have to turn its lease slot over, then reclaim stale slots: a few rounds are plenty.
-_RESERVE_ROUNDS = 6
+# A reservation may register its shard, draw, rebalance, turn its lease slot over and reclaim stale slots.
+_RESERVE_ROUNDS = 10
 # The longest a process may trust a cached key or tenant record (settings are clamped to it).
 MAX_RECORD_CACHE_S = 60.0
 # How far a revocation's guard reaches each way from its time: the record caches' lifetime, plus a minute
 # for clocks that disagree between instances (a reservation names its minute by its own clock).
 GUARD_SPAN_S = MAX_RECORD_CACHE_S + MINUTE
-TENANT_OFF = "off"
 
-
-def key_off(key_id: str) -> str:
-    """The guard field of one key: non-zero once the key is revoked."""
-    return f"{TENANT_OFF}|{key_id}"
+__all__ = [
+    "GUARD_SPAN_S",
+    "MAX_RECORD_CACHE_S",
+    "MINUTE",
+    "TENANT_OFF",
+    "LimitEnforcer",
+    "Reservation",
+    "key_off",
+    "period_bounds",
+]
 
 
 def minute_item(tenant_id: str, window: int) -> str:
@@ -66,20 +86,9 @@ def guarded_windows(at: float) -> range:
     return range(int((at - GUARD_SPAN_S) // MINUTE), int((at + GUARD_SPAN_S) // MINUTE) + 1)
 
 
-def period_bounds(now: float, period: str) -> tuple[str, float]:
-    """The id of the quota period containing ``now`` and the time it ends (UTC)."""
-    t = time.gmtime(now)
-    if period == "day":
-        start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
-        return time.strftime("%Y-%m-%d", t), start + 86_400
-    days = calendar.monthrange(t.tm_year, t.tm_mon)[1]
-    start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
-    return time.strftime("%Y-%m", t), start + days * 86_400
-
-
 @dataclass
 class Reservation:
-    """What a request holds until it settles."""
+    """What a request holds until it settles. Field names are as written on the shard's items."""
 
     tokens: int
     minute_item: str | None
@@ -93,14 +102,22 @@ class Reservation:
     lease_epoch: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    shard: int = 0
+    minute_release: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sign(self) -> int:
+        """+1 where a reservation adds to a limited field (shard 0), -1 where it spends a budget."""
+        return -1 if self.shard else 1
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    item: str
-    increments: dict[str, int]
-    limits: dict[str, int]
-    expires_at: float
+@dataclass
+class _Attempt:
+    """Where a reservation is being tried: its shard and lease epoch, and whether stale slots were reclaimed."""
+
+    shard: int
+    epoch: int
+    reclaimed: bool = False
 
 
 def _quota_field(name: str, period: str, now: float) -> str:
@@ -110,14 +127,22 @@ def _quota_field(name: str, period: str, now: float) -> str:
 
 class LimitEnforcer:
     def __init__(
-        self, counters: CounterStore, clock: Clock, metrics: Metrics, leases: LeaseClock | None = None
+        self,
+        counters: CounterStore,
+        clock: Clock,
+        metrics: Metrics,
+        leases: LeaseClock | None = None,
+        shards: ShardPolicy | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._counters = counters
         self._clock = clock
         self._metrics = metrics
         self.leases = leases or LeaseClock()
+        self.shards = ShardCounts(shards or ShardPolicy(), rng)
+        self._room = ShardRoom(counters, self.shards, self.leases)
 
-    def _minute_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan:
+    def _minute_change(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> CounterChange:
         """The minute item: always written (it counts the request and carries the revocation guard)."""
         t, k = tenant.limits, key.limits
         window = int(now // MINUTE)
@@ -135,10 +160,12 @@ class LimitEnforcer:
         # Tokens per minute are counted only where a limit needs them: a settlement then has nothing to
         # give back on this item, which saves a write for tenants without token rates.
         increments = {"req": 1, f"req|{kid}": 1} | {f: tokens for f in ("tok", f"tok|{kid}") if f in limits}
+        if self.shards.policy.on:
+            increments[COUNT] = 1  # this shard's requests this minute: how busy the tenant is
         limits |= {TENANT_OFF: 0, key_off(kid): 0}
-        return _Plan(minute_item(tenant.id, window), increments, limits, minute_expiry(window))
+        return CounterChange(minute_item(tenant.id, window), increments, limits, minute_expiry(window))
 
-    def _period_plan(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> _Plan | None:
+    def _period_change(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> CounterChange | None:
         t, k = tenant.limits, key.limits
         if t.token_quota is None and k.token_quota is None:
             return None
@@ -152,76 +179,136 @@ class LimitEnforcer:
             limits[tenant_field] = t.token_quota
         if k.token_quota is not None:
             limits[key_field] = k.token_quota
-        return _Plan(f"q|{tenant.id}|{month}", {tenant_field: tokens, key_field: tokens}, limits, ends + 86_400)
+        return CounterChange(f"q|{tenant.id}|{month}", {tenant_field: tokens, key_field: tokens}, limits, ends + 86_400)
 
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
         """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise.
 
         401 ``key_revoked`` or 403 ``tenant_suspended`` when a guard is set; 429 when a limit refuses. The
         quota part is leased (``core.leases``): a refusal because a lease slot must be turned over, or
-        for quota while stale leases hold tokens, takes them back and tries again.
+        for quota while stale leases hold tokens, takes them back and tries again. On a shard, a refusal
+        for budget draws from the window's own item, or rebalances (``core.shard_room``), and tries again.
         """
         now = self._clock.now()
-        minute = self._minute_plan(tenant, key, tokens, now)
+        minute = self._minute_change(tenant, key, tokens, now)
         # A request that costs no tokens (a cache hit) counts against the request rate only.
-        period = self._period_plan(tenant, key, tokens, now) if tokens else None
-        epoch = self.leases.epoch(now)
-        reclaimed = False
+        period = self._period_change(tenant, key, tokens, now) if tokens else None
+        attempt = _Attempt(self.shards.pick(tenant.id), self.leases.epoch(now))
         for _ in range(_RESERVE_ROUNDS):
-            changes = [CounterChange(minute.item, minute.increments, minute.limits, minute.expires_at)]
-            if period is not None:
-                changes.append(_leased_change(period, epoch))
-            ok, seen = self._counters.try_add_all(changes)
-            minute_values = seen[0]
-            if ok:
-                return self._reservation(tokens, key, minute, minute_values, period, epoch, now)
-            _refuse_guarded(minute_values, key.id)
-            if _violates(minute, minute_values):
-                self._refuse_rate(minute, minute_values, tokens, now, tenant.limits, key.limits)
-            if period is None:
-                raise RuntimeError("the counter store refused a reservation no limit refuses")
-            values = seen[-1]
-            slot = slot_of(epoch)
-            held_epoch = values.get(epoch_field(slot), 0)
-            if epoch < held_epoch <= epoch + 1:  # an instance whose clock runs ahead turned it over: join it
-                epoch = held_epoch
-            elif held_epoch != epoch:
-                self._reclaim(period, values, slot, epoch)
-            elif not reclaimed and (stale := stale_slots(values, self.leases, now)):
-                reclaimed = True
-                for old in stale:
-                    self._reclaim(period, values, old, values.get(epoch_field(old), 0))
-            else:
-                self._refuse_quota(period, values, tokens, now, tenant, minute, minute_values)
+            try:
+                reservation = self._round(attempt, tenant, key, tokens, minute, period, now)
+            except StoreThrottled:
+                if not self.shards.throttled(tenant.id, now):
+                    raise
+                self._metrics.incr("counter_throttles_total")
+                attempt.shard = self.shards.pick(tenant.id, avoid=attempt.shard)
+                continue
+            if reservation is not None:
+                return reservation
         raise ServiceUnavailable("the quota counters are contended; retry shortly", code="store_unavailable")
+
+    def _round(
+        self,
+        attempt: _Attempt,
+        tenant: Tenant,
+        key: ApiKeyRecord,
+        tokens: int,
+        minute: CounterChange,
+        period: CounterChange | None,
+        now: float,
+    ) -> Reservation | None:
+        """One try: the reservation, or None after making room for the next try (or raise the refusal)."""
+        shard, epoch = attempt.shard, attempt.epoch
+        minute_change = on_shard(minute, shard, minute=True)
+        changes = [minute_change]
+        if period is not None:
+            changes.append(_leased(on_shard(period, shard, minute=False), epoch))
+        ok, seen = self._counters.try_add_all(changes)
+        minute_values = seen[0]
+        if ok:
+            self.shards.observe(tenant.id, minute_values.get(COUNT, 0), now)
+            return self._reservation(tokens, key, minute, changes, minute_values, shard, epoch, now)
+        refuse_guarded(minute_values, key.id)
+        if shard and minute_values.get(REGISTERED, 0) < 1:
+            self._register(minute, shard, minute_values)
+            return None
+        if not admits(minute_change, minute_values):
+            made, parent_values = self._room.make(minute, minute_change, shard, minute_values, now)
+            if not made:
+                self._metrics.incr("limit_refusals_total", limit="per_minute")
+                raise rate_limited(minute.limits, minute.increments, parent_values, tokens, now)
+            return None
+        if period is None:
+            raise RuntimeError("the counter store refused a reservation no limit refuses")
+        item, values = changes[-1].item, seen[-1]
+        slot = slot_of(epoch)
+        held_epoch = values.get(epoch_field(slot), 0)
+        if epoch < held_epoch <= epoch + 1:  # an instance whose clock runs ahead turned it over: join it
+            attempt.epoch = held_epoch
+        elif held_epoch != epoch:
+            self._reclaim(item, values, slot, epoch, period.expires_at)
+        elif not attempt.reclaimed and (stale := stale_slots(values, self.leases, now)):
+            attempt.reclaimed = True
+            for old in stale:
+                self._reclaim(item, values, old, values.get(epoch_field(old), 0), period.expires_at)
+        else:
+            made, parent_values = self._room.make(period, on_shard(period, shard, minute=False), shard, values, now)
+            if not made:
+                self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
+                headers = self._headers(minute, minute_change, minute_values, shard, now)
+                raise quota_exceeded(period.limits, parent_values, tokens, now, headers)
+        return None
+
+    def _register(self, minute: CounterChange, shard: int, shard_values: dict[str, int]) -> None:
+        """Register a minute shard with its parent (see ``core.budget_shards``); refused when a guard moved
+        meanwhile (the next round reads again)."""
+        parent_values = self._counters.read(minute.item)
+        expires_at = minute.expires_at or 0.0
+        self._counters.try_add_all(registration(minute.item, shard, parent_values, shard_values, expires_at))
+
+    def _headers(
+        self, minute: CounterChange, change: CounterChange, values: dict[str, int], shard: int, now: float
+    ) -> dict[str, str]:
+        """The rate headers: exact on the window's own item; on a shard, from its budget and the parent's
+        remainder as this process last saw it (an estimate)."""
+        if not shard:
+            return rate_headers(minute.limits, values, now)
+        return rate_headers(minute.limits, self._room.used_estimate(minute, values), now)
 
     def _reservation(
         self,
         tokens: int,
         key: ApiKeyRecord,
-        minute: _Plan,
+        minute: CounterChange,
+        changes: list[CounterChange],
         minute_values: dict[str, int],
-        period: _Plan | None,
+        shard: int,
         epoch: int,
         now: float,
     ) -> Reservation:
-        reservation = Reservation(tokens, minute.item, None, key.id)
-        reservation.minute_token_fields = tuple(f for f in minute.increments if f.startswith("tok"))
-        reservation.minute_expires_at = minute.expires_at
-        reservation.headers = self._rate_headers(minute, minute_values, now)
-        if period is not None:
+        minute_change = changes[0]
+        reservation = Reservation(tokens, minute_change.item, None, key.id, shard=shard)
+        token_fields = [f for f in minute.increments if f.startswith("tok")]
+        reservation.minute_token_fields = tuple(budget(f) if shard else f for f in token_fields)
+        reservation.minute_expires_at = minute.expires_at or 0.0
+        reservation.minute_release = {f: -v for f, v in minute_change.increments.items()}
+        reservation.headers = self._headers(minute, minute_change, minute_values, shard, now)
+        if len(changes) > 1:
+            period = changes[1]
             reservation.period_item = period.item
-            reservation.period_expires_at = period.expires_at
-            reservation.period_fields = tuple(period.increments)
-            reservation.lease_slot, reservation.lease_epoch = slot_of(epoch), epoch
+            reservation.period_expires_at = period.expires_at or 0.0
+            slot = slot_of(epoch)
+            prefix = f"{lease_field(slot, '')}"
+            reservation.period_fields = tuple(f for f in period.increments if not f.startswith(prefix))
+            reservation.lease_slot, reservation.lease_epoch = slot, epoch
         return reservation
 
-    def _reclaim(self, period: _Plan, values: dict[str, int], slot: int, epoch: int) -> None:
+    def _reclaim(self, item: str, values: dict[str, int], slot: int, epoch: int, expires_at: float | None) -> None:
         """Give back what a lease slot holds, as seen; refused when the slot changed meanwhile (the caller's
         next round sees it as it is now)."""
-        change = reclaim(period.item, values, slot, epoch, period.expires_at)
+        change = reclaim(item, values, slot, epoch, expires_at or 0.0)
         if change is not None and self._counters.try_add_all([change])[0]:
-            leaked = max(held(values, slot).values(), default=0)
+            leaked = max((abs(v) for v in held(values, slot).values()), default=0)
             if leaked:
                 self._metrics.incr("reservations_reclaimed_tokens_total", leaked)
 
@@ -238,32 +325,17 @@ class LimitEnforcer:
         self._set_guard(tenant_id, TENANT_OFF, -1, suspended_at)
 
     def _set_guard(self, tenant_id: str, name: str, delta: int, at: float) -> None:
+        """The window's own item first (moving its guard version), then every shard it marks as registered."""
         now = self._clock.now()
         for window in guarded_windows(at):
-            if minute_expiry(window) > now:
-                self._counters.add(minute_item(tenant_id, window), {name: delta}, minute_expiry(window))
-
-    def _refuse_quota(
-        self,
-        period: _Plan,
-        values: dict[str, int],
-        tokens: int,
-        now: float,
-        tenant: Tenant,
-        minute: _Plan | None,
-        minute_values: dict[str, int],
-    ) -> None:
-        self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
-        headers = self._rate_headers(minute, minute_values, now) if minute is not None else {}
-        used = max(values.get(f, 0) - lim for f, lim in period.limits.items())
-        over = [f for f, lim in period.limits.items() if values.get(f, 0) + tokens > lim]
-        resets = max(period_bounds(now, "day" if "@" in f else "month")[1] for f in over or period.limits)
-        raise QuotaExceeded(
-            f"token quota exhausted for this period: this request needs up to {tokens} tokens "
-            f"and the quota would be exceeded by {used + tokens}; lower max_tokens or wait for "
-            "the next period",
-            headers={**headers, "retry-after": str(max(1, math.ceil(resets - now)))},
-        )
+            expires_at = minute_expiry(window)
+            if expires_at <= now:
+                continue
+            parent = minute_item(tenant_id, window)
+            self._counters.add(parent, {name: delta, GUARD_VERSION: 1}, expires_at)
+            shards = marked(self._counters.read(parent))
+            for change in guard_writes(parent, shards, name, delta, expires_at):
+                self._counters.add(change.item, change.increments, expires_at)
 
     def settlement(self, reservation: Reservation, used_tokens: int) -> list[CounterChange]:
         """The counter changes that return the unused part of a reservation (written with the usage record).
@@ -280,95 +352,50 @@ class LimitEnforcer:
             changes.append(
                 CounterChange(
                     reservation.minute_item,
-                    dict.fromkeys(reservation.minute_token_fields, delta),
+                    dict.fromkeys(reservation.minute_token_fields, reservation.sign * delta),
                     expires_at=reservation.minute_expires_at,
                 )
             )
         if reservation.period_item is not None:
-            changes.append(self._lease_return(reservation, delta, otherwise=used_tokens))
+            changes.append(_lease_return(reservation, delta, otherwise=used_tokens))
         return changes
-
-    @staticmethod
-    def _lease_return(reservation: Reservation, delta: int, otherwise: int | None) -> CounterChange:
-        """The period item's part of a settlement: ``delta`` to the quota fields and the whole reservation out
-        of its lease slot, if the slot still holds its epoch; else (the lease was reclaimed and the whole
-        reservation given back) ``otherwise`` tokens are charged, or nothing."""
-        fields, slot, tokens = reservation.period_fields, reservation.lease_slot, reservation.tokens
-        increments = dict.fromkeys(fields, delta) | {lease_field(slot, f): -tokens for f in fields}
-        same_epoch = at_epoch(slot, reservation.lease_epoch)
-        return CounterChange(
-            reservation.period_item or "",
-            increments,
-            same_epoch,
-            reservation.period_expires_at,
-            floors=same_epoch,
-            otherwise=dict.fromkeys(fields, otherwise) if otherwise else None,
-        )
 
     def release(self, reservation: Reservation) -> None:
         """Give back a whole reservation, the request included: it was charged under another attempt."""
-        kid = reservation.key_id
-        tokens = reservation.tokens
-        if reservation.minute_item is not None:
-            self._counters.add(
-                reservation.minute_item,
-                {"req": -1, f"req|{kid}": -1} | dict.fromkeys(reservation.minute_token_fields, -tokens),
-                reservation.minute_expires_at,
-            )
-        if reservation.period_item is not None and tokens:
+        if reservation.minute_item is not None and reservation.minute_release:
+            self._counters.add(reservation.minute_item, reservation.minute_release, reservation.minute_expires_at)
+        if reservation.period_item is not None and reservation.tokens:
             # Refused when the lease was reclaimed: that gave the whole reservation back already.
-            self._counters.try_add_all([self._lease_return(reservation, -tokens, otherwise=None)])
+            self._counters.try_add_all([_lease_return(reservation, -reservation.tokens, otherwise=None)])
         reservation.settled = True
 
-    def _refuse_rate(
-        self, plan: _Plan, values: dict[str, int], tokens: int, now: float, tenant: Limits, key: Limits
-    ) -> None:
-        reset = max(1, math.ceil((int(now // MINUTE) + 1) * MINUTE - now))
-        headers = self._rate_headers(plan, values, now)
-        headers["retry-after"] = str(reset)
-        over = [f for f, lim in plan.limits.items() if values.get(f, 0) + plan.increments.get(f, 0) > lim]
-        what = "requests" if over and over[0].startswith("req") else "tokens"
-        whose = "this key" if over and "|" in over[0] else "this tenant"
-        limit = plan.limits[over[0]] if over else 0
-        self._metrics.incr("limit_refusals_total", limit=f"{what}_per_minute")
-        if what == "tokens" and tokens > limit:
-            msg = (
-                f"this request needs up to {tokens} tokens, more than the {limit} tokens per minute "
-                f"allowed for {whose}; lower max_tokens or shorten the prompt"
-            )
-        else:
-            msg = f"rate limit of {limit} {what} per minute reached for {whose}; retry after {reset} s"
-        raise RateLimited(msg, headers=headers)
 
-    @staticmethod
-    def _rate_headers(plan: _Plan, values: dict[str, int], now: float) -> dict[str, str]:
-        reset = f"{max(0, math.ceil((int(now // MINUTE) + 1) * MINUTE - now))}s"
-        headers: dict[str, str] = {}
-        for what, prefix in (("requests", "req"), ("tokens", "tok")):
-            pairs = [(lim, lim - values.get(f, 0)) for f, lim in plan.limits.items() if f.startswith(prefix)]
-            if not pairs:
-                continue
-            limit, remaining = min(pairs, key=lambda p: p[1])
-            headers[f"x-ratelimit-limit-{what}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{what}"] = str(max(0, remaining))
-            headers[f"x-ratelimit-reset-{what}"] = reset
-        return headers
-
-
-def _leased_change(period: _Plan, epoch: int) -> CounterChange:
-    """The period item's part of a reservation: the quota increments, leased in the epoch's slot."""
+def _leased(change: CounterChange, epoch: int) -> CounterChange:
+    """The period item's part of a reservation: its increments, leased in the epoch's slot."""
     slot = slot_of(epoch)
     same_epoch = at_epoch(slot, epoch)
-    limits = period.limits | same_epoch
-    return CounterChange(period.item, leased(period.increments, slot), limits, period.expires_at, floors=same_epoch)
+    return CounterChange(
+        change.item,
+        leased(change.increments, slot),
+        change.limits | same_epoch,
+        change.expires_at,
+        floors=change.floors | same_epoch,
+    )
 
 
-def _refuse_guarded(values: dict[str, int], key_id: str) -> None:
-    if values.get(key_off(key_id), 0) > 0:
-        raise Unauthorized("API key revoked or expired", code="key_revoked")
-    if values.get(TENANT_OFF, 0) > 0:
-        raise Forbidden("the tenant of this credential is suspended", code="tenant_suspended")
-
-
-def _violates(plan: _Plan, values: dict[str, int]) -> bool:
-    return any(values.get(f, 0) + plan.increments.get(f, 0) > lim for f, lim in plan.limits.items())
+def _lease_return(reservation: Reservation, delta: int, otherwise: int | None) -> CounterChange:
+    """The period item's part of a settlement: ``delta`` to the quota fields (out of a shard's budget) and
+    the whole reservation out of its lease slot, if the slot still holds its epoch; else (the lease was
+    reclaimed and the whole reservation given back) ``otherwise`` tokens are charged, or nothing."""
+    fields, slot, sign = reservation.period_fields, reservation.lease_slot, reservation.sign
+    held_tokens = sign * reservation.tokens
+    increments = dict.fromkeys(fields, sign * delta) | {lease_field(slot, f): -held_tokens for f in fields}
+    same_epoch = at_epoch(slot, reservation.lease_epoch)
+    return CounterChange(
+        reservation.period_item or "",
+        increments,
+        same_epoch,
+        reservation.period_expires_at,
+        floors=same_epoch,
+        otherwise=dict.fromkeys(fields, sign * otherwise) if otherwise else None,
+    )

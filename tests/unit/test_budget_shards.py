@@ -1,0 +1,313 @@
+"""Sharded counters keep every limit hard: no overspend, no refusal while the budget is left, revocation at once.
+
+The enforcers here are separate processes of one deployment (their own shard estimates, random shard
+choices, caches), all on one store. Every test runs on the memory and the SQLite store.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from adapters.local.memory_store import MemoryStore
+from adapters.local.sqlite_store import SQLiteStore
+from core.budget_shards import (
+    ShardCounts,
+    ShardPolicy,
+    block,
+    budget,
+    marked,
+    on_shard,
+    rebalance,
+    shard_item,
+)
+from core.clock import FixedClock
+from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant, UsageRecord
+from core.errors import Forbidden, QuotaExceeded, RateLimited, StoreThrottled, Unauthorized
+from core.leases import LeaseClock
+from core.limits import LimitEnforcer, Reservation, minute_item, period_bounds
+from core.observability import NullMetrics
+from core.ports import Store
+
+SHARDED = ShardPolicy(max_shards=8, start_shards=8, refusal_memo_s=0.0, observe_after_s=61.0)  # stays at 8
+LEASES = LeaseClock(max_request_s=30.0)
+KEY = ApiKeyRecord("k1", "t1", "k", "", frozenset(), 0.0)
+KEY_2 = ApiKeyRecord("k2", "t1", "k", "", frozenset(), 0.0)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(1_767_225_600.0 + 3 * 86_400 + 7)  # early in a month, 7 s into a minute
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FixedClock) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore(clock=clock.now)
+    else:
+        yield SQLiteStore(str(tmp_path / "shards.db"), clock=clock.now)
+
+
+def processes(store: Store, clock: FixedClock, n: int = 4, policy: ShardPolicy = SHARDED) -> list[LimitEnforcer]:
+    return [LimitEnforcer(store, clock, NullMetrics(), LEASES, policy, random.Random(i)) for i in range(n)]
+
+
+def record(request_id: str, tokens: int, now: float) -> UsageRecord:
+    return UsageRecord(request_id, "t1", "k1", "m", "/v1/completions", 0, tokens, False, 0.0, 200, now)
+
+
+def quota_items(store: Store, clock: FixedClock) -> dict[int, dict[str, int]]:
+    parent = f"q|t1|{period_bounds(clock.now(), 'month')[0]}"
+    return {s: store.read(shard_item(parent, s)) for s in range(SHARDED.max_shards)}
+
+
+# -- the pieces --------------------------------------------------------------------------------------------
+
+
+def test_a_change_on_a_shard_spends_its_budget_and_keeps_the_guards() -> None:
+    parent = CounterChange("rl|t|5", {"req": 1, "req|k": 1, "tok": 9, "n": 1}, {"req": 10, "tok": 99, "off": 0}, 180.0)
+    spent = on_shard(parent, 3, minute=True)
+    assert spent.item == "rl|t|5|3"
+    assert spent.increments == {"b|req": -1, "req|k": 1, "b|tok": -9, "n": 1}
+    assert spent.limits == {"off": 0}
+    assert spent.floors == {"on": 1, "b|req": 0, "b|tok": 0}
+    assert on_shard(parent, 0, minute=True) is parent
+    period = on_shard(CounterChange("q|t|m", {"used": 5, "used|k": 5}, {"used": 50}), 2, minute=False)
+    assert (period.increments, period.floors) == ({"b|used": -5}, {"b|used": 0})
+
+
+def test_a_block_is_a_share_of_the_remainder_never_below_the_need() -> None:
+    assert block(limit=1000, granted=200, shards=4, need=10, fraction=0.25) == 50
+    assert block(limit=1000, granted=990, shards=4, need=30, fraction=0.25) == 30
+    assert block(limit=1000, granted=1000, shards=1, need=5, fraction=0.25) == 5
+
+
+def test_a_rebalance_takes_from_the_richest_donors_first_and_only_what_is_needed() -> None:
+    donors: Mapping[int, Mapping[str, int]] = {1: {"b|used": 5}, 2: {"b|used": 40}, 3: {}}
+    changes = rebalance("q|t|m", {"used": 42}, donors, 100.0)
+    assert changes is not None
+    assert [(c.item, c.increments) for c in changes] == [
+        ("q|t|m|2", {"b|used": -40}),
+        ("q|t|m|1", {"b|used": -2}),
+        ("q|t|m", {"used": -42}),
+    ]
+    assert changes[0].floors == {"b|used": 0}
+    assert rebalance("q|t|m", {"used": 46}, donors, 100.0) is None
+
+
+def test_the_shard_count_follows_the_rate_and_doubles_when_throttled() -> None:
+    counts = ShardCounts(ShardPolicy(max_shards=16, item_writes_per_s=100.0), random.Random(1))
+    minute = 600_000.0
+    counts.observe("t", counted=100, now=minute + 2)  # too early in the minute to tell
+    assert counts.count("t") == 1
+    counts.observe("t", counted=600, now=minute + 10)  # 60/s x 2 writes: 120 writes/s > 100
+    assert counts.count("t") == 2
+    counts.observe("t", counted=600, now=minute + 10)  # the same per shard over 2 shards: 120/s, 240 writes/s
+    assert counts.count("t") == 4
+    counts.observe("t", counted=20, now=minute + 30)  # traffic fell
+    assert counts.count("t") == 1
+    assert counts.throttled("t", minute + 31)
+    assert counts.count("t") == 2
+    assert {counts.pick("t") for _ in range(50)} == {0, 1}
+    counts.observe("t", counted=1, now=minute + 40)  # a new shard has counted little: no shrinking yet
+    assert counts.count("t") == 2
+    counts.observe("t", counted=1, now=minute + 60 + 32)
+    assert counts.count("t") == 1
+    for _ in range(4):
+        counts.throttled("t", minute + 100)
+    assert counts.count("t") == 16
+    assert not counts.throttled("t", minute + 100)
+
+
+# -- the quota ---------------------------------------------------------------------------------------------
+
+
+def test_the_whole_quota_is_granted_across_shards_and_not_a_token_more(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=1000))
+    enforcers = processes(store, clock)
+    granted = 0
+    for i in range(100):
+        reservation = enforcers[i % 4].reserve(tenant, KEY, 10)
+        assert store.record_usage(record(f"r{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
+        granted += 10
+    for enforcer in enforcers:
+        with pytest.raises(QuotaExceeded):
+            enforcer.reserve(tenant, KEY, 1)
+    assert granted == 1000
+    items = quota_items(store, clock)
+    assert len([s for s, v in items.items() if v]) > 1  # it did spread
+    assert sum(v.get("b|used", 0) for v in items.values()) == 0
+
+
+def check_random_traffic(store: Store, clock: FixedClock, tenant: Tenant, need: int) -> tuple[int, int]:
+    """Random reserve/settle/fail interleavings over 4 processes: never over the quota, and every refusal
+    is for want of budget (the quota less what is charged and what is still reserved is short of it)."""
+    rng = random.Random(7)
+    enforcers = processes(store, clock)
+    quota = tenant.limits.token_quota or 0
+    live: list[tuple[LimitEnforcer, Reservation]] = []
+    charged = refusals = 0
+    for i in range(600):
+        enforcer = rng.choice(enforcers)
+        if live and rng.random() < 0.5:
+            owner, reservation = live.pop(rng.randrange(len(live)))
+            used = rng.choice([0, reservation.tokens // 2, reservation.tokens])
+            assert store.record_usage(record(f"r{i}", used, clock.now()), owner.settlement(reservation, used))
+            charged += used
+            continue
+        tokens = rng.randint(1, need)
+        outstanding = sum(r.tokens for _, r in live)
+        try:
+            live.append((enforcer, enforcer.reserve(tenant, KEY, tokens)))
+        except QuotaExceeded:
+            refusals += 1
+            assert quota - charged - outstanding < tokens, "refused while the budget was left"
+        assert charged + sum(r.tokens for _, r in live) <= quota
+    return charged, refusals
+
+
+def test_random_traffic_never_overspends_and_never_refuses_with_budget_left(store: Store, clock: FixedClock) -> None:
+    charged, refusals = check_random_traffic(store, clock, Tenant("t1", "t1", 0.0, Limits(token_quota=5000)), 60)
+    assert refusals > 0
+    assert charged <= 5000
+
+
+def test_a_shard_refused_for_want_of_budget_takes_it_back_from_the_others(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=800))
+    enforcers = processes(store, clock)
+    held = [enforcers[i % 4].reserve(tenant, KEY, 10) for i in range(40)]  # blocks drawn into many shards
+    for i, reservation in enumerate(held):
+        store.record_usage(record(f"r{i}", 0, clock.now()), enforcers[i % 4].settlement(reservation, 0))
+    # Nothing is spent: one request may now take the whole quota, wherever its budget sits.
+    big = enforcers[0].reserve(tenant, KEY, 800)
+    assert big.tokens == 800
+    with pytest.raises(QuotaExceeded):
+        enforcers[1].reserve(tenant, KEY, 1)
+
+
+def test_a_reservation_on_a_shard_that_never_settles_comes_back_after_the_lease_bound(
+    store: Store, clock: FixedClock
+) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=1000))
+    enforcers = processes(store, clock)
+    for i in range(5):
+        enforcers[i % 4].reserve(tenant, KEY, 200)  # the processes die
+    with pytest.raises(QuotaExceeded):
+        enforcers[0].reserve(tenant, KEY, 1)
+    clock.advance(LEASES.bound_s)
+    assert enforcers[1].reserve(tenant, KEY, 1000).tokens == 1000
+
+
+# -- the per-minute limits ---------------------------------------------------------------------------------
+
+
+def test_requests_per_minute_hold_exactly_across_shards(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits(requests_per_minute=50, tokens_per_minute=10_000))
+    enforcers = processes(store, clock)
+    for i in range(50):
+        enforcers[i % 4].reserve(tenant, KEY, 100)
+    for enforcer in enforcers:
+        with pytest.raises(RateLimited):
+            enforcer.reserve(tenant, KEY, 100)
+    clock.advance(60)
+    enforcers[0].reserve(tenant, KEY, 100)
+
+
+def test_tokens_per_minute_settle_back_into_the_shard(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits(tokens_per_minute=1000))
+    enforcers = processes(store, clock, n=2)
+    for i in range(20):
+        reservation = enforcers[i % 2].reserve(tenant, KEY, 100)
+        store.record_usage(record(f"r{i}", 10, clock.now()), enforcers[i % 2].settlement(reservation, 10))
+    # 20 x 10 used: 800 left, wherever it sits.
+    held = [enforcers[i % 2].reserve(tenant, KEY, 100) for i in range(8)]
+    assert len(held) == 8
+    with pytest.raises(RateLimited):
+        enforcers[0].reserve(tenant, KEY, 100)
+
+
+# -- revocation --------------------------------------------------------------------------------------------
+
+
+def test_a_revoked_key_is_refused_on_every_shard_registered_before_or_after(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits())
+    enforcers = processes(store, clock)
+    for i in range(40):
+        enforcers[i % 4].reserve(tenant, KEY, 10)
+    registered = marked(store.read(minute_item("t1", int(clock.now() // 60))))
+    assert len(registered) > 3
+    enforcers[0].guard_key("t1", KEY.id)
+    for i in range(40):
+        with pytest.raises(Unauthorized):
+            enforcers[i % 4].reserve(tenant, KEY, 10)
+        enforcers[i % 4].reserve(tenant, KEY_2, 10)  # the tenant's other keys go on
+    clock.advance(60)  # a new minute: shards register afresh, copying the guard
+    wide = LimitEnforcer(store, clock, NullMetrics(), LEASES, SHARDED)
+    for _ in range(30):
+        with pytest.raises(Unauthorized):
+            wide.reserve(tenant, KEY, 10)
+
+
+def test_a_suspension_and_a_resume_reach_every_shard(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits())
+    enforcers = processes(store, clock)
+    for i in range(20):
+        enforcers[i % 4].reserve(tenant, KEY, 10)
+    at = clock.now()
+    enforcers[0].guard_tenant("t1", at)
+    for i in range(20):
+        with pytest.raises(Forbidden):
+            enforcers[i % 4].reserve(tenant, KEY_2, 10)
+    enforcers[0].unguard_tenant("t1", at)
+    for i in range(20):
+        enforcers[i % 4].reserve(tenant, KEY_2, 10)
+
+
+# -- a throttled store -------------------------------------------------------------------------------------
+
+
+class ThrottledItems(MemoryStore):
+    """Refuses the next ``hot[item]`` writes to an item, as a store refuses an item over its rate."""
+
+    def __init__(self, clock: FixedClock, hot: dict[str, int]) -> None:
+        super().__init__(clock=clock.now)
+        self.hot = hot
+
+    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        for change in changes:
+            if self.hot.get(change.item, 0) > 0:
+                self.hot[change.item] -= 1
+                raise StoreThrottled()
+        return super()._try_add_counters(changes)
+
+
+def test_a_throttled_item_spreads_the_tenant_over_more_shards(clock: FixedClock) -> None:
+    parent = minute_item("t1", int(clock.now() // 60))
+    store = ThrottledItems(clock, {parent: 1})
+    tenant = Tenant("t1", "t1", 0.0, Limits(requests_per_minute=100))
+    enforcer = LimitEnforcer(store, clock, NullMetrics(), LEASES, ShardPolicy(max_shards=4), random.Random(3))
+    assert enforcer.reserve(tenant, KEY, 10).shard == 1  # throttled on the parent: moved, drew, reserved
+    assert enforcer.shards.count("t1") == 2
+    store.hot = {parent: 10**6}
+    refusals = []
+    for _ in range(100):  # nowhere to draw from once the shard's budget is spent: the store's 503, never a 429
+        try:
+            enforcer.reserve(tenant, KEY, 10)
+        except StoreThrottled as exc:
+            refusals.append(exc)
+    assert refusals
+    single = LimitEnforcer(store, clock, NullMetrics(), LEASES)
+    with pytest.raises(StoreThrottled):
+        single.reserve(tenant, KEY, 10)
+
+
+def test_one_item_policy_writes_exactly_the_single_item(store: Store, clock: FixedClock) -> None:
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=100, requests_per_minute=5))
+    enforcer = LimitEnforcer(store, clock, NullMetrics(), LEASES)
+    reservation = enforcer.reserve(tenant, KEY, 10)
+    assert reservation.shard == 0
+    assert budget("used") not in quota_items(store, clock)[0]
+    assert not any(quota_items(store, clock)[s] for s in range(1, 8))
