@@ -6,37 +6,39 @@ partition, Firestore about one sustained write a second per document, Cosmos DB 
 partition): one item per tenant throttles a busy tenant, and its neighbours, at a few hundred requests a
 second. So a tenant's counters of one window live in up to ``max_shards`` items:
 
-* shard 0 is the window's own item (``rl|<tenant>|<minute>``, ``q|<tenant>|<month>``): the *parent*. It holds
-  every limited field as before (``req``, ``tok``, ``used``, ... with their limits), counting what was spent
-  on it directly AND what it granted to the other shards. A quiet tenant only ever uses shard 0: exactly
-  the single item of old.
+* shard 0 is the window's own item (``rl|<tenant>|<minute>``, ``q|<tenant>|<month>``): the *parent*. It
+  holds every limited field as before (``req``, ``tok``, ``used``, ... with their limits), counting what was
+  spent on it directly AND what it granted to the other shards. A quiet tenant only ever uses shard 0:
+  exactly the single item of old.
 * shard ``s > 0`` is the item ``<parent>|<s>``. It holds, for each limited field ``f``, a budget
-  ``b|f`` that it was granted by the parent; a reservation there spends it (``b|f -= x``, floor 0) with ONE
-  conditional write on that shard alone. When a shard's budget is short, it *draws* a block from the parent:
-  the parent's ``f += block`` under the limit, then the shard's ``b|f += block`` (taking before giving, so
-  no interleaving, and no crash between the two writes, ever lets more budget exist than the limit).
-* when the parent cannot grant what a request needs, budget left in other shards is moved back to it
-  (*rebalance*): every shard the parent has marked (``s<i>``) is read, and one write set takes from the
-  donors (floor 0) and then lowers the parent's field; the request draws again. A request is refused
-  only when the parent's remainder plus every shard's budget is short of it: budget stranded in shards
-  never refuses a request, except within ``refusal_memo_s`` after a refusal that saw the whole budget
-  exhausted (a process then refuses at once, without reading every shard again; what settlements gave
-  back meanwhile is the bound).
+  ``b|f#<limit>`` it was granted by the parent; a reservation there spends it (floor 0) with ONE
+  conditional write on that shard alone. When a shard's budget is short it *draws* a block from the
+  parent: the parent's ``f += block`` under the limit, then the shard's budget ``+= block``. Taking is
+  always written before giving, so neither an interleaving nor a crash between two writes ever lets more
+  budget exist than the limit.
+* when the parent cannot grant what a request needs, budget left in other shards moves to the shard that
+  needs it (*rebalance*): every shard the parent marks (``s<i>``) is read, and one write set takes from
+  donors (floor 0), then gives to the requester (on shard 0: lowers the parent's field). A request is
+  refused only when the parent's remainder plus every shard's budget is short of it. The one exception is
+  bounded: for ``refusal_memo_s`` after a process saw everything free fall short of a request, it refuses
+  requests needing more than that at once, without reading every shard again; what settlements gave back
+  in that time is the most it can refuse while left.
 
-Invariant: (the parent's limited field) + sum over shards of (``b|f``) never counts less than what was
-spent, and the parent's field never exceeds its limit, so zero overspend holds on every store, with or
-without transactions across items.
+Invariant: the parent's field plus every shard's budget never counts less than what was spent, and the
+parent's field never exceeds its limit: zero overspend, on every store, with or without transactions
+across items. The limit is in a budget's name: a lowered limit leaves the old budgets unspendable (a
+rebalance gives them back), so it holds, with nothing spent over it, once processes have read it.
 
 How many shards a tenant needs is estimated per process from the minute item it writes (``n``, the
-requests counted on that shard this minute): the tenant's rate is about ``n x shards / seconds``; the
-shard count is the power of two that keeps each item under ``item_writes_per_s``. A throttled write
-doubles it at once. It shrinks when traffic falls (the estimate of each new minute starts again).
+requests counted on that shard this minute): the tenant's rate is about ``n x shards / seconds``, and the
+count is the power of two that keeps each item under ``item_writes_per_s``. A throttled write doubles it
+at once (and it does not shrink for a minute after); it shrinks when traffic falls.
 
-Revocation: the guard fields (``off``, ``off|<key>``) must stop spending on every shard. A shard is
-*registered* in its minute's parent before its first reservation (the parent marks it, and the shard
-copies the parent's guard fields, both conditional on the parent's guard version ``gv``); revoking writes
-the parent first (guard and ``gv``), then every shard the parent marks. A shard registered before that
-write is marked, and is written; one registering after it copies the guard.
+Revocation: the guard fields (``off``, ``off|<key>``) must stop spending on every shard. A minute shard is
+*registered* in its parent before its first reservation (the parent marks it, and the shard copies the
+parent's guard fields, both conditional on the parent's guard version ``gv``); revoking writes the parent
+first (guard and ``gv``), then every shard the parent marks. A shard registered before that write is
+marked and written; one registering after it copies the guard.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ REGISTERED = "on"
 GUARD_VERSION = "gv"
 GUARD = "off"
 COUNT = "n"
+#: The parent minute item's record of the tenant's shard count this minute: a new process learns it from
+#: its first reservation there, instead of sending its requests to the parent until it has measured the rate.
+SHARDS = "S"
 #: Writes a request makes to its shard items: the reservation, the settlement.
 WRITES_PER_REQUEST = 2
 
@@ -67,11 +72,17 @@ class ShardPolicy:
     #: The shard count a process starts each tenant with (tests: force sharding from the first request).
     start_shards: int = 1
     #: A minute's first seconds are too few to estimate a rate from.
-    observe_after_s: float = 5.0
-    #: After a refusal that saw every shard's budget exhausted, refuse at once for this long.
+    observe_after_s: float = 1.0
+    #: After a refusal that saw every shard's budget exhausted, refuse at once for this long; doubled for each
+    #: such refusal that follows the last one's end, up to ``refusal_memo_max_s``.
     refusal_memo_s: float = 1.0
+    refusal_memo_max_s: float = 16.0
     #: A block drawn from the parent: this fraction of the parent's remainder per shard in use.
     block_fraction: float = 0.25
+    #: When the parent has less left than this many requests' worth per shard in use, the budget is scarce:
+    #: for ``scarce_s`` a process sends the tenant's requests to the parent alone (one item, as of old).
+    scarce_requests: int = 4
+    scarce_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_shards < 1 or self.max_shards & (self.max_shards - 1):
@@ -84,9 +95,21 @@ class ShardPolicy:
         return self.max_shards > 1
 
 
-def budget(name: str) -> str:
-    """The field of a shard item holding its budget of the parent's limited field ``name``."""
-    return f"{BUDGET}{name}"
+def budget(name: str, limit: int) -> str:
+    """The field of a shard item holding its budget of the parent's field ``name`` under ``limit``.
+
+    The limit is in the name: when an operator lowers a limit, budgets drawn under the old one are not
+    spent any more (a rebalance gives them back), so the new limit holds as soon as each process has read
+    it (the tenant and key caches' lifetime), with nothing spent over it."""
+    return f"{BUDGET}{name}#{limit}"
+
+
+def budget_of(field_name: str) -> tuple[str, int] | None:
+    """The parent field and limit a budget field is for; None for other fields."""
+    if not field_name.startswith(BUDGET) or "#" not in field_name:
+        return None
+    name, _, limit = field_name[len(BUDGET) :].rpartition("#")
+    return (name, int(limit)) if limit.lstrip("-").isdigit() else None
 
 
 def shard_item(parent: str, shard: int) -> str:
@@ -114,19 +137,20 @@ class ShardCounts:
         self.policy = policy
         self._counts: dict[str, int] = {}
         self._grown: dict[str, float] = {}  # when a throttle last grew a tenant's count
-        self._rng = rng or random.Random()  # noqa: S311  # nosec B311 - spreading load, not a secret
+        self.rng = rng or random.Random()  # noqa: S311  # nosec B311 - spreading load, not a secret
 
     def count(self, tenant_id: str) -> int:
         return self._counts.get(tenant_id, self.policy.start_shards)
 
     def pick(self, tenant_id: str, avoid: int | None = None) -> int:
-        """A shard in ``[0, count)``, at random; another than ``avoid`` where there is one."""
+        """With one shard, the window's own item (0); with ``count`` > 1, one of the items ``1..count`` at
+        random (another than ``avoid`` where there is one): the window's own item then only grants budget."""
         count = self.count(tenant_id)
         if count == 1:
             return 0
-        shard = self._rng.randrange(count)
+        shard = 1 + self.rng.randrange(count)
         if shard == avoid:
-            shard = (shard + 1 + self._rng.randrange(count - 1)) % count
+            shard = 1 + (shard + self.rng.randrange(count - 1)) % count
         return shard
 
     def observe(self, tenant_id: str, counted: int, now: float) -> None:
@@ -142,12 +166,32 @@ class ShardCounts:
             return
         self._counts[tenant_id] = estimate
 
+    def known(self, tenant_id: str) -> bool:
+        """Whether this process has a count for the tenant yet (else it reads the minute item's first)."""
+        return tenant_id in self._counts
+
+    def learn(self, tenant_id: str, published: int) -> None:
+        """The count the tenant's minute item holds: never spread over fewer than that."""
+        if len(self._counts) >= 100_000 and tenant_id not in self._counts:
+            self._counts.clear()
+        if published > self.count(tenant_id) or tenant_id not in self._counts:
+            self._counts[tenant_id] = min(self.policy.max_shards, max(published, self.count(tenant_id)))
+
+    def unpublished(self, tenant_id: str, published: int) -> int:
+        """How much to raise the minute item's count by: what a throttle taught this process and the item
+        does not say yet (0: nothing). A count estimated from the rate is not published: every process
+        estimates it alike, and thousands of them writing it would make the item hot themselves."""
+        if not self.policy.on or tenant_id not in self._grown:
+            return 0
+        return max(0, self.count(tenant_id) - published)
+
     def throttled(self, tenant_id: str, now: float) -> bool:
-        """The store refused a write for its rate: spread wider. False when it cannot spread any more."""
+        """The store refused a write for its rate: spread wider (from one item, at once over four). False
+        when it cannot spread any more."""
         count = self.count(tenant_id)
         if count >= self.policy.max_shards:
             return False
-        self._counts[tenant_id] = count * 2
+        self._counts[tenant_id] = min(self.policy.max_shards, count * 2 if count > 1 else 4)
         self._grown[tenant_id] = now
         return True
 
@@ -165,8 +209,8 @@ def on_shard(change: CounterChange, shard: int, *, minute: bool) -> CounterChang
     limits = {name: value for name, value in change.limits.items() if is_guard(name)}
     for name, value in change.increments.items():
         if name in change.limits and not is_guard(name):
-            increments[budget(name)] = -value
-            floors[budget(name)] = 0
+            increments[budget(name, change.limits[name])] = -value
+            floors[budget(name, change.limits[name])] = 0
         elif minute:
             increments[name] = value
     return CounterChange(shard_item(change.item, shard), increments, limits, change.expires_at, floors)
@@ -198,29 +242,84 @@ def draw(
         {name: limits[name] for name in amounts},
         expires_at,
     )
-    given = CounterChange(shard_item(parent, shard), {budget(n): v for n, v in amounts.items()}, expires_at=expires_at)
+    given = CounterChange(
+        shard_item(parent, shard), {budget(n, limits[n]): v for n, v in amounts.items()}, expires_at=expires_at
+    )
     return [taken, given]
 
 
+@dataclass(frozen=True)
+class Moves:
+    """Budget on its way to a reservation: ``before`` (takes) and ``after`` (marks) are written around the
+    reservation's own changes, in one write set, and ``gift`` is added to the reservation's change of
+    each item it names."""
+
+    before: list[CounterChange]
+    gift: dict[str, dict[str, int]]
+    after: list[CounterChange]
+
+
+NO_MOVES = Moves([], {}, [])
+
+
 def rebalance(
-    parent: str, need: Mapping[str, int], donors: Mapping[int, Mapping[str, int]], expires_at: float
-) -> list[CounterChange] | None:
-    """Move ``need`` (by parent field) from the donors' budgets (``{shard: values}``) back into the parent's
-    remainder, or None when the donors together lack it. The donors are written first, each on the
-    condition that it still has what is taken from it; the parent's field goes down last."""
+    parent: str,
+    shard: int,
+    need: Mapping[str, int],
+    limits: Mapping[str, int],
+    donors: Mapping[int, Mapping[str, int]],
+    expires_at: float,
+    rng: random.Random,
+    remainder: Mapping[str, int] | None = None,
+) -> Moves | None:
+    """Budget for a request short of ``need`` (by parent field) on shard ``shard``, gathered in ONE write set
+    with its reservation, or None when everything free together lacks it.
+
+    What is free: the parent's ``remainder`` (shard > 0; on shard 0 ``need`` is already beyond it), every
+    budget drawn under another limit than ``limits`` (a limit since changed: all of it goes back to the
+    parent, and counts), and the donors' budgets (``{shard: values}``). A donor able to give the rest alone
+    is preferred, at random among those that can, so that concurrent rebalances rarely pick the same one.
+    Takes are written first, each on the condition that the donor still has what is taken from it; the
+    parent's part keeps it under its limits; what the requester receives is a ``gift`` added to its own
+    reservation's change, so that no concurrent rebalance can take it before the request spends it."""
     takes: dict[int, dict[str, int]] = {}
+    parent_delta: dict[str, int] = {}  # added to the parent's fields
+    gift: dict[str, int] = {}
     for name, amount in need.items():
-        left = amount
-        for donor, values in sorted(donors.items(), key=lambda d: -d[1].get(budget(name), 0)):
-            available = values.get(budget(name), 0)
-            if left <= 0 or available <= 0:
+        current = budget(name, limits[name])
+        stale = 0
+        for donor, values in donors.items():
+            for field_name, available in values.items():
+                found = budget_of(field_name)
+                if found and found[0] == name and field_name != current and available > 0:
+                    takes.setdefault(donor, {})[field_name] = available
+                    stale += available
+        # Stale budgets lower the parent's field: more it can grant (shard > 0) or less it is over (shard 0).
+        from_parent = min(amount, stale + max(0, (remainder or {}).get(name, 0))) if shard else min(amount, stale)
+        left = amount - from_parent
+        order = list(donors.items())
+        rng.shuffle(order)
+        order.sort(key=lambda d: d[1].get(current, 0) < left)  # stable: the able ones first, shuffled
+        from_donors = 0
+        for donor, values in order:
+            if left <= 0 and shard:
                 break
-            taken = min(available, left)
-            takes.setdefault(donor, {})[budget(name)] = taken
-            left -= taken
+            available = values.get(current, 0)
+            if available > 0:
+                # To the parent (shard 0: the budget is scarce), every budget comes home at once, so that
+                # the requests that follow find it there rather than rebalancing again one by one.
+                taken = min(available, left) if shard else available
+                takes.setdefault(donor, {})[current] = taken
+                left -= taken
+                from_donors += taken
         if left > 0:
             return None
-    changes = [
+        if shard:
+            parent_delta[name] = from_parent - stale
+            gift[current] = amount
+        else:
+            parent_delta[name] = -(stale + from_donors)
+    before = [
         CounterChange(
             shard_item(parent, donor),
             {n: -v for n, v in taken.items()},
@@ -229,8 +328,14 @@ def rebalance(
         )
         for donor, taken in takes.items()
     ]
-    changes.append(CounterChange(parent, {n: -v for n, v in need.items() if v}, expires_at=expires_at))
-    return changes
+    if not shard:
+        return Moves(before, {parent: parent_delta}, [])
+    # The parent goes first (a grant under its limits); it marks the receiver, so later rebalances find it.
+    granted = {n: v for n, v in parent_delta.items() if v}
+    grant = CounterChange(
+        parent, granted | {mark(shard): 1}, {n: limits[n] for n, v in granted.items() if v > 0}, expires_at=expires_at
+    )
+    return Moves([grant, *before], {shard_item(parent, shard): gift}, [])
 
 
 def registration(

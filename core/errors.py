@@ -116,9 +116,11 @@ class ServiceUnavailable(APIError):
 class StoreThrottled(ServiceUnavailable):
     """The store refused a write because one item or partition is over its rate (DynamoDB's per-partition
     write units, Firestore's writes per document, Cosmos DB's RU/s per logical partition). The counters
-    spread a busy tenant over more shards when they see it (``core.budget_shards``)."""
+    spread a busy tenant over more shards when they see it (``core.budget_shards``). To a caller it is the
+    same 503 ``store_unavailable`` as any other store outage."""
 
-    code = "store_throttled"
+    code = "store_unavailable"
 
-    def __init__(self, message: str = "the usage store is busy; retry shortly", **kw: object) -> None:
+    def __init__(self, message: str = "the database is busy or unreachable; retry shortly", **kw: object) -> None:
+        kw.setdefault("headers", {"retry-after": "1"})
         super().__init__(message, **kw)  # type: ignore[arg-type]

@@ -21,13 +21,17 @@ with no store call added to the hot path and no item that every request of every
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 
 from core.budget_shards import (
     COUNT,
     GUARD_VERSION,
+    NO_MOVES,
     REGISTERED,
+    SHARDS,
+    Moves,
     ShardCounts,
     ShardPolicy,
     budget,
@@ -54,7 +58,7 @@ from core.ports import Clock, CounterStore, Metrics
 from core.shard_room import ShardRoom
 
 # A reservation may register its shard, draw, rebalance, turn its lease slot over and reclaim stale slots.
-_RESERVE_ROUNDS = 10
+_RESERVE_ROUNDS = 16
 # The longest a process may trust a cached key or tenant record (settings are clamped to it).
 MAX_RECORD_CACHE_S = 60.0
 # How far a revocation's guard reaches each way from its time: the record caches' lifetime, plus a minute
@@ -111,13 +115,33 @@ class Reservation:
         return -1 if self.shard else 1
 
 
+class _OwnShardThrottled(Exception):
+    """The reservation's own shard item was throttled (its cause is the store's error)."""
+
+    def __init__(self, cause: StoreThrottled) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 @dataclass
 class _Attempt:
-    """Where a reservation is being tried: its shard and lease epoch, and whether stale slots were reclaimed."""
+    """Where a reservation is being tried: its shard and lease epoch, whether stale slots were reclaimed, and
+    budget a rebalance moves to it with its next try."""
 
     shard: int
     epoch: int
     reclaimed: bool = False
+    moves: Moves = NO_MOVES
+
+
+def _with_gift(change: CounterChange, gift: dict[str, int] | None) -> CounterChange:
+    """A reservation's change with budget moved to its item in the same write."""
+    if not gift:
+        return change
+    increments = dict(change.increments)
+    for name, value in gift.items():
+        increments[name] = increments.get(name, 0) + value
+    return CounterChange(change.item, increments, change.limits, change.expires_at, change.floors, change.otherwise)
 
 
 def _quota_field(name: str, period: str, now: float) -> str:
@@ -140,7 +164,8 @@ class LimitEnforcer:
         self._metrics = metrics
         self.leases = leases or LeaseClock()
         self.shards = ShardCounts(shards or ShardPolicy(), rng)
-        self._room = ShardRoom(counters, self.shards, self.leases)
+        self._published: dict[str, int] = {}  # minute item -> the shard count this process wrote there
+        self._room = ShardRoom(counters, self.shards, self.leases, clock.now)
 
     def _minute_change(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> CounterChange:
         """The minute item: always written (it counts the request and carries the revocation guard)."""
@@ -193,18 +218,40 @@ class LimitEnforcer:
         minute = self._minute_change(tenant, key, tokens, now)
         # A request that costs no tokens (a cache hit) counts against the request rate only.
         period = self._period_change(tenant, key, tokens, now) if tokens else None
-        attempt = _Attempt(self.shards.pick(tenant.id), self.leases.epoch(now))
+        if period is not None and self._room.refused(period, now):
+            self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
+            raise quota_exceeded(period.limits, self._room.free_as_used(period), tokens, now, {})
+        if self._room.refused(minute, now):
+            self._metrics.incr("limit_refusals_total", limit="per_minute")
+            raise rate_limited(minute.limits, minute.increments, self._room.free_as_used(minute), tokens, now)
+        if self.shards.policy.on and not self.shards.known(tenant.id):
+            # A process's first request of a tenant: spread as the tenant's other processes do (one read).
+            self.shards.learn(tenant.id, self._counters.read(minute.item).get(SHARDS, 0))
+        scarce = self._room.scarce(minute.item, now) or (period is not None and self._room.scarce(period.item, now))
+        attempt = _Attempt(0 if scarce else self.shards.pick(tenant.id), self.leases.epoch(now))
+        last_throttle: StoreThrottled | None = None
         for _ in range(_RESERVE_ROUNDS):
             try:
                 reservation = self._round(attempt, tenant, key, tokens, minute, period, now)
-            except StoreThrottled:
+            except _OwnShardThrottled as throttled:
+                # This shard's item is over its rate: spread wider, and go elsewhere.
+                last_throttle = throttled.cause
                 if not self.shards.throttled(tenant.id, now):
-                    raise
+                    raise throttled.cause from None
                 self._metrics.incr("counter_throttles_total")
                 attempt.shard = self.shards.pick(tenant.id, avoid=attempt.shard)
                 continue
+            except StoreThrottled as throttled:
+                # The window's own item, while drawing or registering: another shard may have budget and be
+                # registered already. (Spreading wider would only make more shards draw from it.)
+                last_throttle = throttled
+                self._metrics.incr("counter_throttles_total")
+                attempt.shard, attempt.moves = self.shards.pick(tenant.id, avoid=attempt.shard), NO_MOVES
+                continue
             if reservation is not None:
                 return reservation
+        if last_throttle is not None:
+            raise last_throttle
         raise ServiceUnavailable("the quota counters are contended; retry shortly", code="store_unavailable")
 
     def _round(
@@ -217,30 +264,41 @@ class LimitEnforcer:
         period: CounterChange | None,
         now: float,
     ) -> Reservation | None:
-        """One try: the reservation, or None after making room for the next try (or raise the refusal)."""
-        shard, epoch = attempt.shard, attempt.epoch
-        minute_change = on_shard(minute, shard, minute=True)
-        changes = [minute_change]
+        """One try: the reservation, or None after making room for the next try (or raise the refusal).
+
+        Budget a rebalance moves to this shard (``attempt.moves``) is written with the reservation itself."""
+        shard, epoch, moves = attempt.shard, attempt.epoch, attempt.moves
+        attempt.moves = NO_MOVES
+        own = [on_shard(minute, shard, minute=True)]
         if period is not None:
-            changes.append(_leased(on_shard(period, shard, minute=False), epoch))
-        ok, seen = self._counters.try_add_all(changes)
-        minute_values = seen[0]
+            own.append(_leased(on_shard(period, shard, minute=False), epoch))
+        written = [_with_gift(change, moves.gift.get(change.item)) for change in own]
+        try:
+            ok, seen = self._counters.try_add_all([*moves.before, *written, *moves.after])
+        except StoreThrottled as exc:
+            raise _OwnShardThrottled(exc) from exc
+        seen = seen[len(moves.before) : len(moves.before) + len(own)]
+        minute_change, minute_values = own[0], seen[0]
+        if not shard or self.shards.unpublished(tenant.id, self._published.get(minute.item, 0)):
+            self._publish(tenant.id, minute, minute_values if not shard else None)
         if ok:
             self.shards.observe(tenant.id, minute_values.get(COUNT, 0), now)
-            return self._reservation(tokens, key, minute, changes, minute_values, shard, epoch, now)
+            return self._reservation(tokens, key, minute, own, minute_values, shard, epoch, now)
         refuse_guarded(minute_values, key.id)
+        if moves is not NO_MOVES and all(admits(c, v) for c, v in zip(written, seen, strict=True)):
+            return None  # a donor changed meanwhile: look again
         if shard and minute_values.get(REGISTERED, 0) < 1:
             self._register(minute, shard, minute_values)
             return None
         if not admits(minute_change, minute_values):
-            made, parent_values = self._room.make(minute, minute_change, shard, minute_values, now)
+            made, parent_values, attempt.moves = self._room.make(minute, minute_change, shard, minute_values, now)
             if not made:
                 self._metrics.incr("limit_refusals_total", limit="per_minute")
                 raise rate_limited(minute.limits, minute.increments, parent_values, tokens, now)
             return None
         if period is None:
             raise RuntimeError("the counter store refused a reservation no limit refuses")
-        item, values = changes[-1].item, seen[-1]
+        item, values = own[-1].item, seen[-1]
         slot = slot_of(epoch)
         held_epoch = values.get(epoch_field(slot), 0)
         if epoch < held_epoch <= epoch + 1:  # an instance whose clock runs ahead turned it over: join it
@@ -252,12 +310,29 @@ class LimitEnforcer:
             for old in stale:
                 self._reclaim(item, values, old, values.get(epoch_field(old), 0), period.expires_at)
         else:
-            made, parent_values = self._room.make(period, on_shard(period, shard, minute=False), shard, values, now)
+            spent = on_shard(period, shard, minute=False)
+            made, parent_values, attempt.moves = self._room.make(period, spent, shard, values, now)
             if not made:
                 self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
                 headers = self._headers(minute, minute_change, minute_values, shard, now)
                 raise quota_exceeded(period.limits, parent_values, tokens, now, headers)
         return None
+
+    def _publish(self, tenant_id: str, minute: CounterChange, values: dict[str, int] | None) -> None:
+        """Learn the tenant's shard count from its minute item (``values``: as a write there saw it), or raise
+        the item's count to what this process knows: one conditional write, refused when another process
+        raised it meanwhile, made once per count and minute by a process."""
+        published = values.get(SHARDS, 0) if values is not None else self._published.get(minute.item, 0)
+        self.shards.learn(tenant_id, published)
+        if raise_by := self.shards.unpublished(tenant_id, published):
+            target = published + raise_by
+            if len(self._published) > 4096:
+                self._published.clear()
+            self._published[minute.item] = target  # tried once: a refusal means another raised it
+            with contextlib.suppress(StoreThrottled):  # the count is advice; the next request tries again
+                self._counters.try_add_all(
+                    [CounterChange(minute.item, {SHARDS: raise_by}, {SHARDS: target}, minute.expires_at)]
+                )
 
     def _register(self, minute: CounterChange, shard: int, shard_values: dict[str, int]) -> None:
         """Register a minute shard with its parent (see ``core.budget_shards``); refused when a guard moved
@@ -289,7 +364,7 @@ class LimitEnforcer:
         minute_change = changes[0]
         reservation = Reservation(tokens, minute_change.item, None, key.id, shard=shard)
         token_fields = [f for f in minute.increments if f.startswith("tok")]
-        reservation.minute_token_fields = tuple(budget(f) if shard else f for f in token_fields)
+        reservation.minute_token_fields = tuple(budget(f, minute.limits[f]) if shard else f for f in token_fields)
         reservation.minute_expires_at = minute.expires_at or 0.0
         reservation.minute_release = {f: -v for f, v in minute_change.increments.items()}
         reservation.headers = self._headers(minute, minute_change, minute_values, shard, now)

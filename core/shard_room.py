@@ -7,12 +7,16 @@ the reservation may be tried again, and the window item's values as last seen (w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from core.budget_shards import (
-    BUDGET,
+    NO_MOVES,
+    Moves,
     ShardCounts,
     block,
+    budget,
+    budget_of,
     draw,
     is_guard,
     marked,
@@ -24,28 +28,60 @@ from core.domain import CounterChange
 from core.leases import LeaseClock, epoch_field, reclaim, stale_slots
 from core.ports import CounterStore
 
+
+def tenant_of(item: str) -> str:
+    """The tenant of a window item (``<kind>|<tenant>|<window>``)."""
+    return item.split("|")[1]
+
+
 V = TypeVar("V")
 _REMEMBERED = 4096  # window items whose values, or exhaustion, this process remembers at most
 
 
 class ShardRoom:
-    def __init__(self, counters: CounterStore, shards: ShardCounts, leases: LeaseClock) -> None:
+    def __init__(
+        self, counters: CounterStore, shards: ShardCounts, leases: LeaseClock, now: Callable[[], float]
+    ) -> None:
+        self._now = now
         self._counters = counters
         self._shards = shards
         self._leases = leases
         self._parents: dict[str, dict[str, int]] = {}  # the window items' values as last seen
-        self._exhausted: dict[str, float] = {}  # window item -> refuse without looking again until then
+        # window item -> (until when, what all its shards' budgets came to): a request needing more is
+        # refused without reading every shard again
+        self._exhausted: dict[str, tuple[float, dict[str, int], float]] = {}  # (until, free, memo length)
+        # window item -> until when its budget is scarce: the window's own item serves every request then
+        self._scarce: dict[str, float] = {}
+
+    def refused(self, plan: CounterChange, now: float) -> bool:
+        """Everything free was less than ``plan`` needs a moment ago (``refusal_memo_s``): refuse it without
+        a store call. Bounds what a tenant refused in bulk costs the store (nothing) and the refusals made
+        while budget was left (to what settlements gave back in that moment)."""
+        until, free, _ = self._exhausted.get(plan.item, (0.0, {}, 0.0))
+        return until > now and any(plan.increments.get(f, 0) > free.get(f, 1 << 62) for f in plan.limits)
+
+    def free_as_used(self, plan: CounterChange) -> dict[str, int]:
+        """What a memoised refusal reports as used: each limit less what was free (remaining = free)."""
+        free = self._exhausted.get(plan.item, (0.0, {}, 0.0))[1]
+        return {f: lim - free[f] for f, lim in plan.limits.items() if f in free}
+
+    def scarce(self, item: str, now: float) -> bool:
+        """The window's budget is running out: spreading it over shards would only move it back and forth,
+        so the window's own item serves every request for ``scarce_s`` (as the single item always did)."""
+        return self._scarce.get(item, 0.0) > now
 
     def make(
         self, plan: CounterChange, change: CounterChange, shard: int, values: dict[str, int], now: float
-    ) -> tuple[bool, dict[str, int]]:
-        """Room for ``change`` (``plan`` on ``shard``), refused on ``values``: True when it may be tried again."""
+    ) -> tuple[bool, dict[str, int], Moves]:
+        """Room for ``change`` (``plan`` on ``shard``), refused on ``values``: whether it may be tried again,
+        the window item's values as last seen, and the budget to move with the next try."""
         policy = self._shards.policy
         if not policy.on:
-            return False, values
-        if self._exhausted.get(plan.item, 0.0) > now:
-            return False, self._parents.get(plan.item, values)
+            return False, values, NO_MOVES
         limits = {f: lim for f, lim in plan.limits.items() if not is_guard(f)}
+        if self.refused(plan, now):
+            return False, self._parents.get(plan.item, values), NO_MOVES
+        remainder: dict[str, int] = {}
         if shard == 0:
             parent_values = values
             need = {
@@ -54,29 +90,49 @@ class ShardRoom:
                 if values.get(f, 0) + plan.increments.get(f, 0) > lim
             }
         else:
-            need = {name[len(BUDGET) :]: amount for name, amount in short_of(change, values).items()}
+            need = {}
+            for name, amount in short_of(change, values).items():
+                found = budget_of(name)
+                if found is not None:
+                    need[found[0]] = amount
             drawn, parent_values = self._draw(plan, shard, need, limits)
             if drawn:
-                return True, parent_values
+                return True, parent_values, NO_MOVES
             remainder = {f: max(0, limits[f] - parent_values.get(f, 0)) for f in need}
-            need = {f: n - remainder[f] for f, n in need.items() if n > remainder[f]}
-            if not need:  # the window item has enough again (a settlement, a rebalance): draw next round
-                return True, parent_values
+            if all(n <= remainder[f] for f, n in need.items()):  # enough again (a settlement): draw next round
+                return True, parent_values, NO_MOVES
         expires_at = plan.expires_at or 0.0
         if shard and self._reclaimed(plan.item, parent_values, expires_at, now):
-            return True, parent_values  # leaked reservations given back to the window item: draw again
+            return True, parent_values, NO_MOVES  # leaked reservations given back to the window item: draw again
         donors = {}
         for donor in marked(parent_values):
-            if donor != shard:
+            if donor and donor != shard:  # the requester's budget is already counted in its need
                 item = shard_item(plan.item, donor)
-                values = self._counters.read(item)
-                donors[donor] = self._counters.read(item) if self._reclaimed(item, values, expires_at, now) else values
-        changes = rebalance(plan.item, need, donors, expires_at)
-        if changes is None:
-            self._remember(self._exhausted, plan.item, now + policy.refusal_memo_s)
-            return False, parent_values
-        self._counters.try_add_all(changes)
-        return True, parent_values
+                seen = self._counters.read(item)
+                donors[donor] = self._counters.read(item) if self._reclaimed(item, seen, expires_at, now) else seen
+        moves = rebalance(plan.item, shard, need, limits, donors, expires_at, self._shards.rng, remainder)
+        if moves is None:  # everything free, everywhere, is less than this request: remember how much it was
+            own = {f: values.get(budget(f, limits[f]), 0) if shard else 0 for f in need}
+            free = {
+                f: max(0, limits[f] - parent_values.get(f, 0)) + own[f] + sum(_budgets(v, f) for v in donors.values())
+                for f in need
+            }
+            # Refused again right after the last memo ran out: remember twice as long (a spent quota stays
+            # spent; a process stops asking the store once a second), up to refusal_memo_max_s.
+            until, _, length = self._exhausted.get(plan.item, (0.0, {}, 0.0))
+            again = until > now - 2 * length
+            length = min(policy.refusal_memo_max_s, 2 * length) if again else policy.refusal_memo_s
+            self._remember(self._exhausted, plan.item, (now + length, free, length))
+            return False, parent_values, NO_MOVES
+        return True, parent_values, moves
+
+    def seen(self, item: str) -> dict[str, int]:
+        """A window item's values as this process last saw them."""
+        return self._parents.get(item, {})
+
+    def note(self, item: str, values: dict[str, int]) -> None:
+        """The values of a window item, seen by a write the enforcer made."""
+        self._remember(self._parents, item, values)
 
     def _reclaimed(self, item: str, values: dict[str, int], expires_at: float, now: float) -> bool:
         """Give back the leaked reservations an item's stale lease slots hold (``core.leases``): a budget a
@@ -93,15 +149,18 @@ class ShardRoom:
     ) -> tuple[bool, dict[str, int]]:
         """A block for each short budget, from the window item; a smaller one if that is all it has."""
         seen = self._parents.get(plan.item, {})
-        in_use = max(1, len(marked(seen)))
+        in_use = max(1, len(marked(seen)), self._shards.count(tenant_of(plan.item)))
         fraction = self._shards.policy.block_fraction
         amounts = {f: block(limits[f], seen.get(f, 0), in_use, n, fraction) for f, n in need.items()}
+        policy = self._shards.policy
         for _ in range(2):
             ok, values = self._counters.try_add_all(draw(plan.item, shard, amounts, limits, plan.expires_at or 0.0))
             self._remember(self._parents, plan.item, values[0])
+            remainder = {f: limits[f] - values[0].get(f, 0) for f in amounts}
+            if any(remainder[f] < need[f] * policy.scarce_requests * in_use for f in need):
+                self._remember(self._scarce, plan.item, self._now() + policy.scarce_s)
             if ok:
                 return True, values[0]
-            remainder = {f: limits[f] - values[0].get(f, 0) for f in amounts}
             if any(remainder[f] < need[f] for f in need):
                 return False, values[0]
             amounts = {f: min(amounts[f], remainder[f]) for f in amounts}
@@ -111,10 +170,19 @@ class ShardRoom:
         """What each limited minute field has used, as a shard sees it: the window item's grants (as last
         seen) less this shard's budget left. An estimate: other shards spend from their own budgets."""
         parent = self._parents.get(minute.item, {})
-        return {f: max(0, parent.get(f, 0) - values.get(f"{BUDGET}{f}", 0)) for f in minute.limits if not is_guard(f)}
+        return {
+            f: max(0, parent.get(f, 0) - values.get(budget(f, limit), 0))
+            for f, limit in minute.limits.items()
+            if not is_guard(f)
+        }
 
     @staticmethod
     def _remember(memory: dict[str, V], item: str, value: V) -> None:
         if len(memory) >= _REMEMBERED and item not in memory:
             memory.clear()
         memory[item] = value
+
+
+def _budgets(values: dict[str, int], name: str) -> int:
+    """A shard's budgets of the parent field ``name``, under any limit."""
+    return sum(v for f, v in values.items() if v > 0 and (found := budget_of(f)) is not None and found[0] == name)
