@@ -17,6 +17,7 @@ from core import deadlines
 from core.auth.access_tokens import TokenService
 from core.auth.authenticator import Authenticator, require
 from core.auth.revocation import Revocations
+from core.budget_shards import ShardPolicy
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import ModelSpec, Principal
@@ -129,7 +130,9 @@ class Gateway:
         self.auth = Authenticator(store, self.tokens, self.clock, self.settings.key_cache_ttl_s, self.tenants)
         self.registry = ModelRegistry(store, self.clock, self.settings.model_cache_ttl_s)
         leases = LeaseClock(self.settings.max_request_s, self.settings.clock_skew_s)
-        self.limits = LimitEnforcer(store, self.clock, self.metrics, leases)
+        settings = self.settings
+        shards = ShardPolicy(settings.counter_shards, settings.counter_item_writes_per_s, settings.counter_shards_start)
+        self.limits = LimitEnforcer(store, self.clock, self.metrics, leases, shards)
         self.revocations = Revocations(store, self.limits, self.clock, self.auth, self.tenants)
         self.cache = ResponseCache(
             store,

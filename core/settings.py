@@ -34,6 +34,13 @@ class GatewaySettings:
     # holds the loop less than hopping would cost; a network store's steps (tens of ms) go to the threads.
     # 0: every step off the loop.
     store_inline_below_s: float = 0.005
+    # How many items one tenant's counters of a window may spread over (core.budget_shards), a power of two:
+    # 1 keeps them in one item (SQLite, memory: a single file or process has no per-item write limit); a
+    # store with one (DynamoDB) sets more, and ``counter_item_writes_per_s`` below its per-item limit.
+    counter_shards: int = 1
+    counter_item_writes_per_s: float = 400.0
+    # The shards a process gives each tenant before it has measured the tenant's rate (tests force sharding).
+    counter_shards_start: int = 1
     tokens: TokenSettings = field(default_factory=TokenSettings)
 
     def __post_init__(self) -> None:
@@ -45,5 +52,9 @@ class GatewaySettings:
             raise ValueError("deadline_margin_s must be between 0 and 60 seconds")
         if self.store_threads < 0 or self.store_inline_below_s < 0:
             raise ValueError("store_threads and store_inline_below_s must be 0 or more")
+        if self.counter_shards < 1 or self.counter_shards & (self.counter_shards - 1):
+            raise ValueError("counter_shards must be a power of two, at least 1")
+        if not 1 <= self.counter_shards_start <= self.counter_shards or self.counter_item_writes_per_s <= 0:
+            raise ValueError("counter_shards_start must be 1 to counter_shards, counter_item_writes_per_s above 0")
         if not (self.max_request_s > 0 and self.clock_skew_s >= 0):
             raise ValueError("max_request_s must be above 0 and clock_skew_s not below 0")

@@ -1,8 +1,10 @@
-"""DynamoDBCounters: the CounterStore role, with ALL of a tenant's counters in ONE item.
+"""DynamoDBCounters: the CounterStore role, with a tenant's counters in ONE item (one more per busy shard).
 
 core/limits.py names its counter items ``<kind>|<tenant>|<window>``: ``rl|acme|29384567`` (the minute) and
-``q|acme|2026-11`` (the month). Each is a *slot* ``<kind>|<window>`` of the tenant's counters item,
-``pk = T#<tenant>``, ``sk = LIMITS``, so a reservation over the minute and the month is ONE conditional
+``q|acme|2026-11`` (the month). Each is a *slot* ``<kind>|<window>`` of the tenant's counters item, ``pk =
+T#<tenant>``, ``sk = LIMITS``, so a reservation over the minute and the month is ONE conditional UpdateItem. A
+busy tenant's shards (``<kind>|<tenant>|<window>|<shard>``) are slots of ``pk = T#<tenant>#S#<shard>``: one
+item per shard, so each takes its own partition's write units, and a reservation on a shard is again ONE
 UpdateItem. A slot keeps each field in a top-level number ``c_<slot>#<field>`` (``ADD`` works on top-level
 attributes only) and its expiry in ``x_<slot>`` (a float, compared exactly). An item named otherwise is the
 only slot ``-`` of an item of its own, ``pk = C#<item>``.
@@ -61,11 +63,16 @@ class Slot(NamedTuple):
 
 
 def locate(item: str) -> Slot:
-    """``<kind>|<tenant>|<window>`` is slot ``<kind>|<window>`` of ``T#<tenant>``; any other name is alone."""
+    """``<kind>|<tenant>|<window>`` is slot ``<kind>|<window>`` of ``T#<tenant>``; a shard of it
+    (``<kind>|<tenant>|<window>|<shard>``, ``core.budget_shards``) the same slot of ``T#<tenant>#S#<shard>``,
+    an item, and so a partition, of its own; any other name is alone."""
     parts = item.split("|")
     if len(parts) == 3 and all(parts):
         kind, tenant, window = parts
         return Slot(f"T#{tenant}", f"{kind}|{window}")
+    if len(parts) == 4 and all(parts) and parts[3].isdigit():
+        kind, tenant, window, shard = parts
+        return Slot(f"T#{tenant}#S#{shard}", f"{kind}|{window}")
     return Slot(f"C#{item}", SOLE_SLOT)
 
 

@@ -8,6 +8,7 @@ item           pk                             sk                      gsi1pk    
 =============  =============================  ======================  =====================  ==========================
 tenant         ``T#<tenant>``                 ``TENANT``              ``TENANTS``            ``<created_at>#<tenant>``
 counters       ``T#<tenant>``                 ``LIMITS``              -                      -
+counter shard  ``T#<tenant>#S#<shard>``       ``LIMITS``              -                      -
 daily usage    ``T#<tenant>``                 ``A#<day>#<model>#n`` ``DAILY#<0..3>``       ``<day>#<tenant>#<model>#n``
 API key        ``T#<tenant>``                 ``KEY#<key id>``        -                      -
 usage record   ``T#<tenant>#R#<request id>``  ``USAGE``               ``U#<tenant>#<day>``   ``<created_at>#<req id>``

@@ -29,7 +29,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
 from adapters.aws.dynamodb_models import GSI1, table_meta
-from core.errors import ServiceUnavailable
+from core.errors import ServiceUnavailable, StoreThrottled
 
 Item = dict[str, dict[str, Any]]  # a raw item: attribute name -> typed value ({"S": "..."})
 T = TypeVar("T")
@@ -46,6 +46,7 @@ _UNAVAILABLE = frozenset(
         "TransactionInProgressException",
     }
 )
+_THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 _THROTTLED_REASONS = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"})
 
 
@@ -113,7 +114,7 @@ def _translated() -> Iterator[None]:
         if "ConditionalCheckFailed" in reasons or "TransactionConflict" in reasons:
             raise ConditionFailed(None, reasons) from exc
         if _THROTTLED_REASONS.intersection(reasons):
-            raise unavailable() from exc
+            raise StoreThrottled() from exc
         _raise_unavailable(exc)
         raise
     except (PynamoDBException, ClientError, BotoCoreError) as exc:
@@ -140,6 +141,8 @@ def unavailable() -> ServiceUnavailable:
 def _raise_unavailable(exc: Exception) -> None:
     code = error_code(exc)
     cause = exc.cause if isinstance(exc, PynamoDBException) else exc
+    if code in _THROTTLED:
+        raise StoreThrottled() from exc
     if code in _UNAVAILABLE or (code is None and isinstance(cause, BotoCoreError)):
         raise unavailable() from exc
 

@@ -73,6 +73,11 @@ class AwsSettings:
                 # Lambda gives a container one request at a time: nothing to overlap, so store calls stay on
                 # the loop (no thread hop, and X-Ray's thread-local context keeps each call under its handler).
                 store_threads=int(env.get("TEXTNLP_STORE_THREADS", "0")),
+                # DynamoDB takes ~1,000 write units a second per partition: a busy tenant's counters spread over
+                # up to this many items (core.budget_shards), each kept under 400 writes a second.
+                counter_shards=int(env.get("TEXTNLP_COUNTER_SHARDS", "64")),
+                counter_shards_start=int(env.get("TEXTNLP_COUNTER_SHARDS_START", "1")),
+                counter_item_writes_per_s=float(env.get("TEXTNLP_COUNTER_ITEM_WRITES", "400")),
             ),
         )
 
