@@ -42,6 +42,14 @@ def server_2w(e2e_dir, fake_openai: str) -> Iterator[Server]:
         yield srv
 
 
+@pytest.fixture(scope="session")
+def server_2w_sharded(e2e_dir, fake_openai: str) -> Iterator[Server]:
+    """Two workers whose counters spread every tenant over 8 shards from the first request (core.budget_shards)."""
+    env = {"TEXTNLP_COUNTER_SHARDS": "8", "TEXTNLP_COUNTER_SHARDS_START": "8", "TEXTNLP_COUNTER_ITEM_WRITES": "0.001"}
+    with _support.run_server(e2e_dir / "data-2w-sharded", workers=2, env=env, fake_base_url=fake_openai) as srv:
+        yield srv
+
+
 @pytest.fixture
 def tenant(server: Server, request: pytest.FixtureRequest) -> Tenant:
     """A fresh tenant with a generate+embed key on the shared server."""
