@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.budget_shards import (
     COUNT,
@@ -43,7 +43,17 @@ from core.budget_shards import (
 from core.counters import admits
 from core.domain import ApiKeyRecord, CounterChange, Tenant
 from core.errors import ServiceUnavailable, StoreThrottled
-from core.leases import LeaseClock, at_epoch, epoch_field, held, lease_field, leased, reclaim, slot_of, stale_slots
+from core.leases import LeaseClock, epoch_field, held, lease_field, reclaim, slot_of, stale_slots
+from core.limit_changes import (
+    Reservation,
+    lease_return,
+    leased_change,
+    minute_change,
+    minute_expiry,
+    minute_item,
+    period_change,
+    with_gift,
+)
 from core.limit_refusals import (
     MINUTE,
     TENANT_OFF,
@@ -73,46 +83,14 @@ __all__ = [
     "LimitEnforcer",
     "Reservation",
     "key_off",
+    "minute_item",
     "period_bounds",
 ]
-
-
-def minute_item(tenant_id: str, window: int) -> str:
-    return f"rl|{tenant_id}|{window}"
-
-
-def minute_expiry(window: int) -> float:
-    return (window + 2) * MINUTE
 
 
 def guarded_windows(at: float) -> range:
     """The minute windows a guard set at ``at`` must be written to."""
     return range(int((at - GUARD_SPAN_S) // MINUTE), int((at + GUARD_SPAN_S) // MINUTE) + 1)
-
-
-@dataclass
-class Reservation:
-    """What a request holds until it settles. Field names are as written on the shard's items."""
-
-    tokens: int
-    minute_item: str | None
-    period_item: str | None
-    key_id: str
-    minute_token_fields: tuple[str, ...] = ()
-    minute_expires_at: float = 0.0
-    period_expires_at: float = 0.0
-    period_fields: tuple[str, ...] = ()
-    lease_slot: int = 0
-    lease_epoch: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    settled: bool = False
-    shard: int = 0
-    minute_release: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def sign(self) -> int:
-        """+1 where a reservation adds to a limited field (shard 0), -1 where it spends a budget."""
-        return -1 if self.shard else 1
 
 
 class _OwnShardThrottled(Exception):
@@ -134,21 +112,6 @@ class _Attempt:
     moves: Moves = NO_MOVES
 
 
-def _with_gift(change: CounterChange, gift: dict[str, int] | None) -> CounterChange:
-    """A reservation's change with budget moved to its item in the same write."""
-    if not gift:
-        return change
-    increments = dict(change.increments)
-    for name, value in gift.items():
-        increments[name] = increments.get(name, 0) + value
-    return CounterChange(change.item, increments, change.limits, change.expires_at, change.floors, change.otherwise)
-
-
-def _quota_field(name: str, period: str, now: float) -> str:
-    """A monthly counter keeps its name; a daily one is suffixed with its day (``used@2026-09-21``)."""
-    return name if period == "month" else f"{name}@{period_bounds(now, period)[0]}"
-
-
 class LimitEnforcer:
     def __init__(
         self,
@@ -167,45 +130,6 @@ class LimitEnforcer:
         self._published: dict[str, int] = {}  # minute item -> the shard count this process wrote there
         self._room = ShardRoom(counters, self.shards, self.leases, clock.now)
 
-    def _minute_change(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> CounterChange:
-        """The minute item: always written (it counts the request and carries the revocation guard)."""
-        t, k = tenant.limits, key.limits
-        window = int(now // MINUTE)
-        kid = key.id
-        limits = {
-            name: value
-            for name, value in (
-                ("req", t.requests_per_minute),
-                ("tok", t.tokens_per_minute),
-                (f"req|{kid}", k.requests_per_minute),
-                (f"tok|{kid}", k.tokens_per_minute),
-            )
-            if value is not None
-        }
-        # Tokens per minute are counted only where a limit needs them: a settlement then has nothing to
-        # give back on this item, which saves a write for tenants without token rates.
-        increments = {"req": 1, f"req|{kid}": 1} | {f: tokens for f in ("tok", f"tok|{kid}") if f in limits}
-        if self.shards.policy.on:
-            increments[COUNT] = 1  # this shard's requests this minute: how busy the tenant is
-        limits |= {TENANT_OFF: 0, key_off(kid): 0}
-        return CounterChange(minute_item(tenant.id, window), increments, limits, minute_expiry(window))
-
-    def _period_change(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> CounterChange | None:
-        t, k = tenant.limits, key.limits
-        if t.token_quota is None and k.token_quota is None:
-            return None
-        # A day lies within its month: the month's item holds every quota counter of the tenant and its
-        # keys, each in its own period (a key's quota follows its own period, not the tenant's).
-        month, ends = period_bounds(now, "month")
-        tenant_field = _quota_field("used", t.quota_period, now)
-        key_field = _quota_field(f"used|{key.id}", k.quota_period, now)
-        limits = {}
-        if t.token_quota is not None:
-            limits[tenant_field] = t.token_quota
-        if k.token_quota is not None:
-            limits[key_field] = k.token_quota
-        return CounterChange(f"q|{tenant.id}|{month}", {tenant_field: tokens, key_field: tokens}, limits, ends + 86_400)
-
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
         """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise.
 
@@ -215,9 +139,9 @@ class LimitEnforcer:
         for budget draws from the window's own item, or rebalances (``core.shard_room``), and tries again.
         """
         now = self._clock.now()
-        minute = self._minute_change(tenant, key, tokens, now)
+        minute = minute_change(tenant, key, tokens, now, count=self.shards.policy.on)
         # A request that costs no tokens (a cache hit) counts against the request rate only.
-        period = self._period_change(tenant, key, tokens, now) if tokens else None
+        period = period_change(tenant, key, tokens, now) if tokens else None
         if period is not None and self._room.refused(period, now):
             self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
             raise quota_exceeded(period.limits, self._room.free_as_used(period), tokens, now, {})
@@ -271,8 +195,8 @@ class LimitEnforcer:
         attempt.moves = NO_MOVES
         own = [on_shard(minute, shard, minute=True)]
         if period is not None:
-            own.append(_leased(on_shard(period, shard, minute=False), epoch))
-        written = [_with_gift(change, moves.gift.get(change.item)) for change in own]
+            own.append(leased_change(on_shard(period, shard, minute=False), epoch))
+        written = [with_gift(change, moves.gift.get(change.item)) for change in own]
         try:
             ok, seen = self._counters.try_add_all([*moves.before, *written, *moves.after])
         except StoreThrottled as exc:
@@ -432,7 +356,7 @@ class LimitEnforcer:
                 )
             )
         if reservation.period_item is not None:
-            changes.append(_lease_return(reservation, delta, otherwise=used_tokens))
+            changes.append(lease_return(reservation, delta, otherwise=used_tokens))
         return changes
 
     def release(self, reservation: Reservation) -> None:
@@ -441,36 +365,5 @@ class LimitEnforcer:
             self._counters.add(reservation.minute_item, reservation.minute_release, reservation.minute_expires_at)
         if reservation.period_item is not None and reservation.tokens:
             # Refused when the lease was reclaimed: that gave the whole reservation back already.
-            self._counters.try_add_all([_lease_return(reservation, -reservation.tokens, otherwise=None)])
+            self._counters.try_add_all([lease_return(reservation, -reservation.tokens, otherwise=None)])
         reservation.settled = True
-
-
-def _leased(change: CounterChange, epoch: int) -> CounterChange:
-    """The period item's part of a reservation: its increments, leased in the epoch's slot."""
-    slot = slot_of(epoch)
-    same_epoch = at_epoch(slot, epoch)
-    return CounterChange(
-        change.item,
-        leased(change.increments, slot),
-        change.limits | same_epoch,
-        change.expires_at,
-        floors=change.floors | same_epoch,
-    )
-
-
-def _lease_return(reservation: Reservation, delta: int, otherwise: int | None) -> CounterChange:
-    """The period item's part of a settlement: ``delta`` to the quota fields (out of a shard's budget) and
-    the whole reservation out of its lease slot, if the slot still holds its epoch; else (the lease was
-    reclaimed and the whole reservation given back) ``otherwise`` tokens are charged, or nothing."""
-    fields, slot, sign = reservation.period_fields, reservation.lease_slot, reservation.sign
-    held_tokens = sign * reservation.tokens
-    increments = dict.fromkeys(fields, sign * delta) | {lease_field(slot, f): -held_tokens for f in fields}
-    same_epoch = at_epoch(slot, reservation.lease_epoch)
-    return CounterChange(
-        reservation.period_item or "",
-        increments,
-        same_epoch,
-        reservation.period_expires_at,
-        floors=same_epoch,
-        otherwise=dict.fromkeys(fields, sign * otherwise) if otherwise else None,
-    )
