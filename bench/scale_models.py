@@ -12,13 +12,15 @@ attribute names ``c_<slot>#<field>``), so today's counters item grows with its p
   one UpdateItem each (no transaction). A partition is one item: adaptive capacity's split for heat isolates a
   hot item, whose ceiling is then 1,000 WCU/s and 3,000 RCU/s (a read: ceil(size / 4 KB) RCU, strongly
   consistent); so this is the best case for a tenant's shared partition. The daily aggregate is spread over
-  the adapter's 8 items. ``dynamodb-gsi`` also charges the gsi1 writes (1x): every usage record of a tenant
-  and day goes to GSI partition ``U#<tenant>#<day>`` (a time-ordered sort key: never split for heat), every
-  aggregate write to its ``DAILY#<n>`` entry. A throttled GSI throttles the base table's write.
+  the adapter's 32 shards, each in a partition of its own (``T#<tenant>#A#<n>``, ``n`` from the request id).
+  ``dynamodb-gsi`` also charges the gsi1 writes (1x): a usage record goes to its tenant and day's GSI partition
+  ``U#<tenant>#<day>#<n>`` (one of 32; a time-ordered sort key: never split for heat), an aggregate write
+  rewrites its entry in ``DAILY#<k>`` (``k`` from the tenant and ``n``: a tenant's 32 shards in 32 of them). A
+  throttled GSI throttles the base table's write.
 * ``firestore``: one document per counter item, aggregate shard and usage record; ~1 sustained write per
   second per document (a soft limit, modelled as a token bucket of 1/s holding a burst of 5), 1 unit per
   document write whatever its size; reads are not limited per document. No adapter exists: the aggregate is
-  assumed sharded 8 ways as on DynamoDB.
+  assumed sharded 8 ways.
 * ``cosmos-tenant``: Cosmos DB with today's partition key, the tenant: every item of the tenant (counters,
   aggregates, usage records) in one logical partition of 10,000 RU/s; a write costs 6 RU per started KB (the
   low end of 6-10 RU for ~1 KB with default indexing), a transactional batch the sum, a point read 1 RU per
@@ -63,6 +65,13 @@ def _stored_dynamodb(item: str) -> tuple[str, str]:
 
 def _by_item(stored: str, tenant: str) -> str:
     return ALONE if stored.startswith("usage:") else stored
+
+
+def _by_dynamodb_partition(stored: str, tenant: str) -> str:
+    """DynamoDB: an aggregate shard's partition holds the shard of every day and model of its tenant."""
+    if stored.startswith("agg:"):
+        return f"T#{tenant}#A#{stored.rsplit(':', 1)[1]}"
+    return _by_item(stored, tenant)
 
 
 def _by_tenant(stored: str, tenant: str) -> str:
@@ -129,12 +138,12 @@ MODELS: dict[str, StoreModel] = {
     m.name: m
     for m in (
         StoreModel(
-            "dynamodb", "WCU", 1000.0, 1000.0, _wcu, 2.0, _by_item, _stored_dynamodb, 3000.0, _rcu,
-            slotted=True, counters_txn=False, counter_write_units=4.5,
+            "dynamodb", "WCU", 1000.0, 1000.0, _wcu, 2.0, _by_dynamodb_partition, _stored_dynamodb, 3000.0, _rcu,
+            slotted=True, counters_txn=False, aggregate_shards=32, counter_write_units=4.5,
         ),
         StoreModel(
-            "dynamodb-gsi", "WCU", 1000.0, 1000.0, _wcu, 2.0, _by_item, _stored_dynamodb, 3000.0, _rcu,
-            slotted=True, counters_txn=False, gsi=True, counter_write_units=4.5,
+            "dynamodb-gsi", "WCU", 1000.0, 1000.0, _wcu, 2.0, _by_dynamodb_partition, _stored_dynamodb, 3000.0, _rcu,
+            slotted=True, counters_txn=False, gsi=True, aggregate_shards=32, counter_write_units=4.5,
         ),
         StoreModel(
             "firestore", "writes", 1.0, 5.0, _one, 1.0, _by_item, _stored_by_item, math.inf, _one,

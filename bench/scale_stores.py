@@ -26,6 +26,8 @@ from bench.scale_models import ALONE, MODELS, NUMBER_BYTES, StoreModel, counter_
 from core.domain import CounterChange, UsageRecord
 from core.errors import StoreThrottled
 
+DYNAMODB_DAILY_SHARDS = 32  # adapters.aws.dynamodb_models.DAILY_SHARDS: the all-tenant aggregates' gsi1 partitions
+
 
 class _Bucket:
     __slots__ = ("at", "cap", "rate", "tokens")
@@ -253,9 +255,10 @@ class ThrottlingStore(MemoryStore):
             (self._partition(aggregate, tenant), model.write_cost(aggregate_size) * mult),
             *settled,
         ]
-        if model.gsi:  # the index entries (not doubled by the transaction)
-            charges.append((f"gsi1:U#{tenant}#{day}", model.write_cost(record_size)))
-            charges.append((f"gsi1:DAILY/{day}#{tenant}#{record.model}#{shard}", model.write_cost(aggregate_size)))
+        if model.gsi:  # the index entries (not doubled by the transaction), as dynamodb_usage keys them
+            daily = (zlib.crc32(tenant.encode()) + shard) % DYNAMODB_DAILY_SHARDS
+            charges.append((f"gsi1:U#{tenant}#{day}#{shard}", model.write_cost(record_size)))
+            charges.append((f"gsi1:DAILY#{daily}", model.write_cost(aggregate_size)))
         self._charge(charges)
         self._note(c.item for c in settle)
         written = super()._record_usage(record, day, settle)

@@ -3,30 +3,38 @@
 One table, ``pk`` (S) + ``sk`` (S), TTL on ``expires_at`` (whole epoch seconds), and one GSI ``gsi1`` on
 ``gsi1pk`` / ``gsi1sk`` (projection ALL): exactly what ``cdk/textnlp_cdk/storage.py`` creates.
 
-=============  =============================  ======================  =====================  ==========================
-item           pk                             sk                      gsi1pk                 gsi1sk
-=============  =============================  ======================  =====================  ==========================
-tenant         ``T#<tenant>``                 ``TENANT``              ``TENANTS``            ``<created_at>#<tenant>``
-counters       ``T#<tenant>``                 ``LIMITS``              -                      -
-counter shard  ``T#<tenant>#S#<shard>``       ``LIMITS``              -                      -
-daily usage    ``T#<tenant>``                 ``A#<day>#<model>#n`` ``DAILY#<0..3>``       ``<day>#<tenant>#<model>#n``
-API key        ``T#<tenant>``                 ``KEY#<key id>``        -                      -
-usage record   ``T#<tenant>#R#<request id>``  ``USAGE``               ``U#<tenant>#<day>``   ``<created_at>#<req id>``
-cache entry    ``T#<tenant>#CACHE#<digest>``  ``CACHE``               -                      -
-document       ``T#<owner>#D#<collection>``   ``<doc id>``            -                      -
-key index      ``KEY#<key id>``               ``KEY``                 -                      -
-model          ``MODELS``                     ``<model id>``          -                      -
-signing key    ``SIGNING_KEYS``               ``<kid>``               -                      -
-=============  =============================  ======================  =====================  ==========================
+=============  =============================  =================  ======================  ============================
+item           pk                             sk                 gsi1pk                  gsi1sk
+=============  =============================  =================  ======================  ============================
+tenant         ``T#<tenant>``                 ``TENANT``         ``TENANTS``             ``<created_at>#<tenant>``
+counters       ``T#<tenant>``                 ``LIMITS``         -                       -
+counter shard  ``T#<tenant>#S#<shard>``       ``LIMITS``         -                       -
+daily usage    ``T#<tenant>#A#n``             ``<day>#<model>``  ``DAILY#k``             ``<day>#<tenant>#<model>#n``
+API key        ``T#<tenant>``                 ``KEY#<key id>``   -                       -
+usage record   ``T#<tenant>#R#<request id>``  ``USAGE``          ``U#<tenant>#<day>#n``  ``<created_at>#<req id>``
+cache entry    ``T#<tenant>#CACHE#<digest>``  ``CACHE``          -                       -
+document       ``T#<owner>#D#<collection>``   ``<doc id>``       -                       -
+key index      ``KEY#<key id>``               ``KEY``            -                       -
+model          ``MODELS``                     ``<model id>``     -                       -
+signing key    ``SIGNING_KEYS``               ``<kid>``          -                       -
+=============  =============================  =================  ======================  ============================
 
 Every partition key of a tenant's data begins with ``T#<tenant>``, so an IAM policy can confine a principal
 to one tenant with ``dynamodb:LeadingKeys`` and no query can wander into another tenant's items. Three
 kinds of item are global on purpose: the key index (which tenant an API key id belongs to: auth reads it
 before it knows the tenant, and it holds nothing else), the model catalog and the JWT signing keys.
 Usage records and cache entries get a partition each (``T#<tenant>#...``): they are many and written at
-the request rate, and one partition per tenant would cap a tenant at one partition's throughput. The
-counters item and the daily aggregates (``n``: the shard of ``AGGREGATE_SHARDS`` a record adds to, so
-that concurrent usage transactions rarely meet on one item) share the tenant's own partition.
+the request rate, and one partition per tenant would cap a tenant at one partition's throughput. For the
+same reason a usage record's writes are spread by its shard ``n`` (a stable hash of its request id, of
+``dynamodb_usage.AGGREGATE_SHARDS``): it adds to the daily aggregate's shard ``n``, an item in a partition
+of its own, and its gsi1 entry goes to its day's partition ``n``; the aggregate's gsi1 entry goes to
+``DAILY#k``, ``k`` = (hash of the tenant + ``n``) mod ``DAILY_SHARDS``, so that a tenant's shards are in as
+many gsi1 partitions. The usage API adds the shards up and merges the partitions (``dynamodb_usage``).
+
+Written before the shards had partitions, and still read (never written): daily usage in the tenant's own
+partition (pk ``T#<tenant>``, sk ``A#<day>#<model>#n`` over 8 shards, gsi1pk ``DAILY#<0..3>``, gsi1sk
+``<day>#<tenant>#<model>#n``) and usage records' gsi1 entries in one partition per tenant and day (gsi1pk
+``U#<tenant>#<day>``).
 
 ``<created_at>`` is :func:`sortable` (16 hex digits that sort like the float). The models here only
 (de)serialise: every read and write goes through ``DynamoDBTable``, whose table name is given at run time.
@@ -53,7 +61,7 @@ from pynamodb.models import Model
 GSI1 = "gsi1"
 TTL_ATTRIBUTE = "expires_at"
 COUNTER_PREFIX = "c_"  # counter fields are top-level attributes ``c_<field>`` (ADD works on top-level only)
-DAILY_SHARDS = 4  # the all-tenant daily aggregates are spread over this many gsi1 partitions
+DAILY_SHARDS = 32  # the all-tenant daily aggregates are spread over this many gsi1 partitions
 
 _KEYS = (("pk", "HASH"), ("sk", "RANGE"))
 _GSI_KEYS = (("gsi1pk", "HASH"), ("gsi1sk", "RANGE"))
@@ -71,9 +79,11 @@ def ttl_seconds(expires_at: float) -> int:
     return math.ceil(expires_at)
 
 
-def daily_shard(tenant_id: str) -> str:
-    """The gsi1 partition of a tenant's daily aggregates (a stable hash, not Python's salted one)."""
-    return f"DAILY#{zlib.crc32(tenant_id.encode()) % DAILY_SHARDS}"
+def daily_shard(tenant_id: str, shard: int) -> str:
+    """The gsi1 partition of a tenant's aggregate shard: shard ``n`` on the ``n``-th partition after the one the
+    tenant's id hashes to (a stable hash, not Python's salted one), so that a tenant's shards are on as many
+    partitions and tenants start on different ones."""
+    return f"DAILY#{(zlib.crc32(tenant_id.encode()) + shard) % DAILY_SHARDS}"
 
 
 def daily_shards() -> list[str]:
@@ -139,7 +149,7 @@ class UsageItem(_Item):
 
 
 class DailyItem(_Item):
-    """A (tenant, day, model) aggregate, built by ``ADD`` only (so it needs no read)."""
+    """A shard of a (tenant, day, model) aggregate, built by ``ADD`` only (so it needs no read)."""
 
     tenant_id = UnicodeAttribute()
     day = UnicodeAttribute()

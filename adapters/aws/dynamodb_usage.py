@@ -10,31 +10,48 @@ apply nothing twice; and a process that dies leaves either all of it or a reserv
 back, never a record whose reservation is given back whole. If the settlement is refused (its minute slot
 expired with its window, or its lease was reclaimed because the request outlived ``max_request_s``), the
 item is read once and the transaction sent again without the expired slot, or with the change's
-``otherwise`` (``DynamoDBCounters.settlement_refused``). The aggregate is spread over ``AGGREGATE_SHARDS``
-items (by request id): two transactions on one item conflict, and a busy tenant's would all meet on one.
+``otherwise`` (``DynamoDBCounters.settlement_refused``).
 
-The price of the settlement inside the transaction: while a transaction holds the tenant's counters item
-(milliseconds), a reservation of that tenant meeting it is refused with TransactionConflict and retried
-with jitter (``DynamoDBTable._call``); a very busy tenant pays it on many requests. Spreading a tenant's
-counters over several items is the design for that (the quotas-at-scale issue).
+No partition takes every usage write of a tenant (a partition takes 1,000 WCU/s; so does a GSI partition, and
+a throttled GSI throttles the table's writes). A record's shard ``n`` (``usage_shard``: a stable hash of its
+request id over ``AGGREGATE_SHARDS``) says where its writes go: the aggregate's shard ``n``, an item in a
+partition of its own (``T#<tenant>#A#<n>`` / ``<day>#<model>``, whose gsi1 entry is in ``DAILY#<k>``, ``k``
+from the tenant and ``n``: a tenant's shards are in as many gsi1 partitions), and the record's gsi1 entry
+(``U#<tenant>#<day>#<n>``). At 10,000 requests/s of one tenant each takes ~1/32 of them. Two transactions
+on one item also conflict, which the shards make rare.
 
-Reads: ``get_usage`` is a GetItem; ``daily_usage`` of one tenant is a Query of its partition
-(``T#<tenant>``, ``sk`` between ``A#<start>`` and ``A#<end>$``), of all tenants a Query of each
-``DAILY#<n>`` gsi1 shard; the aggregate's shards are summed. ``list_usage`` finds the (tenant, day) pairs
-with usage from the aggregates, then queries each pair's gsi1 partition ``U#<tenant>#<day>`` over
-``[start, end)``. No Scan anywhere.
+Reads: ``get_usage`` is a GetItem; ``daily_usage`` of one tenant is a Query of each of its aggregate
+partitions (``sk`` between ``<start>`` and ``<end>$``), of all tenants a Query of each ``DAILY#<k>`` gsi1
+partition; the shards are summed per (tenant, day, model). ``list_usage`` finds the (tenant, day, shard)
+triples with usage from the aggregates (a record and its aggregate shard are written together), then reads
+those gsi1 partitions day by day over ``[start, end)``, merging them: each partition a share of what is
+asked at a time (``_first_records``), so that a busy tenant's 32 partitions are not each read for the whole
+``limit``. The queries of one step run on a small thread pool. No Scan anywhere.
+
+The layout before the shards (aggregates ``A#<day>#<model>#<n>`` in the tenant's partition ``T#<tenant>``,
+8 of them, their gsi1 entries in ``DAILY#<0..3>``; records' gsi1 entries in ``U#<tenant>#<day>``) is still
+read, so that nothing written before an upgrade is lost: one tenant's aggregates add the Query of
+``T#<tenant>`` (``sk`` between ``A#<start>`` and ``A#<end>$``), all tenants' are found in the ``DAILY#<k>``
+partitions already read (``DAILY#0..3`` are among them), and a (tenant, day) with an aggregate of that
+layout has its records' ``U#<tenant>#<day>`` read too. An old aggregate's ``sk`` starts with ``A#``, a new
+one's with its day.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
+import threading
 import uuid
 import zlib
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
+from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.operand import Path
 from pynamodb.expressions.update import Action
 
@@ -52,24 +69,42 @@ from core.domain import CounterChange, UsageAggregate, UsageRecord
 from core.stores import utc_day
 
 USAGE_SK = "USAGE"
-AGGREGATE_SHARDS = 8
+AGGREGATE_SHARDS = 32  # a record's aggregate shard and its gsi1 partition of the day (``usage_shard``)
+LEGACY_AGGREGATE_PREFIX = "A#"  # the ``sk`` of an aggregate written before the shards had partitions
+QUERY_THREADS = 8  # the queries of one read run on this many threads
+MIN_SHARE = 10  # records asked of a gsi1 partition at a time, at least (a read unit holds ~10 of them)
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def usage_pk(tenant_id: str, request_id: str) -> str:
     return f"T#{tenant_id}#R#{request_id}"
 
 
-def aggregate_sk(day: str, model: str, request_id: str) -> str:
-    """The aggregate shard a record adds to (a stable hash of its id, not Python's salted one)."""
-    return f"A#{day}#{model}#{zlib.crc32(request_id.encode()) % AGGREGATE_SHARDS}"
+def usage_shard(request_id: str) -> int:
+    """The shard of a record's aggregate and of its gsi1 partition (a stable hash, not Python's salted one)."""
+    return zlib.crc32(request_id.encode()) % AGGREGATE_SHARDS
+
+
+def aggregate_pk(tenant_id: str, shard: int) -> str:
+    return f"T#{tenant_id}#A#{shard}"
+
+
+def aggregate_sk(day: str, model: str) -> str:
+    return f"{day}#{model}"
+
+
+def records_index_pk(tenant_id: str, day: str, shard: int | None) -> str:
+    """The gsi1 partition of a tenant's records of a day in a shard; ``None``: the one of the former layout."""
+    return f"U#{tenant_id}#{day}" if shard is None else f"U#{tenant_id}#{day}#{shard}"
 
 
 def _usage_item(r: UsageRecord, day: str) -> UsageItem:
     return UsageItem(
         pk=usage_pk(r.tenant_id, r.request_id),
         sk=USAGE_SK,
-        gsi1pk=f"U#{r.tenant_id}#{day}",
+        gsi1pk=records_index_pk(r.tenant_id, day, usage_shard(r.request_id)),
         gsi1sk=f"{sortable(r.created_at)}#{r.request_id}",
         request_id=r.request_id,
         tenant_id=r.tenant_id,
@@ -141,13 +176,21 @@ def _aggregate_from(item: Item) -> UsageAggregate:
     )
 
 
-def _daily(r: UsageRecord, day: str, shard: str) -> list[Action]:
+def _records_partition(item: Item) -> tuple[str, str]:
+    """(day, gsi1 partition) of the records an aggregate shard item counts: its shard's, or the former one."""
+    tenant, day = item["tenant_id"]["S"], item["day"]["S"]
+    if item["sk"]["S"].startswith(LEGACY_AGGREGATE_PREFIX):
+        return day, records_index_pk(tenant, day, None)
+    return day, records_index_pk(tenant, day, int(item["pk"]["S"].rsplit("#", 1)[1]))
+
+
+def _daily(r: UsageRecord, day: str, shard: int) -> list[Action]:
     """The aggregate's update: its key fields, and ``ADD`` of the record's sums (no read needed)."""
     return [
         DailyItem.tenant_id.set(r.tenant_id),
         DailyItem.day.set(day),
         DailyItem.model.set(r.model),
-        DailyItem.gsi1pk.set(daily_shard(r.tenant_id)),
+        DailyItem.gsi1pk.set(daily_shard(r.tenant_id, shard)),
         DailyItem.gsi1sk.set(f"{day}#{r.tenant_id}#{r.model}#{shard}"),
         DailyItem.requests.add(1),
         DailyItem.prompt_tokens.add(r.prompt_tokens),
@@ -155,6 +198,28 @@ def _daily(r: UsageRecord, day: str, shard: str) -> list[Action]:
         DailyItem.cached_requests.add(int(r.cached)),
         DailyItem.cost.add(r.cost),
     ]
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _query_pool() -> ThreadPoolExecutor:
+    """The process's query threads (started on first use; made anew in a forked child, whose threads are gone)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="textnlp-dynamodb-query"))
+        return _pool[1]
+
+
+def _each(fn: Callable[[T], R], args: Sequence[T]) -> list[R]:
+    """``fn`` of each of ``args``, in order; several at once on the query pool, with the caller's context."""
+    if len(args) <= 1:
+        return [fn(arg) for arg in args]
+    pool = _query_pool()
+    futures = [pool.submit(contextvars.copy_context().run, fn, arg) for arg in args]
+    return [future.result() for future in futures]
 
 
 class DynamoDBUsage:
@@ -175,10 +240,11 @@ class DynamoDBUsage:
 
         False, and nothing written, if the tenant already has a record with this request id.
         """
-        sk = aggregate_sk(day, record.model, record.request_id)
+        shard = usage_shard(record.request_id)
         put = self._table.put_kwargs(_usage_item(record, day).serialize(), UsageItem.pk.does_not_exist())
-        shard = sk.rsplit("#", 1)[1]
-        aggregate = self._table.update_kwargs(f"T#{record.tenant_id}", sk, _daily(record, day, shard))
+        aggregate = self._table.update_kwargs(
+            aggregate_pk(record.tenant_id, shard), aggregate_sk(day, record.model), _daily(record, day, shard)
+        )
         writes = self.settlement_writes(settle)
         for round_ in range(CONFLICT_ROUNDS):
             updates = [aggregate, *self.settlement_updates(writes)]
@@ -198,31 +264,67 @@ class DynamoDBUsage:
         found = self._table.get(usage_pk(tenant_id, request_id), USAGE_SK)
         return _record_from(found) if found is not None else None
 
+    def _queried(self, queries: Sequence[tuple[str, Condition, bool, int | None]]) -> list[list[Item]]:
+        """Each (partition, sort key condition, of gsi1, limit) read whole, at once on the query pool."""
+        return _each(lambda q: list(self._table.query(q[0], q[1], index=q[2], limit=q[3])), queries)
+
+    def _aggregate_items(self, tenant_id: str | None, start_day: str, end_day: str) -> list[Item]:
+        """Every aggregate shard item of the days, of both layouts (``start_day <= end_day``)."""
+        if tenant_id is not None:
+            span = Path(["sk"]).between(start_day, f"{end_day}$")  # "$" sorts right after "#"
+            former = Path(["sk"]).between(
+                f"{LEGACY_AGGREGATE_PREFIX}{start_day}", f"{LEGACY_AGGREGATE_PREFIX}{end_day}$"
+            )
+            queries = [(aggregate_pk(tenant_id, n), span, False, None) for n in range(AGGREGATE_SHARDS)]
+            queries.append((f"T#{tenant_id}", former, False, None))
+        else:
+            span = Path(["gsi1sk"]).between(start_day, f"{end_day}$")
+            queries = [(partition, span, True, None) for partition in daily_shards()]  # the former ones among them
+        return [item for items in self._queried(queries) for item in items]
+
     def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         """The aggregates' shards added up (``start_day <= end_day``: core checked)."""
-        if tenant_id is not None:
-            span = Path(["sk"]).between(f"A#{start_day}", f"A#{end_day}$")
-            items: Iterable[Item] = self._table.query(f"T#{tenant_id}", span)
-        else:
-            span = Path(["gsi1sk"]).between(start_day, f"{end_day}$")  # "$" sorts right after "#"
-            items = (item for shard in daily_shards() for item in self._table.query(shard, span, index=True))
-        return _summed(_aggregate_from(item) for item in items)
+        return _summed(_aggregate_from(item) for item in self._aggregate_items(tenant_id, start_day, end_day))
 
     def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
         """The first ``limit`` records, day by day (``limit > 0`` and ``end > start``: core checked)."""
-        pairs = sorted({(a.day, a.tenant_id) for a in self._daily_usage(tenant_id, utc_day(start), utc_day(end))})
-        span = Path(["gsi1sk"]).between(sortable(start), sortable(end))  # "<end>#id" sorts above "<end>"
+        partitions: defaultdict[str, set[str]] = defaultdict(set)  # day -> gsi1 partitions holding its records
+        for item in self._aggregate_items(tenant_id, utc_day(start), utc_day(end)):
+            day, partition = _records_partition(item)
+            partitions[day].add(partition)
         found: list[UsageRecord] = []
-        for day, group in groupby(pairs, key=lambda pair: pair[0]):
-            records = [
-                record
-                for _, tenant in group
-                for record in map(
-                    _record_from, self._table.query(f"U#{tenant}#{day}", span, index=True, limit=limit - len(found))
-                )
-                if start <= record.created_at < end
-            ]
-            found.extend(sorted(records, key=lambda r: (r.created_at, r.request_id)))
+        for day in sorted(partitions):
+            found.extend(self._first_records(sorted(partitions[day]), start, end, limit - len(found)))
             if len(found) >= limit:
                 break
         return found[:limit]
+
+    def _first_records(self, partitions: Sequence[str], start: float, end: float, want: int) -> list[UsageRecord]:
+        """The first ``want`` records of these gsi1 partitions with ``start <= created_at < end``, in order.
+
+        Each partition is asked a share of ``want`` at a time (twice its part, at least ``MIN_SHARE``), from
+        where it stopped. A partition that gave all it was asked may hold more: the records up to the lowest
+        key such a partition stopped at are all known, and once ``want`` of them are, they are the answer.
+        Sort keys are ``<sortable(created_at)>#<request id>``, unique in a partition, in (created_at, id)
+        order; ``between`` includes the key a partition stopped at, which is read twice and kept once.
+        """
+        top = sortable(end)  # "<end>#id" sorts above "<end>": a record at ``end`` is out
+        after = dict.fromkeys(partitions, sortable(start))
+        known: list[Item] = []
+        unread = list(partitions)
+        while unread:
+            share = max(MIN_SHARE, -(-2 * want // len(unread)))
+            queries = [(p, Path(["gsi1sk"]).between(after[p], top), True, share) for p in unread]
+            reading, unread = unread, []
+            for partition, items in zip(reading, self._queried(queries), strict=True):
+                known.extend(item for item in items if item["gsi1sk"]["S"] != after[partition])
+                if len(items) == share:  # maybe more
+                    after[partition] = items[-1]["gsi1sk"]["S"]
+                    unread.append(partition)
+            if unread:
+                bound = min(after[p] for p in unread)
+                if sum(item["gsi1sk"]["S"] <= bound for item in known) >= want:
+                    break
+        known.sort(key=lambda item: item["gsi1sk"]["S"])
+        records = (_record_from(item) for item in known)
+        return [record for record in records if start <= record.created_at < end][:want]

@@ -95,7 +95,7 @@ def test_every_tenant_item_has_a_partition_key_that_begins_with_the_tenant(setup
     assert pks - global_items
     assert all(pk.startswith("T#ten_a") for pk in pks - global_items)
     kinds = {pk.removeprefix("T#ten_a").split("#")[1] if "#" in pk.removeprefix("T#ten_a") else "" for pk in pks}
-    assert {"", "R", "CACHE"} <= kinds  # tenant partition (tenant, keys, counters, aggregates), records, cache
+    assert {"", "R", "A", "CACHE"} <= kinds  # tenant partition (tenant, keys, counters), records, aggregates, cache
 
 
 def test_a_cache_hit_costs_the_request_rate_and_the_usage_record_only(setup: Setup) -> None:
