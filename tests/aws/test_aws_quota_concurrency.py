@@ -62,14 +62,16 @@ def chat(i: int, key: str) -> dict[str, Any]:
 
 
 def burst(world: World, keys: list[str]) -> list[Result]:
-    """REQUESTS chat completions from CONTAINERS threads released together (request i uses keys[i % len])."""
-    barrier = threading.Barrier(CONTAINERS)
+    """REQUESTS chat completions from the world's containers, one thread each, released together (request i
+    uses keys[i % len])."""
+    containers = len(world.containers)
+    barrier = threading.Barrier(containers)
     results: list[Result | None] = [None] * REQUESTS
     errors: list[BaseException] = []
 
     def container(c: int) -> None:
         rt = world.containers[c]
-        mine = range(c, REQUESTS, CONTAINERS)
+        mine = range(c, REQUESTS, containers)
         barrier.wait()
         try:
             for i in mine:
@@ -79,7 +81,7 @@ def burst(world: World, keys: list[str]) -> list[Result]:
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=container, args=(c,)) for c in range(CONTAINERS)]
+    threads = [threading.Thread(target=container, args=(c,)) for c in range(containers)]
     for t in threads:
         t.start()
     for t in threads:
@@ -175,13 +177,17 @@ def test_tenant_and_key_request_rates_hold_in_one_conditional_write(world: World
     assert sorted(r.status for r in records) == [200] * 60
 
 
-def test_a_token_quota_holds_with_every_container_spreading_the_counters_over_8_shards(
+def test_a_token_quota_holds_with_8_containers_spreading_the_counters_over_4_shards(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same race with every tenant's counters over 8 items from the first request (core.budget_shards)."""
-    for name, value in (("SHARDS", "8"), ("SHARDS_START", "8"), ("ITEM_WRITES", "0.001")):
+    """The same race with every tenant's counters over 4 more items from the first request (core.budget_shards).
+    (The atomic moto server applies one call at a time for all 16 containers: more shards only make the burst
+    slower here, not the race any different.)"""
+    for name, value in (("SHARDS", "4"), ("SHARDS_START", "4"), ("ITEM_WRITES", "0.001")):
         monkeypatch.setenv(f"TEXTNLP_COUNTER_{name}", value)
-    sharded = [build_runtime(AwsSettings.from_env()) for _ in range(CONTAINERS)]
+    # Half the containers: the atomic moto server applies one call at a time for all of them, and a sharded
+    # burst makes more calls per request (draws, rebalances) than the API Gateway's 30 s leave a request here.
+    sharded = [build_runtime(AwsSettings.from_env()) for _ in range(CONTAINERS // 2)]
     try:
         quota = 3000
         tenant = world.admin.tenant("quota-burst-sharded", {"token_quota": quota})
@@ -199,7 +205,7 @@ def test_a_token_quota_holds_with_every_container_spreading_the_counters_over_8_
     assert sum(r.prompt_tokens + r.completion_tokens for r in records) == granted
     store = world.stack.store()
     month = time.strftime("%Y-%m", time.gmtime())
-    shards = {s: store.read(f"q|{tenant}|{month}|{s}") for s in range(1, 9)}
+    shards = {s: store.read(f"q|{tenant}|{month}|{s}") for s in range(1, 5)}
     # (How far they spread depends on the race: a quota this small soon has the window's own item serve
     # alone, core.budget_shards' scarce mode. tests/aws/test_dynamodb_shards.py shows the spreading.)
     # Parent: spent directly and granted; shards: granted but not spent. The difference is what was charged.
