@@ -366,3 +366,42 @@ def test_one_item_policy_writes_exactly_the_single_item(store: Store, clock: Fix
     assert reservation.shard == 0
     assert budget("used", 100) not in quota_items(store, clock)[0]
     assert not any(quota_items(store, clock)[s] for s in range(1, 9))
+
+
+class CountingWrites(MemoryStore):
+    """Counts the writes each counter item takes (reservations, draws, registrations, settlements)."""
+
+    def __init__(self, clock: FixedClock) -> None:
+        super().__init__(clock=clock.now)
+        self.writes: dict[str, int] = {}
+
+    def _note(self, items: Sequence[str]) -> None:
+        for item in items:
+            self.writes[item] = self.writes.get(item, 0) + 1
+
+    def _try_add_counters(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        self._note([c.item for c in changes])
+        return super()._try_add_counters(changes)
+
+    def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
+        self._note([c.item for c in settle])
+        return super()._record_usage(record, day, settle)
+
+
+def test_a_burst_writes_no_item_above_its_share(clock: FixedClock) -> None:
+    """2,000 requests of a busy tenant over 8 shards, from 4 processes: each shard takes about an eighth of the
+    writes, and the window's own items only what grants budget (draws, registrations)."""
+    store = CountingWrites(clock)
+    tenant = Tenant("t1", "t1", 0.0, Limits(requests_per_minute=100_000, token_quota=10_000_000))
+    enforcers = processes(store, clock)
+    for i in range(2000):
+        enforcer = enforcers[i % 4]
+        reservation = enforcer.reserve(tenant, KEY, 300)
+        assert store.record_usage(record(f"r{i}", 120, clock.now()), enforcer.settlement(reservation, 120))
+    total = sum(store.writes.values())
+    minute, month = minute_item("t1", int(clock.now() // 60)), f"q|t1|{period_bounds(clock.now(), 'month')[0]}"
+    for parent in (minute, month):
+        shards = [n for item, n in store.writes.items() if item.startswith(parent + "|")]
+        assert len(shards) == 8
+        assert max(shards) < 1.3 * sum(shards) / 8, sorted(shards)  # each about an eighth of its window's
+    assert store.writes.get(minute, 0) + store.writes.get(month, 0) < 0.02 * total  # grants only: 24 of 6,120
