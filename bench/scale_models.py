@@ -55,7 +55,7 @@ def _stored_by_item(item: str) -> tuple[str, str]:
 
 
 def _stored_dynamodb(item: str) -> tuple[str, str]:
-    """DynamoDB: the minute and month of a tenant are slots of its counters item (``dynamodb_counters.locate``)."""
+    """DynamoDB: the minute and month of a tenant are slots of its counters item (``dynamodb_slots.locate``)."""
     parts = counter_parts(item)
     if parts is None:
         return f"C#{item}", "-"

@@ -28,22 +28,33 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any, NamedTuple
 
 from pynamodb.expressions.condition import Condition
-from pynamodb.expressions.operand import Path
 from pynamodb.expressions.update import Action
 
-from adapters.aws.dynamodb_models import COUNTER_PREFIX
+from adapters.aws.dynamodb_slots import (
+    attributes_of,
+    both,
+    expiry_attribute,
+    expiry_of,
+    field_attribute,
+    gone_or_expired,
+    is_expired,
+    live,
+    locate,
+    path_of,
+    plus,
+    slots_in,
+    values_of,
+    within,
+)
 from adapters.aws.dynamodb_table import ConditionFailed, DynamoDBTable, Item
 from core.counters import admits
 from core.domain import CounterChange
 from core.errors import ServiceUnavailable
 
 SK = "LIMITS"
-EXPIRY_PREFIX = "x_"
-SOLE_SLOT = "-"
 # Each extra round means an expired slot was cleared, or a removal raced another writer: a few are plenty.
 _ROUNDS = 8
 _STALE_MEMORY = 10_000  # items whose expired slots this process remembers, at most
@@ -55,153 +66,10 @@ _REMOVALS_PER_WRITE = 50  # moto's expression parser fails somewhere below 100 n
 _log = logging.getLogger(__name__)
 
 
-class Slot(NamedTuple):
-    """Where a counter item lives: the DynamoDB item (``pk``) and its slot in it."""
-
-    pk: str
-    name: str
-
-
-def locate(item: str) -> Slot:
-    """``<kind>|<tenant>|<window>`` is slot ``<kind>|<window>`` of ``T#<tenant>``; a shard of it
-    (``<kind>|<tenant>|<window>|<shard>``, ``core.budget_shards``) the same slot of ``T#<tenant>#S#<shard>``,
-    an item, and so a partition, of its own; any other name is alone."""
-    parts = item.split("|")
-    if len(parts) == 3 and all(parts):
-        kind, tenant, window = parts
-        return Slot(f"T#{tenant}", f"{kind}|{window}")
-    if len(parts) == 4 and all(parts) and parts[3].isdigit():
-        kind, tenant, window, shard = parts
-        return Slot(f"T#{tenant}#S#{shard}", f"{kind}|{window}")
-    return Slot(f"C#{item}", SOLE_SLOT)
-
-
-def _encode(text: str) -> str:
-    """Percent-encode what would be misread in an attribute name: "%", "#" (our separator), "[" and "]".
-
-    pynamodb reads "[n]" in a path segment as a list index; everything else is sent verbatim through
-    ``ExpressionAttributeNames``.
-    """
-    return text.replace("%", "%25").replace("#", "%23").replace("[", "%5B").replace("]", "%5D")
-
-
-def _decode(text: str) -> str:
-    return text.replace("%5D", "]").replace("%5B", "[").replace("%23", "#").replace("%25", "%")
-
-
-def field_attribute(slot: str, name: str) -> str:
-    return f"{COUNTER_PREFIX}{_encode(slot)}#{_encode(name)}"
-
-
-def expiry_attribute(slot: str) -> str:
-    return EXPIRY_PREFIX + _encode(slot)
-
-
-def _path(attribute: str) -> Path:
-    return Path([attribute])  # a one-segment list: "." in the name is not a map dereference
-
-
-def _parse(attribute: str) -> tuple[str, str] | None:
-    """(slot, field) of a counter attribute, None for any other attribute."""
-    if not attribute.startswith(COUNTER_PREFIX):
-        return None
-    slot, _, name = attribute[len(COUNTER_PREFIX) :].partition("#")
-    return _decode(slot), _decode(name)
-
-
-def values_of(item: Item | None, slot: str) -> dict[str, int]:
-    """The fields of one slot of a raw item (whether or not it has expired)."""
-    values: dict[str, int] = {}
-    for attribute, value in (item or {}).items():
-        parsed = _parse(attribute)
-        if parsed is not None and parsed[0] == slot:
-            values[parsed[1]] = int(Decimal(value["N"]))
-    return values
-
-
-def expiry_of(item: Item | None, slot: str) -> Decimal | None:
-    """A slot's expiry; None when it has none (absent, or never expiring)."""
-    value = (item or {}).get(expiry_attribute(slot))
-    return Decimal(value["N"]) if value is not None else None
-
-
-def _expired(item: Item | None, slot: str, now: float) -> bool:
-    expiry = expiry_of(item, slot)
-    return expiry is not None and expiry < Decimal(repr(now))
-
-
-def _attributes_of(item: Item | None, slot: str) -> list[str]:
-    """Every attribute of a slot in a raw item: its fields and its expiry."""
-    names = [a for a in (item or {}) if (parsed := _parse(a)) is not None and parsed[0] == slot]
-    if expiry_attribute(slot) in (item or {}):
-        names.append(expiry_attribute(slot))
-    return names
-
-
-def _slots_in(item: Item | None) -> set[str]:
-    slots = {parsed[0] for a in (item or {}) if (parsed := _parse(a)) is not None}
-    slots.update(_decode(a[len(EXPIRY_PREFIX) :]) for a in (item or {}) if a.startswith(EXPIRY_PREFIX))
-    return slots
-
-
-def _live(slot: str, now: float) -> Condition:
-    """The slot never expires (or is absent), or has not expired (``x >= now`` is still live)."""
-    expiry = _path(expiry_attribute(slot))
-    live: Condition = expiry.does_not_exist() | (expiry >= now)
-    return live
-
-
-def _within(
-    slot: str, increments: Mapping[str, int], limits: Mapping[str, int], floors: Mapping[str, int] | None = None
-) -> Condition | None:
-    """``(attribute_not_exists(f) AND inc <= lim) OR f <= lim - inc`` for every limited field, and the same
-    with ``>=`` for every floored one (``core.counters.admits``).
-
-    Whether an absent field (0) passes is known here, so it is kept as ``attribute_not_exists`` or dropped
-    (an absent field then fails the comparison).
-    """
-    condition: Condition | None = None
-    for name, limit in limits.items():
-        inc = int(increments.get(name, 0))
-        field = _path(field_attribute(slot, name))
-        clause = field <= limit - inc
-        if inc <= limit:
-            clause = field.does_not_exist() | clause
-        condition = clause if condition is None else condition & clause
-    for name, floor in (floors or {}).items():
-        inc = int(increments.get(name, 0))
-        field = _path(field_attribute(slot, name))
-        clause = field >= floor - inc
-        if inc >= floor:
-            clause = field.does_not_exist() | clause
-        condition = clause if condition is None else condition & clause
-    return condition
-
-
-def _and(left: Condition | None, right: Condition | None) -> Condition | None:
-    if left is None:
-        return right
-    return left if right is None else left & right
-
-
-def _plus(values: Mapping[str, int], increments: Mapping[str, int]) -> dict[str, int]:
-    after = dict(values)
-    for name, inc in increments.items():
-        after[name] = after.get(name, 0) + int(inc)
-    return after
-
-
 def _contended(pk: str) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"the counters of {pk!r} are contended; retry shortly", code="store_unavailable", headers={"retry-after": "1"}
     )
-
-
-def _gone_or_expired(slot: str, now: float) -> Condition:
-    """Nobody revived an expired slot meanwhile: it is still expired, or already removed."""
-    expiry = _path(expiry_attribute(slot))
-    condition: Condition = expiry.does_not_exist() | (expiry < now)
-    return condition
 
 
 def _by_pk(writes: Sequence[SettleWrite]) -> dict[str, list[SettleWrite]]:
@@ -247,7 +115,7 @@ class DynamoDBCounters:
         self._stale_slots = {}
 
     def _note_stale(self, pk: str, item: Item | None, now: float, written: Iterable[str]) -> None:
-        expired = {s: _attributes_of(item, s) for s in _slots_in(item) - set(written) if _expired(item, s, now)}
+        expired = {s: attributes_of(item, s) for s in slots_in(item) - set(written) if is_expired(item, s, now)}
         with self._stale_lock:
             stale = self._stale_slots
             if expired:
@@ -275,20 +143,20 @@ class DynamoDBCounters:
             actions: list[Action] = []
             condition: Condition | None = None
             for w in writes:
-                actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
-                expiry = _path(expiry_attribute(w.slot))
+                actions += [path_of(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
+                expiry = path_of(expiry_attribute(w.slot))
                 actions.append(expiry.set(w.expires_at) if w.expires_at is not None else expiry.remove())
-                condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits, w.floors)))
+                condition = both(condition, both(live(w.slot, now), within(w.slot, w.increments, w.limits, w.floors)))
             stale = self._take_stale(pk, (w.slot for w in writes))
             inline = stale if sum(map(len, stale.values())) <= _INLINE_REMOVALS else {}
             for slot, names in inline.items():
-                actions += [_path(name).remove() for name in names]
-                condition = _and(condition, _gone_or_expired(slot, now))
+                actions += [path_of(name).remove() for name in names]
+                condition = both(condition, gone_or_expired(slot, now))
             try:
                 old = self._table.update(pk, SK, actions, condition, return_values="ALL_OLD", old_on_failure=True)
             except ConditionFailed as refused:
                 seen = refused.item
-                expired = [w.slot for w in writes if _expired(seen, w.slot, now)]
+                expired = [w.slot for w in writes if is_expired(seen, w.slot, now)]
                 if expired:
                     self._clear(pk, seen, expired)
                     continue
@@ -305,9 +173,9 @@ class DynamoDBCounters:
         """Remove big expired slots in writes of their own; best effort (what stays is removed another time)."""
         for slot, names in stale.items():
             for start in range(0, len(names), _REMOVALS_PER_WRITE):
-                actions = [_path(name).remove() for name in names[start : start + _REMOVALS_PER_WRITE]]
+                actions = [path_of(name).remove() for name in names[start : start + _REMOVALS_PER_WRITE]]
                 try:
-                    self._table.update(pk, SK, actions, _gone_or_expired(slot, now))
+                    self._table.update(pk, SK, actions, gone_or_expired(slot, now))
                 except ConditionFailed:
                     return  # revived meanwhile: not ours to remove
                 except Exception:  # housekeeping must never fail the reservation it follows
@@ -321,10 +189,10 @@ class DynamoDBCounters:
         actions: list[Action] = []
         condition: Condition | None = None
         for slot in slots:
-            actions += [_path(name).remove() for name in _attributes_of(seen, slot)]
-            expiry, seen_expiry = _path(expiry_attribute(slot)), expiry_of(seen, slot)
+            actions += [path_of(name).remove() for name in attributes_of(seen, slot)]
+            expiry, seen_expiry = path_of(expiry_attribute(slot)), expiry_of(seen, slot)
             same: Condition = expiry.does_not_exist() if seen_expiry is None else expiry == float(seen_expiry)
-            condition = _and(condition, same)
+            condition = both(condition, same)
         with contextlib.suppress(ConditionFailed):
             self._table.update(pk, SK, actions, condition)
 
@@ -357,7 +225,7 @@ class DynamoDBCounters:
                 self._undo(done)
                 return False, [before[i] if i in before else self._read_counter(c.item) for i, c in enumerate(changes)]
             done.append((pk, writes))
-        return True, [_plus(before[i], c.increments) for i, c in enumerate(changes)]
+        return True, [plus(before[i], c.increments) for i, c in enumerate(changes)]
 
     def _undo(self, done: Sequence[tuple[str, Sequence[_Write]]]) -> None:
         for pk, writes in done:
@@ -388,11 +256,11 @@ class DynamoDBCounters:
             actions: list[Action] = []
             condition: Condition | None = None
             for w in (settle.write for settle in group):
-                actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items() if v]
+                actions += [path_of(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items() if v]
                 if w.expires_at is not None:
-                    expiry = _path(expiry_attribute(w.slot))
+                    expiry = path_of(expiry_attribute(w.slot))
                     actions.append(expiry.set(expiry | w.expires_at))
-                condition = _and(condition, _and(_live(w.slot, now), _within(w.slot, w.increments, w.limits, w.floors)))
+                condition = both(condition, both(live(w.slot, now), within(w.slot, w.increments, w.limits, w.floors)))
             if actions:
                 updates.append(self._table.update_kwargs(pk, SK, actions, condition))
         return updates
@@ -405,7 +273,7 @@ class DynamoDBCounters:
         kept: list[SettleWrite] = []
         for pk, group in _by_pk(writes).items():
             item = self._table.get(pk, SK)
-            expired = [w.write.slot for w in group if _expired(item, w.write.slot, now)]
+            expired = [w.write.slot for w in group if is_expired(item, w.write.slot, now)]
             self._clear(pk, item, [s for s in expired if not _past(group, s, now)])
             for w in group:
                 if w.write.slot in expired and _past([w], w.write.slot, now):
@@ -429,17 +297,17 @@ class DynamoDBCounters:
             actions: list[Action] = []
             condition: Condition | None = None
             for w in pending:
-                actions += [_path(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
+                actions += [path_of(field_attribute(w.slot, n)).add(int(v)) for n, v in w.increments.items()]
                 if w.expires_at is not None:
-                    expiry = _path(expiry_attribute(w.slot))
+                    expiry = path_of(expiry_attribute(w.slot))
                     actions.append(expiry.set(expiry | w.expires_at))  # a live slot keeps its own expiry
-                condition = _and(condition, _live(w.slot, now))
+                condition = both(condition, live(w.slot, now))
             try:
                 self._table.update(pk, SK, actions, condition, old_on_failure=True)
                 return
             except ConditionFailed as refused:
                 seen = refused.item
-            expired = [w for w in pending if _expired(seen, w.slot, now)]
+            expired = [w for w in pending if is_expired(seen, w.slot, now)]
             past = [w for w in expired if w.expires_at is not None and w.expires_at < now]
             pending = [w for w in pending if w not in past]
             self._clear(pk, seen, [w.slot for w in expired if w not in past])  # nothing when all were past
@@ -448,6 +316,6 @@ class DynamoDBCounters:
     def _read_counter(self, item: str) -> dict[str, int]:
         slot = locate(item)
         found = self._table.get(slot.pk, SK)
-        if found is None or _expired(found, slot.name, self._clock()):
+        if found is None or is_expired(found, slot.name, self._clock()):
             return {}
         return values_of(found, slot.name)
