@@ -79,8 +79,8 @@ class ShardRoom:
         if not policy.on:
             return False, values, NO_MOVES
         limits = {f: lim for f, lim in plan.limits.items() if not is_guard(f)}
-        if self.refused(plan, now):
-            return False, self._parents.get(plan.item, values), NO_MOVES
+        if self.refused(plan, now):  # memoised meanwhile (another thread): report what the memo found free
+            return False, {**self._parents.get(plan.item, values), **self.free_as_used(plan)}, NO_MOVES
         remainder: dict[str, int] = {}
         if shard == 0:
             parent_values = values
@@ -123,7 +123,7 @@ class ShardRoom:
             again = until > now - 2 * length
             length = min(policy.refusal_memo_max_s, 2 * length) if again else policy.refusal_memo_s
             self._remember(self._exhausted, plan.item, (now + length, free, length))
-            return False, parent_values, NO_MOVES
+            return False, {**parent_values, **self.free_as_used(plan)}, NO_MOVES
         return True, parent_values, moves
 
     def seen(self, item: str) -> dict[str, int]:

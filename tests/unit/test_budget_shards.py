@@ -6,7 +6,9 @@ choices, caches), all on one store. Every test runs on the memory and the SQLite
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -269,6 +271,41 @@ def test_requests_per_minute_hold_exactly_across_shards(store: Store, clock: Fix
             enforcer.reserve(tenant, KEY, 100)
     clock.advance(60)
     enforcers[0].reserve(tenant, KEY, 100)
+
+
+def threaded_burst(enforcers: list[LimitEnforcer], tenant: Tenant, threads: int = 8, each: int = 25) -> list[object]:
+    """``threads`` threads, spread over the processes, each reserving ``each`` times at once: what each got."""
+    start = threading.Barrier(threads)
+    results: list[object] = []
+
+    def send(thread: int) -> None:
+        start.wait()
+        for _ in range(each):
+            try:
+                results.append(enforcers[thread % len(enforcers)].reserve(tenant, KEY, 10))
+            except RateLimited as refusal:
+                results.append(refusal)
+
+    workers = [threading.Thread(target=send, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results
+
+
+def test_every_refusal_of_a_concurrent_burst_reports_nothing_left(store: Store, clock: FixedClock) -> None:
+    """8 threads over 4 processes whose refusals are memoised: a thread refused by a memo another thread wrote
+    meanwhile reports what that memo found free (nothing), not the window item as its process saw it before."""
+    policy = dataclasses.replace(SHARDED, refusal_memo_s=1.0)
+    for burst in range(10):
+        tenant = Tenant(f"t{burst}", f"t{burst}", 0.0, Limits(requests_per_minute=50))
+        results = threaded_burst(processes(store, clock, policy=policy), tenant)
+        assert sum(isinstance(r, Reservation) for r in results) == 50
+        refusals = [r for r in results if isinstance(r, RateLimited)]
+        assert len(refusals) == 150
+        assert {r.headers["x-ratelimit-remaining-requests"] for r in refusals} == {"0"}
+        assert all("rate limit of 50 requests per minute" in str(r) for r in refusals)
 
 
 def test_tokens_per_minute_settle_back_into_the_shard(store: Store, clock: FixedClock) -> None:
