@@ -179,21 +179,29 @@ def test_the_whole_quota_is_granted_across_shards_and_not_a_token_more(store: St
     assert sum(v.get("b|used#1000", 0) for v in items.values()) == 0
 
 
-def check_random_traffic(store: Store, clock: FixedClock, tenant: Tenant, need: int) -> tuple[int, int]:
-    """Random reserve/settle/fail interleavings over 4 processes: never over the quota, and every refusal
-    is for want of budget (the quota less what is charged and what is still reserved is short of it)."""
+def check_random_traffic(
+    store: Store, clock: FixedClock, tenant: Tenant, need: int, policy: ShardPolicy = SHARDED
+) -> tuple[int, int, int]:
+    """Random reserve/settle/fail interleavings over 4 processes, 50 ms apart: never over the quota, and a
+    refusal while budget is left happens only as ``core.budget_shards`` bounds it. Without refusal memos,
+    never: the quota less what is charged and what is still reserved is short of the request. With them,
+    what is left is short of the request plus what settlements gave back during the longest memo.
+    Returns what was charged, the refusals, and the refusals made while budget was left."""
     rng = random.Random(7)
-    enforcers = processes(store, clock)
+    enforcers = processes(store, clock, policy=policy)
     quota = tenant.limits.token_quota or 0
     live: list[tuple[LimitEnforcer, Reservation]] = []
-    charged = refusals = 0
+    given_back: list[tuple[float, int]] = []  # (when, tokens a settlement returned)
+    charged = refusals = with_budget_left = 0
     for i in range(600):
+        clock.advance(0.05)
         enforcer = rng.choice(enforcers)
         if live and rng.random() < 0.5:
             owner, reservation = live.pop(rng.randrange(len(live)))
             used = rng.choice([0, reservation.tokens // 2, reservation.tokens])
             assert store.record_usage(record(f"r{i}", used, clock.now()), owner.settlement(reservation, used))
             charged += used
+            given_back.append((clock.now(), reservation.tokens - used))
             continue
         tokens = rng.randint(1, need)
         outstanding = sum(r.tokens for _, r in live)
@@ -201,15 +209,35 @@ def check_random_traffic(store: Store, clock: FixedClock, tenant: Tenant, need: 
             live.append((enforcer, enforcer.reserve(tenant, KEY, tokens)))
         except QuotaExceeded:
             refusals += 1
-            assert quota - charged - outstanding < tokens, "refused while the budget was left"
+            left = quota - charged - outstanding
+            since = clock.now() - policy.refusal_memo_max_s if policy.refusal_memo_s else clock.now()
+            assert left < tokens + sum(n for t, n in given_back if t > since), "refused beyond the bound"
+            with_budget_left += left >= tokens
         assert charged + sum(r.tokens for _, r in live) <= quota
-    return charged, refusals
+    return charged, refusals, with_budget_left
 
 
 def test_random_traffic_never_overspends_and_never_refuses_with_budget_left(store: Store, clock: FixedClock) -> None:
-    charged, refusals = check_random_traffic(store, clock, Tenant("t1", "t1", 0.0, Limits(token_quota=5000)), 60)
+    charged, refusals, with_budget_left = check_random_traffic(
+        store, clock, Tenant("t1", "t1", 0.0, Limits(token_quota=5000)), 60
+    )
     assert refusals > 0
+    assert with_budget_left == 0
     assert charged <= 5000
+
+
+def test_refusals_remembered_for_a_moment_stay_within_what_settlements_gave_back_meanwhile(
+    store: Store, clock: FixedClock
+) -> None:
+    """The refusal memo (1 s, doubling to 16 s) is the one way budget left is refused: bounded, and rare
+    (here 12 of 416 refusals; a bound of 0.2 s instead of 16 s fails)."""
+    policy = dataclasses.replace(SHARDED, refusal_memo_s=1.0, refusal_memo_max_s=16.0)
+    charged, refusals, with_budget_left = check_random_traffic(
+        store, clock, Tenant("t1", "t1", 0.0, Limits(token_quota=1500)), 60, policy
+    )
+    assert refusals > 300
+    assert with_budget_left < refusals * 0.05
+    assert charged == 1500
 
 
 def test_a_shard_refused_for_want_of_budget_takes_it_back_from_the_others(store: Store, clock: FixedClock) -> None:
