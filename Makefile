@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	wheel=$$(PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) WHEEL_DIR=$(WHEEL_DIR) scripts/llama-wheel.sh) && \
 	  $(BIN)/python -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
 	  $(BIN)/python -m pip install --quiet --no-deps -r requirements/no-deps.txt && \
-	  $(BIN)/python -m pip install --quiet -e '.[local,dev,aws,infra]' "$$wheel"
+	  $(BIN)/python -m pip install --quiet -e '.[local,dev,aws,gcp,infra]' "$$wheel"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
