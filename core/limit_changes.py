@@ -64,9 +64,12 @@ def quota_field(name: str, period: str, now: float) -> str:
     return name if period == "month" else f"{name}@{period_bounds(now, period)[0]}"
 
 
-def minute_change(tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float, *, count: bool) -> CounterChange:
+def minute_change(
+    tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float, *, count: bool, requests: int = 1
+) -> CounterChange:
     """The minute item's part of a reservation: always written (it counts the request and carries the
-    revocation guard). ``count``: also count it in ``n`` (sharded counters estimate the rate from it)."""
+    revocation guard). ``count``: also count it in ``n`` (sharded counters estimate the rate from it).
+    ``requests``: how many requests it reserves (a budget slice, ``core.budget_slices``, holds several)."""
     t, k = tenant.limits, key.limits
     window = int(now // MINUTE)
     kid = key.id
@@ -82,9 +85,9 @@ def minute_change(tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float, *,
     }
     # Tokens per minute are counted only where a limit needs them: a settlement then has nothing to
     # give back on this item, which saves a write for tenants without token rates.
-    increments = {"req": 1, f"req|{kid}": 1} | {f: tokens for f in ("tok", f"tok|{kid}") if f in limits}
+    increments = {"req": requests, f"req|{kid}": requests} | {f: tokens for f in ("tok", f"tok|{kid}") if f in limits}
     if count:
-        increments[COUNT] = 1  # this shard's requests this minute: how busy the tenant is
+        increments[COUNT] = requests  # this shard's requests this minute: how busy the tenant is
     limits |= {TENANT_OFF: 0, key_off(kid): 0}
     return CounterChange(minute_item(tenant.id, window), increments, limits, minute_expiry(window))
 

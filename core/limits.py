@@ -130,8 +130,9 @@ class LimitEnforcer:
         self._published: dict[str, int] = {}  # minute item -> the shard count this process wrote there
         self._room = ShardRoom(counters, self.shards, self.leases, clock.now)
 
-    def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
-        """Reserve one request and ``tokens`` tokens against every limit in ONE atomic write, or raise.
+    def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, requests: int = 1) -> Reservation:
+        """Reserve one request (or ``requests``) and ``tokens`` tokens against every limit in ONE atomic write,
+        or raise.
 
         401 ``key_revoked`` or 403 ``tenant_suspended`` when a guard is set; 429 when a limit refuses. The
         quota part is leased (``core.leases``): a refusal because a lease slot must be turned over, or
@@ -139,7 +140,7 @@ class LimitEnforcer:
         for budget draws from the window's own item, or rebalances (``core.shard_room``), and tries again.
         """
         now = self._clock.now()
-        minute = minute_change(tenant, key, tokens, now, count=self.shards.policy.on)
+        minute = minute_change(tenant, key, tokens, now, count=self.shards.policy.on, requests=requests)
         # A request that costs no tokens (a cache hit) counts against the request rate only.
         period = period_change(tenant, key, tokens, now) if tokens else None
         if period is not None and self._room.refused(period, now):

@@ -1,0 +1,294 @@
+"""Budget slices: a function instance that serves many requests at once spends a slice of budget in memory.
+
+Why: on a store that takes about one sustained write per second per document (Firestore), no design that
+writes a counter item for every request can serve a busy tenant, however many shards it spreads over. An
+instance of Cloud Run functions or Azure Functions serves tens of requests at once, so it can draw a slice
+(several requests' worth of requests and tokens) with ONE ordinary reservation (``core.limits``, sharded as
+``core.budget_shards`` says), hand it out to its requests in memory, and give back what is left when the
+slice closes: one write per slice instead of two per request.
+
+The guarantees, and what they cost:
+
+- **Zero overspend.** A slice is a reservation like any other, made under every limit at once; its quota
+  part is turned from a lease into a charge as soon as it is drawn (``core.leases``: a lease reclaimed after
+  its holder died would give back tokens its requests used). Requests take from the slice under a lock and
+  never more than it holds; a request the slice cannot cover draws a new slice, or, when the budget is too
+  short for a slice, reserves for itself alone (the plain per-request reservation).
+- **A refusal while budget is left** happens only as ``core.budget_shards`` bounds it, plus what the slices
+  of other instances hold: at most ``share`` of each limit per instance and key, for at most ``max_age_s``
+  (then the slice closes, and gives back once its requests have settled), or until the instance dies
+  (a crashed instance's unused slice is not given back: never an overspend, a bounded underspend;
+  ``close_all`` gives everything back on a graceful shutdown).
+- **Revocation at once**: every request reads the window's own minute item (``guard_reads``): the guards a
+  revocation or a suspension writes there refuse the next request, with no write. A read of one document
+  scales where its writes do not.
+- **Settlements** are in memory while the slice is open; the slice's give-back rides with the usage record of
+  its last request to settle (``settlement``), or is written alone when the slice closes idle.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from core.domain import ApiKeyRecord, CounterChange, Tenant
+from core.errors import QuotaExceeded, RateLimited
+from core.leases import LeaseClock
+from core.limit_changes import Reservation, lease_return, minute_item
+from core.limit_refusals import MINUTE, refuse_guarded
+from core.limits import LimitEnforcer
+from core.ports import Clock, CounterStore
+
+
+@dataclass(frozen=True)
+class SlicePolicy:
+    """How big a slice grows and how long it serves.
+
+    ``first_requests``: a new (tenant, key)'s first slice, in requests; it doubles while slices run out
+    within half their age, up to ``max_requests``, and halves when one closes less than half spent.
+    ``share``: no slice holds more than this share of any of the tenant's or key's limits.
+    ``max_age_s``: a slice older than this takes no new request. ``guard_reads``: read the minute item's
+    guards on every request (revocation at once) rather than only when a slice is drawn."""
+
+    first_requests: int = 4
+    max_requests: int = 64
+    share: float = 1 / 64
+    max_age_s: float = 2.0
+    guard_reads: bool = True
+
+
+class SliceShare(Reservation):
+    """A request's part of a slice: what it took, and the slice it took it from."""
+
+    def __init__(self, tokens: int, key_id: str, slice_: _Slice) -> None:
+        super().__init__(tokens, None, None, key_id, headers=dict(slice_.reservation.headers))
+        self.slice = slice_
+
+
+@dataclass(eq=False)
+class _Slice:
+    reservation: Reservation
+    requests: int
+    drawn_at: float
+    window: int
+    taken: int = 0  # requests handed out
+    spent: int = 0  # tokens used by the requests that settled
+    outstanding: int = 0  # tokens held by requests in flight
+    in_flight: int = 0
+    closed: bool = False
+    given_back: bool = False
+
+    def room(self, tokens: int, now: float, max_age_s: float) -> bool:
+        return (
+            not self.closed
+            and self.taken < self.requests
+            and self.reservation.tokens - self.spent - self.outstanding >= tokens
+            and now - self.drawn_at < max_age_s
+            and int(now // MINUTE) == self.window
+        )
+
+
+class SlicedLimits:
+    """A ``LimitEnforcer`` whose reservations are taken from per-instance budget slices (see the module).
+
+    The same interface as ``LimitEnforcer`` (``reserve``, ``settlement``, ``release``, the guards); safe to
+    call from many threads at once."""
+
+    def __init__(
+        self, enforcer: LimitEnforcer, counters: CounterStore, clock: Clock, policy: SlicePolicy | None = None
+    ) -> None:
+        self.enforcer = enforcer
+        self.policy = policy or SlicePolicy()
+        self._counters = counters
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._slices: dict[tuple[str, str], _Slice] = {}
+        self._sizes: dict[tuple[str, str], int] = {}  # requests per slice, per tenant and key
+        self._drawing: dict[tuple[str, str], threading.Lock] = {}
+
+    @property
+    def leases(self) -> LeaseClock:
+        """The enforcer's lease clock (the runtime bounds a request's time by it)."""
+        return self.enforcer.leases
+
+    def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation:
+        """Take one request and ``tokens`` tokens from this instance's slice, drawing one if needed; or raise
+        as ``LimitEnforcer.reserve`` does."""
+        now = self._clock.now()
+        if self.policy.guard_reads:
+            refuse_guarded(self._counters.read(minute_item(tenant.id, int(now // MINUTE))), key.id)
+        slot = (tenant.id, key.id)
+        share = self._take(slot, key.id, tokens, now)
+        if share is not None:
+            return share
+        with self._drawing_lock(slot):  # one draw at a time per tenant and key; the others wait and take
+            share = self._take(slot, key.id, tokens, now)
+            if share is not None:
+                return share
+            return self._draw(slot, tenant, key, tokens, now)
+
+    def settlement(self, reservation: Reservation, used_tokens: int) -> list[CounterChange]:
+        """A request's settlement: nothing while its slice is open (the tokens it did not use go back into the
+        slice); the slice's give-back when it is the last request of a closed slice."""
+        if not isinstance(reservation, SliceShare):
+            return self.enforcer.settlement(reservation, used_tokens)
+        with self._lock:
+            if reservation.settled:
+                return []
+            reservation.settled = True
+            slice_ = reservation.slice
+            slice_.spent += max(0, min(used_tokens, reservation.tokens))
+            slice_.outstanding -= reservation.tokens
+            slice_.in_flight -= 1
+            return self._give_back_if_done(slice_)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a whole share back to its slice, the request included (it was charged under another attempt)."""
+        if not isinstance(reservation, SliceShare):
+            self.enforcer.release(reservation)
+            return
+        with self._lock:
+            if reservation.settled:
+                return
+            reservation.settled = True
+            slice_ = reservation.slice
+            slice_.outstanding -= reservation.tokens
+            slice_.in_flight -= 1
+            slice_.taken -= 1
+            changes = self._give_back_if_done(slice_)
+        self._write(changes)
+
+    def close_all(self) -> None:
+        """Close every slice (a graceful shutdown): what idle slices hold goes back now, the others' with
+        their last settlement."""
+        with self._lock:
+            slices = list(self._slices.values())
+            self._slices.clear()
+            changes = []
+            for slice_ in slices:
+                slice_.closed = True
+                changes += self._give_back_if_done(slice_)
+        self._write(changes)
+
+    def guard_key(self, tenant_id: str, key_id: str) -> None:
+        self.enforcer.guard_key(tenant_id, key_id)
+
+    def guard_tenant(self, tenant_id: str, suspended_at: float) -> None:
+        self.enforcer.guard_tenant(tenant_id, suspended_at)
+
+    def unguard_tenant(self, tenant_id: str, suspended_at: float) -> None:
+        self.enforcer.unguard_tenant(tenant_id, suspended_at)
+
+    # -- the slices ---------------------------------------------------------------------------------------
+
+    def _take(self, slot: tuple[str, str], key_id: str, tokens: int, now: float) -> SliceShare | None:
+        """A share of the slot's open slice, or None (closing the slice when it can serve no more)."""
+        changes: list[CounterChange] = []
+        share = None
+        with self._lock:
+            slice_ = self._slices.get(slot)
+            if slice_ is not None:
+                if slice_.room(tokens, now, self.policy.max_age_s):
+                    slice_.taken += 1
+                    slice_.in_flight += 1
+                    slice_.outstanding += tokens
+                    share = SliceShare(tokens, key_id, slice_)
+                else:
+                    self._resize(slot, slice_, now)
+                    slice_.closed = True
+                    del self._slices[slot]
+                    changes = self._give_back_if_done(slice_)
+        self._write(changes)
+        return share
+
+    def _draw(self, slot: tuple[str, str], tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> Reservation:
+        """A new slice for the slot, with this request's share taken; or this request's own reservation when
+        the budget cannot spare a slice (then a refusal is the enforcer's, as without slices)."""
+        requests = self._slice_requests(slot, tenant, key, tokens)
+        if requests > 1:
+            try:
+                reservation = self.enforcer.reserve(tenant, key, tokens * requests, requests=requests)
+            except (QuotaExceeded, RateLimited):  # too big for what is left: this request alone may still fit
+                with self._lock:
+                    self._sizes[slot] = max(1, requests // 4)
+            else:
+                self._charge(reservation)
+                slice_ = _Slice(reservation, requests, now, int(now // MINUTE), taken=1, in_flight=1)
+                slice_.outstanding = tokens
+                with self._lock:
+                    self._slices[slot] = slice_
+                return SliceShare(tokens, key.id, slice_)
+        return self.enforcer.reserve(tenant, key, tokens)
+
+    def _slice_requests(self, slot: tuple[str, str], tenant: Tenant, key: ApiKeyRecord, tokens: int) -> int:
+        """How many requests of ``tokens`` the slot's next slice holds: its size, within ``share`` of every
+        limit."""
+        with self._lock:
+            requests = self._sizes.get(slot, self.policy.first_requests)
+        for limits in (tenant.limits, key.limits):
+            for limit, per_request in (
+                (limits.token_quota, tokens),
+                (limits.tokens_per_minute, tokens),
+                (limits.requests_per_minute, 1),
+            ):
+                if limit is not None:
+                    requests = min(requests, int(limit * self.policy.share) // max(1, per_request))
+        return max(1, requests)
+
+    def _resize(self, slot: tuple[str, str], slice_: _Slice, now: float) -> None:
+        """Double a slice's successor when it ran out within half its age; halve it when it closes half unused."""
+        size = self._sizes.get(slot, self.policy.first_requests)
+        if slice_.taken >= slice_.requests and now - slice_.drawn_at < self.policy.max_age_s / 2:
+            size = min(self.policy.max_requests, size * 2)
+        elif slice_.taken * 2 < slice_.requests:
+            size = max(1, size // 2)
+        self._sizes[slot] = size
+
+    def _charge(self, reservation: Reservation) -> None:
+        """Turn the slice's quota lease into a charge (its requests' usage is not written to the counters)."""
+        if reservation.period_item is None:
+            return
+        change = lease_return(reservation, 0, otherwise=None)
+        self._counters.try_add_all([change])
+
+    def _give_back_if_done(self, slice_: _Slice) -> list[CounterChange]:
+        """The changes that give back what a closed slice with no request in flight did not use (once)."""
+        if not slice_.closed or slice_.in_flight or slice_.given_back:
+            return []
+        slice_.given_back = True
+        reservation = slice_.reservation
+        unused_tokens = reservation.tokens - slice_.spent
+        unused_requests = slice_.requests - slice_.taken
+        changes = []
+        if reservation.minute_expires_at > self._clock.now() and (unused_requests or unused_tokens):
+            tokens_fields = set(reservation.minute_token_fields)
+            back = {
+                f: v * unused_requests // slice_.requests
+                for f, v in reservation.minute_release.items()
+                if f not in tokens_fields
+            }
+            back |= dict.fromkeys(tokens_fields, -reservation.sign * unused_tokens)
+            back = {f: v for f, v in back.items() if v}
+            if back and reservation.minute_item is not None:
+                changes.append(CounterChange(reservation.minute_item, back, expires_at=reservation.minute_expires_at))
+        if reservation.period_item is not None and unused_tokens:
+            changes.append(
+                CounterChange(
+                    reservation.period_item,
+                    dict.fromkeys(reservation.period_fields, -reservation.sign * unused_tokens),
+                    expires_at=reservation.period_expires_at,
+                )
+            )
+        return changes
+
+    def _write(self, changes: list[CounterChange]) -> None:
+        """Give-backs written alone (no usage record to ride with); each item's change is unconditional."""
+        for change in changes:
+            self._counters.add(change.item, change.increments, change.expires_at)
+
+    def _drawing_lock(self, slot: tuple[str, str]) -> threading.Lock:
+        with self._lock:
+            return self._drawing.setdefault(slot, threading.Lock())
+
+
+__all__ = ["SlicePolicy", "SliceShare", "SlicedLimits"]
