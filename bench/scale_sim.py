@@ -63,6 +63,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from bench.scale_stores import MODELS, StoreModel, StoreStats, ThrottlingStore, counter_parts
+from core.budget_slices import SlicedLimits, SlicePolicy
 from core.clock import FixedClock
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant, UsageRecord
 from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable, StoreThrottled
@@ -70,7 +71,7 @@ from core.leases import LeaseClock
 from core.limits import MINUTE, LimitEnforcer, Reservation
 from core.observability import NullMetrics
 
-EnforcerFactory = Callable[[ThrottlingStore, FixedClock], LimitEnforcer]
+EnforcerFactory = Callable[[ThrottlingStore, FixedClock], "LimitEnforcer | SlicedLimits"]
 
 T0 = float(calendar.timegm((2026, 10, 5, 12, 0, 0)))  # a minute boundary, early in a month
 TENANT_ID = "ten_3f9a0c5e7b21d4468a1f0e9c"
@@ -115,7 +116,31 @@ def sharded(model: StoreModel) -> EnforcerFactory | None:
     return make
 
 
-DESIGNS: dict[str, Callable[[StoreModel], EnforcerFactory | None]] = {"single": single, "sharded": sharded}
+SLICED_CONCURRENCY = 80  # Cloud Run functions' default requests per instance (Azure Functions: per worker, more)
+
+
+def sliced(model: StoreModel) -> EnforcerFactory | None:
+    """The sharded enforcer behind per-instance budget slices (``core.budget_slices``), for instances that serve
+    ``SLICED_CONCURRENCY`` requests at once. A slice grows to a second of its instance's traffic."""
+    make_sharded = sharded(model)
+    if make_sharded is None:
+        return None
+    policy = SlicePolicy(max_requests=int(os.environ.get("TEXTNLP_SIM_SLICE_REQUESTS", "256")))
+
+    def make(store: ThrottlingStore, clock: FixedClock) -> SlicedLimits:
+        enforcer = make_sharded(store, clock)
+        assert isinstance(enforcer, LimitEnforcer)
+        return SlicedLimits(enforcer, store, clock, policy)
+
+    return make
+
+
+DESIGNS: dict[str, Callable[[StoreModel], EnforcerFactory | None]] = {
+    "single": single,
+    "sharded": sharded,
+    "sliced": sliced,
+}
+CONCURRENCY = {"sliced": SLICED_CONCURRENCY}  # requests an instance serves at once; 1 (Lambda) for the others
 
 
 def limits_for(scenario: str, rate: float, seconds: float) -> Limits:
@@ -182,7 +207,9 @@ class _Truth:
 class _Request:
     __slots__ = ("changes", "enforcer", "key", "need", "record", "reservation", "tries", "used", "window")
 
-    def __init__(self, key: ApiKeyRecord, need: int, used: int, enforcer: LimitEnforcer, window: int) -> None:
+    def __init__(
+        self, key: ApiKeyRecord, need: int, used: int, enforcer: LimitEnforcer | SlicedLimits, window: int
+    ) -> None:
         self.key, self.need, self.used, self.enforcer, self.window = key, need, used, enforcer, window
         self.reservation: Reservation | None = None
         self.changes: list[CounterChange] | None = None
@@ -203,6 +230,7 @@ def simulate(
     limits: Limits | None = None,
     latency: tuple[float, float] = (0.5, 2.0),
     drain_s: float = DRAIN_S,
+    concurrency: int = 1,
 ) -> RunResult:
     """One run: Poisson arrivals at ``rate`` for ``seconds`` (simulated), then the settles drain."""
     started = time.perf_counter()
@@ -216,7 +244,8 @@ def simulate(
     ]
     result = RunResult(model.name, rate, seconds, design, scenario, store.stats)
     truth = _Truth(limits)
-    idle: list[LimitEnforcer] = []
+    idle: list[LimitEnforcer | SlicedLimits] = []  # an instance once per request it can take now
+    fleet: list[LimitEnforcer | SlicedLimits] = []
     order = itertools.count()
     events: list[tuple[float, int, int, _Request | None]] = [(T0 + rng.expovariate(rate), next(order), ARRIVE, None)]
     end, stop = T0 + seconds, T0 + seconds + drain_s
@@ -224,7 +253,8 @@ def simulate(
     def arrive(now: float) -> None:
         result.arrivals += 1
         if not idle:
-            idle.append(make_enforcer(store, clock))
+            fleet.append(make_enforcer(store, clock))
+            idle.extend([fleet[-1]] * concurrency)
             result.instances += 1
         prompt = rng.randint(*PROMPT)
         need, used = prompt + MAX_TOKENS, prompt + rng.randint(*COMPLETION)
@@ -287,6 +317,11 @@ def simulate(
         else:
             assert req is not None
             settle(now, req)
+    for instance in fleet:  # a graceful shutdown: what slices hold goes back, retried while throttled
+        for _ in range(int(drain_s)):
+            if not isinstance(instance, SlicedLimits) or instance.close_all():
+                break
+            clock.t += 1.0
     _finish(result, truth, store, limits)
     result.wall_s = time.perf_counter() - started
     return result
@@ -329,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stores", default=",".join(DEFAULT_STORES), help=f"store models, comma-separated, of: {', '.join(MODELS)}"
     )
-    parser.add_argument("--designs", default=",".join(DESIGNS), help="single, sharded")
+    parser.add_argument("--designs", default=",".join(DESIGNS), help="single, sharded, sliced")
     parser.add_argument("--scenarios", default="quota", help="quota, minute (comma-separated)")
     parser.add_argument("--keys", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
@@ -369,7 +404,10 @@ def _job(job: tuple[str, float, float, str, str, int, int]) -> RunResult:
     model = MODELS[store]
     factory = DESIGNS[design](model)
     assert factory is not None
-    return simulate(model, rate, seconds, factory, scenario, design=design, keys=keys, seed=seed)
+    concurrency = CONCURRENCY.get(design, 1)
+    return simulate(
+        model, rate, seconds, factory, scenario, design=design, keys=keys, seed=seed, concurrency=concurrency
+    )
 
 
 if __name__ == "__main__":

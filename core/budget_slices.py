@@ -19,20 +19,21 @@ The guarantees, and what they cost:
   (then the slice closes, and gives back once its requests have settled), or until the instance dies
   (a crashed instance's unused slice is not given back: never an overspend, a bounded underspend;
   ``close_all`` gives everything back on a graceful shutdown).
-- **Revocation at once**: every request reads the window's own minute item (``guard_reads``): the guards a
-  revocation or a suspension writes there refuse the next request, with no write. A read of one document
-  scales where its writes do not.
+- **Revocation within ``guard_read_s``** (0.1 s): requests read the window's own minute item (``guard_reads``,
+  one read serving an instance's requests for that long): the guards a revocation or a suspension writes there
+  refuse the requests that follow, with no write. A read of one document scales where its writes do not.
 - **Settlements** are in memory while the slice is open; the slice's give-back rides with the usage record of
   its last request to settle (``settlement``), or is written alone when the slice closes idle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
 from core.domain import ApiKeyRecord, CounterChange, Tenant
-from core.errors import QuotaExceeded, RateLimited
+from core.errors import QuotaExceeded, RateLimited, StoreThrottled
 from core.leases import LeaseClock
 from core.limit_changes import Reservation, lease_return, minute_item
 from core.limit_refusals import MINUTE, refuse_guarded
@@ -47,14 +48,17 @@ class SlicePolicy:
     ``first_requests``: a new (tenant, key)'s first slice, in requests; it doubles while slices run out
     within half their age, up to ``max_requests``, and halves when one closes less than half spent.
     ``share``: no slice holds more than this share of any of the tenant's or key's limits.
-    ``max_age_s``: a slice older than this takes no new request. ``guard_reads``: read the minute item's
-    guards on every request (revocation at once) rather than only when a slice is drawn."""
+    ``max_age_s``: a slice older than this takes no new request (what slices hold, and can strand while
+    another instance is refused, is about this long of the tenant's traffic). ``guard_reads``: read the minute
+    item's guards for requests (revocation within ``guard_read_s``: a read serves the instance's requests
+    that long) rather than only when a slice is drawn."""
 
     first_requests: int = 4
     max_requests: int = 64
     share: float = 1 / 64
     max_age_s: float = 2.0
     guard_reads: bool = True
+    guard_read_s: float = 0.1
 
 
 class SliceShare(Reservation):
@@ -105,6 +109,8 @@ class SlicedLimits:
         self._slices: dict[tuple[str, str], _Slice] = {}
         self._sizes: dict[tuple[str, str], int] = {}  # requests per slice, per tenant and key
         self._drawing: dict[tuple[str, str], threading.Lock] = {}
+        self._unwritten: list[CounterChange] = []  # give-backs the store throttled: written with the next ones
+        self._guards: dict[str, tuple[float, dict[str, int]]] = {}  # minute item -> (read at, its values)
 
     @property
     def leases(self) -> LeaseClock:
@@ -116,8 +122,12 @@ class SlicedLimits:
         as ``LimitEnforcer.reserve`` does."""
         now = self._clock.now()
         if self.policy.guard_reads:
-            refuse_guarded(self._counters.read(minute_item(tenant.id, int(now // MINUTE))), key.id)
-        slot = (tenant.id, key.id)
+            refuse_guarded(self._guard_values(minute_item(tenant.id, int(now // MINUTE)), now), key.id)
+        # A key without limits of its own spends the tenant's slices: fewer, bigger slices. Its revocation is
+        # then seen by the guard read (without guard reads, a slice is drawn, and checked, per key).
+        key_limited = any(v is not None for v in (key.limits.requests_per_minute, key.limits.tokens_per_minute))
+        shared = self.policy.guard_reads and not key_limited and key.limits.token_quota is None
+        slot = (tenant.id, "" if shared else key.id)
         share = self._take(slot, key.id, tokens, now)
         if share is not None:
             return share
@@ -158,9 +168,9 @@ class SlicedLimits:
             changes = self._give_back_if_done(slice_)
         self._write(changes)
 
-    def close_all(self) -> None:
+    def close_all(self) -> bool:
         """Close every slice (a graceful shutdown): what idle slices hold goes back now, the others' with
-        their last settlement."""
+        their last settlement. Whether everything due was written (else call again a little later)."""
         with self._lock:
             slices = list(self._slices.values())
             self._slices.clear()
@@ -168,7 +178,7 @@ class SlicedLimits:
             for slice_ in slices:
                 slice_.closed = True
                 changes += self._give_back_if_done(slice_)
-        self._write(changes)
+        return self._write(changes)
 
     def guard_key(self, tenant_id: str, key_id: str) -> None:
         self.enforcer.guard_key(tenant_id, key_id)
@@ -245,11 +255,13 @@ class SlicedLimits:
         self._sizes[slot] = size
 
     def _charge(self, reservation: Reservation) -> None:
-        """Turn the slice's quota lease into a charge (its requests' usage is not written to the counters)."""
+        """Turn the slice's quota lease into a charge (its requests' usage is not written to the counters).
+        Throttled, the slice stays leased: its give-back then settles the lease (``_give_back_if_done``)."""
         if reservation.period_item is None:
             return
-        change = lease_return(reservation, 0, otherwise=None)
-        self._counters.try_add_all([change])
+        with contextlib.suppress(StoreThrottled):
+            if self._counters.try_add_all([lease_return(reservation, 0, otherwise=None)])[0]:
+                reservation.lease_epoch = -1  # no lease left to settle
 
     def _give_back_if_done(self, slice_: _Slice) -> list[CounterChange]:
         """The changes that give back what a closed slice with no request in flight did not use (once)."""
@@ -271,7 +283,9 @@ class SlicedLimits:
             back = {f: v for f, v in back.items() if v}
             if back and reservation.minute_item is not None:
                 changes.append(CounterChange(reservation.minute_item, back, expires_at=reservation.minute_expires_at))
-        if reservation.period_item is not None and unused_tokens:
+        if reservation.period_item is not None and reservation.lease_epoch >= 0:  # still leased: settle the lease
+            changes.append(lease_return(reservation, -unused_tokens, otherwise=slice_.spent))
+        elif reservation.period_item is not None and unused_tokens:
             changes.append(
                 CounterChange(
                     reservation.period_item,
@@ -281,10 +295,37 @@ class SlicedLimits:
             )
         return changes
 
-    def _write(self, changes: list[CounterChange]) -> None:
-        """Give-backs written alone (no usage record to ride with); each item's change is unconditional."""
-        for change in changes:
-            self._counters.add(change.item, change.increments, change.expires_at)
+    def _write(self, changes: list[CounterChange]) -> bool:
+        """Give-backs written alone (no usage record to ride with), with any the store throttled before: each an
+        add (a lease's settlement: on its condition, or what was used when the lease was reclaimed). What the
+        store throttles again waits for the next write (a give-back costs the tenant budget until written, never
+        an overspend). Whether everything was written."""
+        with self._lock:
+            changes, self._unwritten = self._unwritten + changes, []
+        for i, change in enumerate(changes):
+            try:
+                if not change.limits and not change.floors:
+                    self._counters.add(change.item, change.increments, change.expires_at)
+                elif not self._counters.try_add_all([change])[0] and change.otherwise:  # the lease was reclaimed
+                    self._counters.add(change.item, change.otherwise, change.expires_at)
+            except StoreThrottled:
+                with self._lock:
+                    self._unwritten += changes[i:]
+                return False
+        return True
+
+    def _guard_values(self, item: str, now: float) -> dict[str, int]:
+        """The minute item as read at most ``guard_read_s`` ago (one read serves the instance's requests)."""
+        with self._lock:
+            read_at, values = self._guards.get(item, (-1.0, {}))
+        if now - read_at < self.policy.guard_read_s:
+            return values
+        values = self._counters.read(item)
+        with self._lock:
+            if len(self._guards) > 4096:
+                self._guards.clear()
+            self._guards[item] = (now, values)
+        return values
 
     def _drawing_lock(self, slot: tuple[str, str]) -> threading.Lock:
         with self._lock:

@@ -177,15 +177,21 @@ def test_a_crashed_instance_strands_at_most_its_share_and_never_overspends(store
     assert 0 <= stranded <= quota * SLICES.share
 
 
-def test_a_revoked_key_is_refused_at_once_by_instances_holding_a_slice(store: Store, clock: FixedClock) -> None:
+def test_a_revoked_key_is_refused_within_the_guard_read_by_instances_holding_a_slice(
+    store: Store, clock: FixedClock
+) -> None:
     tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=100_000))
+    other = ApiKeyRecord("k2", "t1", "k", "", frozenset(), 0.0)
     fleet = instances(store, clock)
     for limits in fleet:
         limits.reserve(tenant, KEY, 10)
+        limits.reserve(tenant, other, 10)  # a key without limits spends the tenant's slice
     fleet[0].guard_key("t1", KEY.id)
+    clock.advance(SLICES.guard_read_s + 0.001)
     for limits in fleet:
         with pytest.raises(Unauthorized):
             limits.reserve(tenant, KEY, 10)
+        assert isinstance(limits.reserve(tenant, other, 10), SliceShare)  # the other key still is served
 
 
 def test_requests_per_minute_hold_exactly_with_slices(store: Store, clock: FixedClock) -> None:
