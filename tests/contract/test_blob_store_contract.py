@@ -12,11 +12,23 @@ from adapters.local.memory_blobs import MemoryBlobStore
 from core.ports import BlobStore
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", pytest.param("gcs", marks=pytest.mark.gcp)])
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "memory":
         return MemoryBlobStore()
+    if request.param == "gcs":
+        return _gcs()
     return FileBlobStore(tmp_path / "bucket")
+
+
+def _gcs() -> BlobStore:
+    """Cloud Storage on the in-process emulator (shared by the run), a bucket per test; reads of 64 kB, so
+    the long lines of the suite span several ranged GETs."""
+    from adapters.gcp.gcs import CHUNK_MULTIPLE, GCSBlobStore
+    from tests.gcp.gcs_emulator import new_bucket, storage_client
+
+    client = storage_client()
+    return GCSBlobStore(new_bucket(client), client, chunk_size=CHUNK_MULTIPLE, read_chunk=64 * 1024)
 
 
 def _lines(blobs: BlobStore, key: str, max_line_bytes: int | None = None) -> list[bytes]:
