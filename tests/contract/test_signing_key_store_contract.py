@@ -69,11 +69,32 @@ def _secrets_manager(tmp: Path) -> Iterator[Subject]:
     yield Subject(handle(), handle)
 
 
+@contextmanager
+def _secret_manager(tmp: Path) -> Iterator[Subject]:
+    import requests
+
+    from adapters.gcp.secret_manager import SecretManagerSigningKeys, secret_name
+    from tests.gcp.secret_manager_server import shared_secret_manager
+
+    url, _ = shared_secret_manager()  # a local server that speaks the Secret Manager v1 REST API
+    secret = secret_name("textnlp-test", f"signing-keys-{uuid.uuid4().hex}")
+    session = requests.Session()
+
+    def handle() -> SecretManagerSigningKeys:
+        return SecretManagerSigningKeys(secret, session=session, endpoint=url)  # its default 30 s read cache
+
+    try:
+        yield Subject(handle(), handle)
+    finally:
+        session.close()
+
+
 #: Every SigningKeyStore adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_memory, id="memory"),
     pytest.param(_sqlite, id="sqlite"),
     pytest.param(_secrets_manager, id="secrets-manager", marks=pytest.mark.aws),
+    pytest.param(_secret_manager, id="secret-manager", marks=pytest.mark.gcp),
 ]
 
 
