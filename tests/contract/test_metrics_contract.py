@@ -115,11 +115,40 @@ def _powertools(capsys: pytest.CaptureFixture[str]) -> Iterator[Subject]:
     yield Subject(metrics, read)
 
 
+@contextmanager
+def _cloud_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[Subject]:
+    from adapters.gcp.metrics import CloudLoggingMetrics
+
+    metrics = CloudLoggingMetrics(service="api")
+    printed: list[str] = []
+
+    def read() -> Readback:
+        """Flush, and read the lines back as log-based metrics would: ``jsonPayload.value`` by metric and labels."""
+        metrics.flush()
+        printed.extend(capsys.readouterr().out.splitlines())
+        counters: dict[Any, float] = {}
+        observed: dict[Any, tuple[int, float]] = {}
+        for line in printed:
+            entry = json.loads(line)
+            assert entry["severity"] == "INFO"
+            assert entry["message"] == f"metric {entry['metric']}"
+            key = (entry["metric"], frozenset(entry["labels"].items()))
+            if entry["kind"] == "counter":
+                counters[key] = counters.get(key, 0.0) + entry["value"]
+            else:
+                count, total = observed.get(key, (0, 0.0))
+                observed[key] = (count + 1, total + entry["value"])
+        return Readback(counters, observed)
+
+    yield Subject(metrics, read)
+
+
 #: Every Metrics adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_null, id="null"),
     pytest.param(_prometheus, id="prometheus"),
     pytest.param(_powertools, id="powertools", marks=pytest.mark.aws),
+    pytest.param(_cloud_logging, id="cloud-logging", marks=pytest.mark.gcp),
 ]
 
 
