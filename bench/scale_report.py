@@ -25,7 +25,8 @@ def assumptions(stores: Sequence[StoreModel], keys: int) -> str:
         "# Quotas at internet scale: a simulated busy tenant (bench.scale_sim)",
         "",
         f"One tenant, {keys} API keys, Poisson arrivals; Lambda-like instances (one request at a time, each its own "
-        "LimitEnforcer); a request reserves prompt + max_tokens "
+        f"LimitEnforcer; the sliced design: Cloud Run-like, {sim.SLICED_CONCURRENCY} at once, budget slices in "
+        "memory); a request reserves prompt + max_tokens "
         f"({sim.PROMPT[0] + sim.MAX_TOKENS}-{sim.PROMPT[1] + sim.MAX_TOKENS} tokens), settles "
         f"{sim.PROMPT[0] + sim.COMPLETION[0]}-{sim.PROMPT[1] + sim.COMPLETION[1]} "
         "tokens 0.5-2 s later with its usage record (one transaction). A throttled reserve: 503. A throttled settle: "
