@@ -144,6 +144,41 @@ def _sagemaker() -> Iterator[Subject]:
 
 
 @contextmanager
+def _vertex(api: str, http_client: str = "auto") -> Iterator[Subject]:
+    from adapters.gcp.vertex import VertexBackend
+    from tests.gcp.vertex_server import StaticCredentials, VertexServer
+
+    server = VertexServer().start()
+    name = f"vertex-{api}"
+
+    def route(endpoint_id: str) -> dict[str, Any]:
+        return {"type": name, "project": "p", "location": "us-central1", "endpoint_id": endpoint_id, "api": api}
+
+    calls = {case: Call(route(f"fault-{mode}")) for case, mode in _VERTEX_FAULTS.items()}
+    calls["ok"] = Call(route("echo"))
+    skips = {"embed": "a text generation route: embed is the unsupported case"}
+    if api != "openai-chat":
+        cannot = ":predict answers whole (a stream is one delta): it cannot be cut mid-stream"
+        skips |= dict.fromkeys(("stream_eof", "stream_drop", "stream_stall"), cannot)
+    backend = VertexBackend(StaticCredentials(), endpoint_url=server.url, http_client=http_client)
+    try:
+        yield Subject(name, backend, calls, skips=skips, hang_timeout_s=0.25)
+    finally:
+        server.stop()
+
+
+_VERTEX_FAULTS = {
+    "server_error": "500",
+    "bad_request": "400",
+    "throttled": "429",
+    "hang": "hang",
+    "stream_eof": "eof-after-2",
+    "stream_drop": "drop-after-2",
+    "stream_stall": "stall-after-2",
+}
+
+
+@contextmanager
 def _llama() -> Iterator[Subject]:
     from adapters.local.llama_backend import LlamaCppBackend
 
@@ -184,12 +219,18 @@ ADAPTERS: list[Any] = [
     pytest.param(lambda: _openai("auto"), id="openai-http11"),
     pytest.param(lambda: _openai("httpx"), id="openai-httpx"),
     pytest.param(_sagemaker, id="sagemaker", marks=pytest.mark.aws),
+    pytest.param(lambda: _vertex("openai-chat", "httpx"), id="vertex-chat", marks=pytest.mark.gcp),
+    pytest.param(lambda: _vertex("openai-chat", "auto"), id="vertex-chat-http11", marks=pytest.mark.gcp),
+    pytest.param(lambda: _vertex("predict-vllm"), id="vertex-vllm", marks=pytest.mark.gcp),
+    pytest.param(lambda: _vertex("predict-tgi"), id="vertex-tgi", marks=pytest.mark.gcp),
     pytest.param(_llama, id="llama", marks=pytest.mark.model),
     pytest.param(_onnx, id="onnx", marks=pytest.mark.model),
 ]
 
 #: Where an adapter cannot do an operation at all, the operation it is asked for and the error it owes.
-UNSUPPORTED = {"llama": "embed", "onnx": "generate"}
+UNSUPPORTED = {"llama": "embed", "onnx": "generate"} | {
+    f"vertex-{api}": "embed" for api in ("openai-chat", "predict-vllm", "predict-tgi")
+}
 
 
 @pytest.fixture(scope="module", params=ADAPTERS)
