@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from core.domain import ApiKeyRecord, CounterChange, Tenant
 from core.errors import QuotaExceeded, RateLimited, StoreThrottled
 from core.leases import LeaseClock
-from core.limit_changes import Reservation, lease_return, minute_item
+from core.limit_changes import Reservation, lease_return, minute_expiry, minute_item
 from core.limit_refusals import MINUTE, refuse_guarded
 from core.limits import LimitEnforcer
 from core.ports import Clock, CounterStore
+
+SCARCE = "z"  # on a window's own minute item: an instance could not draw a slice in this minute
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class SlicePolicy:
     ``max_age_s``: a slice older than this takes no new request (what slices hold, and can strand while
     another instance is refused, is about this long of the tenant's traffic). ``guard_reads``: read the minute
     item's guards for requests (revocation within ``guard_read_s``: a read serves the instance's requests
-    that long) rather than only when a slice is drawn."""
+    that long) rather than only when a slice is drawn. ``scarce_requests``, ``scarce_age_s``: a slice's size
+    and age for the rest of a minute in which an instance could not draw one (the budget is running out)."""
 
     first_requests: int = 4
     max_requests: int = 64
@@ -59,6 +62,8 @@ class SlicePolicy:
     max_age_s: float = 2.0
     guard_reads: bool = True
     guard_read_s: float = 0.1
+    scarce_requests: int = 4
+    scarce_age_s: float = 0.25
 
 
 class SliceShare(Reservation):
@@ -75,19 +80,23 @@ class _Slice:
     requests: int
     drawn_at: float
     window: int
+    max_age_s: float
     taken: int = 0  # requests handed out
     spent: int = 0  # tokens used by the requests that settled
     outstanding: int = 0  # tokens held by requests in flight
     in_flight: int = 0
     closed: bool = False
-    given_back: bool = False
+    returned_once: bool = False  # what was free when it closed went back
+    given_back: bool = False  # everything went back
+    returned_tokens: int = 0
+    returned_requests: int = 0
 
-    def room(self, tokens: int, now: float, max_age_s: float) -> bool:
+    def room(self, tokens: int, now: float) -> bool:
         return (
             not self.closed
             and self.taken < self.requests
             and self.reservation.tokens - self.spent - self.outstanding >= tokens
-            and now - self.drawn_at < max_age_s
+            and now - self.drawn_at < self.max_age_s
             and int(now // MINUTE) == self.window
         )
 
@@ -111,6 +120,7 @@ class SlicedLimits:
         self._drawing: dict[tuple[str, str], threading.Lock] = {}
         self._unwritten: list[CounterChange] = []  # give-backs the store throttled: written with the next ones
         self._guards: dict[str, tuple[float, dict[str, int]]] = {}  # minute item -> (read at, its values)
+        self._scarce: dict[str, int] = {}  # tenant -> the minute window in which its budget is scarce
 
     @property
     def leases(self) -> LeaseClock:
@@ -122,7 +132,10 @@ class SlicedLimits:
         as ``LimitEnforcer.reserve`` does."""
         now = self._clock.now()
         if self.policy.guard_reads:
-            refuse_guarded(self._guard_values(minute_item(tenant.id, int(now // MINUTE)), now), key.id)
+            values = self._guard_values(minute_item(tenant.id, int(now // MINUTE)), now)
+            refuse_guarded(values, key.id)
+            if values.get(SCARCE, 0) > 0:
+                self._close_tenant(tenant.id, int(now // MINUTE))
         # A key without limits of its own spends the tenant's slices: fewer, bigger slices. Its revocation is
         # then seen by the guard read (without guard reads, a slice is drawn, and checked, per key).
         key_limited = any(v is not None for v in (key.limits.requests_per_minute, key.limits.tokens_per_minute))
@@ -150,7 +163,7 @@ class SlicedLimits:
             slice_.spent += max(0, min(used_tokens, reservation.tokens))
             slice_.outstanding -= reservation.tokens
             slice_.in_flight -= 1
-            return self._give_back_if_done(slice_)
+            return self._give_back(slice_)
 
     def release(self, reservation: Reservation) -> None:
         """Give a whole share back to its slice, the request included (it was charged under another attempt)."""
@@ -165,19 +178,19 @@ class SlicedLimits:
             slice_.outstanding -= reservation.tokens
             slice_.in_flight -= 1
             slice_.taken -= 1
-            changes = self._give_back_if_done(slice_)
+            changes = self._give_back(slice_)
         self._write(changes)
 
     def close_all(self) -> bool:
-        """Close every slice (a graceful shutdown): what idle slices hold goes back now, the others' with
-        their last settlement. Whether everything due was written (else call again a little later)."""
+        """Close every slice (a graceful shutdown): what no request holds goes back now, the rest with the
+        slices' last settlements. Whether everything due was written (else call again a little later)."""
         with self._lock:
             slices = list(self._slices.values())
             self._slices.clear()
             changes = []
             for slice_ in slices:
                 slice_.closed = True
-                changes += self._give_back_if_done(slice_)
+                changes += self._give_back(slice_)
         return self._write(changes)
 
     def guard_key(self, tenant_id: str, key_id: str) -> None:
@@ -198,7 +211,7 @@ class SlicedLimits:
         with self._lock:
             slice_ = self._slices.get(slot)
             if slice_ is not None:
-                if slice_.room(tokens, now, self.policy.max_age_s):
+                if slice_.room(tokens, now):
                     slice_.taken += 1
                     slice_.in_flight += 1
                     slice_.outstanding += tokens
@@ -207,28 +220,65 @@ class SlicedLimits:
                     self._resize(slot, slice_, now)
                     slice_.closed = True
                     del self._slices[slot]
-                    changes = self._give_back_if_done(slice_)
+                    changes = self._give_back(slice_)
         self._write(changes)
         return share
 
     def _draw(self, slot: tuple[str, str], tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float) -> Reservation:
         """A new slice for the slot, with this request's share taken; or this request's own reservation when
         the budget cannot spare a slice (then a refusal is the enforcer's, as without slices)."""
+        window = int(now // MINUTE)
         requests = self._slice_requests(slot, tenant, key, tokens)
+        if self._scarce.get(tenant.id) == window:  # slices small and short-lived: they strand little
+            requests = min(requests, self.policy.scarce_requests)
         if requests > 1:
             try:
                 reservation = self.enforcer.reserve(tenant, key, tokens * requests, requests=requests)
             except (QuotaExceeded, RateLimited):  # too big for what is left: this request alone may still fit
                 with self._lock:
                     self._sizes[slot] = max(1, requests // 4)
+                self._signal_scarce(tenant.id, window)
             else:
                 self._charge(reservation)
-                slice_ = _Slice(reservation, requests, now, int(now // MINUTE), taken=1, in_flight=1)
+                scarce = self._scarce.get(tenant.id) == window
+                max_age_s = self.policy.scarce_age_s if scarce else self.policy.max_age_s
+                slice_ = _Slice(reservation, requests, now, window, max_age_s, taken=1, in_flight=1)
                 slice_.outstanding = tokens
                 with self._lock:
                     self._slices[slot] = slice_
                 return SliceShare(tokens, key.id, slice_)
-        return self.enforcer.reserve(tenant, key, tokens)
+        try:
+            return self.enforcer.reserve(tenant, key, tokens)
+        except (QuotaExceeded, RateLimited):
+            self._signal_scarce(tenant.id, window)
+            raise
+
+    def _signal_scarce(self, tenant_id: str, window: int) -> None:
+        """The budget is too short for a slice: say so on the window's own minute item, where every instance's
+        guard read sees it within ``guard_read_s`` and gives back what its slices hold (once per instance and
+        minute; best effort), and stop slicing here for the rest of the minute."""
+        if self._scarce.get(tenant_id) == window:
+            return
+        self._close_tenant(tenant_id, window)
+        if self.policy.guard_reads:
+            with contextlib.suppress(StoreThrottled):
+                self._counters.add(minute_item(tenant_id, window), {SCARCE: 1}, minute_expiry(window))
+
+    def _close_tenant(self, tenant_id: str, window: int) -> None:
+        """Close a tenant's slices, what no request holds going back now; reservations one by one this minute."""
+        changes: list[CounterChange] = []
+        with self._lock:
+            if self._scarce.get(tenant_id) == window:
+                return
+            if len(self._scarce) > 4096:
+                self._scarce.clear()
+            self._scarce[tenant_id] = window
+            for slot in [slot for slot in self._slices if slot[0] == tenant_id]:
+                slice_ = self._slices.pop(slot)
+                slice_.closed = True
+                self._sizes[slot] = max(1, self._sizes.get(slot, self.policy.first_requests) // 4)
+                changes += self._give_back(slice_)
+        self._write(changes)
 
     def _slice_requests(self, slot: tuple[str, str], tenant: Tenant, key: ApiKeyRecord, tokens: int) -> int:
         """How many requests of ``tokens`` the slot's next slice holds: its size, within ``share`` of every
@@ -256,40 +306,44 @@ class SlicedLimits:
 
     def _charge(self, reservation: Reservation) -> None:
         """Turn the slice's quota lease into a charge (its requests' usage is not written to the counters).
-        Throttled, the slice stays leased: its give-back then settles the lease (``_give_back_if_done``)."""
+        Throttled, the slice stays leased: its give-back then settles the lease (``_give_back``)."""
         if reservation.period_item is None:
             return
         with contextlib.suppress(StoreThrottled):
             if self._counters.try_add_all([lease_return(reservation, 0, otherwise=None)])[0]:
                 reservation.lease_epoch = -1  # no lease left to settle
 
-    def _give_back_if_done(self, slice_: _Slice) -> list[CounterChange]:
-        """The changes that give back what a closed slice with no request in flight did not use (once)."""
-        if not slice_.closed or slice_.in_flight or slice_.given_back:
-            return []
-        slice_.given_back = True
+    def _give_back(self, slice_: _Slice) -> list[CounterChange]:
+        """What a closed slice holds that no request of it holds: given back as it closes, and the rest as its
+        last request settles (a slice whose lease is still a lease: all at once, then)."""
         reservation = slice_.reservation
-        unused_tokens = reservation.tokens - slice_.spent
-        unused_requests = slice_.requests - slice_.taken
+        leased = reservation.period_item is not None and reservation.lease_epoch >= 0
+        last = slice_.in_flight == 0
+        if not slice_.closed or slice_.given_back or (not last and (leased or slice_.returned_once)):
+            return []
+        slice_.returned_once, slice_.given_back = True, last
+        tokens = reservation.tokens - slice_.spent - slice_.outstanding - slice_.returned_tokens
+        requests = slice_.requests - slice_.taken - slice_.returned_requests
+        slice_.returned_tokens += tokens
+        slice_.returned_requests += requests
         changes = []
-        if reservation.minute_expires_at > self._clock.now() and (unused_requests or unused_tokens):
+        if reservation.minute_item is not None and reservation.minute_expires_at > self._clock.now():
             tokens_fields = set(reservation.minute_token_fields)
             back = {
-                f: v * unused_requests // slice_.requests
+                f: v * requests // slice_.requests
                 for f, v in reservation.minute_release.items()
                 if f not in tokens_fields
             }
-            back |= dict.fromkeys(tokens_fields, -reservation.sign * unused_tokens)
-            back = {f: v for f, v in back.items() if v}
-            if back and reservation.minute_item is not None:
+            back |= dict.fromkeys(tokens_fields, -reservation.sign * tokens)
+            if back := {f: v for f, v in back.items() if v}:
                 changes.append(CounterChange(reservation.minute_item, back, expires_at=reservation.minute_expires_at))
-        if reservation.period_item is not None and reservation.lease_epoch >= 0:  # still leased: settle the lease
-            changes.append(lease_return(reservation, -unused_tokens, otherwise=slice_.spent))
-        elif reservation.period_item is not None and unused_tokens:
+        if leased:  # settle the lease: what the slice's requests used is charged whatever happened to it
+            changes.append(lease_return(reservation, -tokens, otherwise=slice_.spent))
+        elif reservation.period_item is not None and tokens:
             changes.append(
                 CounterChange(
                     reservation.period_item,
-                    dict.fromkeys(reservation.period_fields, -reservation.sign * unused_tokens),
+                    dict.fromkeys(reservation.period_fields, -reservation.sign * tokens),
                     expires_at=reservation.period_expires_at,
                 )
             )

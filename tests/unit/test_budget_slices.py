@@ -6,6 +6,7 @@ every test runs on the memory and the SQLite store, over sharded counters as in 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -213,3 +214,32 @@ def test_requests_per_minute_hold_exactly_with_slices(store: Store, clock: Fixed
         for limits in fleet:
             limits.close_all()
     assert granted == 64
+
+
+def test_an_instance_refused_a_slice_makes_the_others_give_theirs_back(store: Store, clock: FixedClock) -> None:
+    """When the budget is too short for a slice, the other instances see it on their next guard read and give
+    back what their slices hold: the last tokens are not stranded in slices while a request is refused."""
+    quota = 4_000
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=quota))
+    fleet = instances(store, clock, policy=dataclasses.replace(SLICES, share=1 / 4))
+    held = [limits.reserve(tenant, KEY, 100) for limits in fleet[:3]]  # three slices of 4 requests, 400 tokens each
+    assert all(isinstance(share, SliceShare) for share in held)
+    granted = 0
+    while True:  # the fourth instance spends what is left, then is refused a slice, and signals it
+        try:
+            fleet[3].reserve(tenant, KEY, 100)
+        except QuotaExceeded:
+            break
+        granted += 100
+    assert granted < quota - 300
+    clock.advance(SLICES.guard_read_s + 0.001)
+    for limits in fleet[:3]:  # each sees the signal: its slice closes, and the 3 requests' worth it held go back
+        assert not isinstance(limits.reserve(tenant, KEY, 50), SliceShare)
+    granted_after = 0
+    while True:
+        try:
+            fleet[3].reserve(tenant, KEY, 100)
+        except QuotaExceeded:
+            break
+        granted_after += 100
+    assert granted_after == 3 * 300 - 3 * 50 - 50  # what came back, less the 50s, to the hundred
