@@ -55,10 +55,31 @@ def _sagemaker() -> Iterator[Subject]:
     yield Subject(tuner, trains=True)  # moto completes training and puts endpoints in service at once
 
 
+@contextmanager
+def _vertex() -> Iterator[Subject]:
+    import requests
+
+    from adapters.gcp.vertex_training import VertexTrainingTuner
+    from tests.gcp.vertex_jobs_server import shared_vertex_jobs_server
+
+    url, _ = shared_vertex_jobs_server()  # each read of a job moves it on; operations are done at once
+    with requests.Session() as session:
+        tuner = VertexTrainingTuner(
+            "textnlp-test",
+            "us-central1",
+            "textnlp-data",
+            "us-docker.pkg.dev/textnlp-test/training/hf-trainer:1",
+            session=session,
+            api_url=url,
+        )
+        yield Subject(tuner, trains=True)
+
+
 #: Every FineTuner adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_local, id="local-unavailable"),
     pytest.param(_sagemaker, id="sagemaker", marks=pytest.mark.aws),
+    pytest.param(_vertex, id="vertex", marks=pytest.mark.gcp),
 ]
 
 
