@@ -8,6 +8,8 @@ WORKERS ?= 1
 DATA_DIR ?= .textnlp
 SAM_VENV ?= .venv-sam
 SAM := $(SAM_VENV)/bin/sam
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 # llama-cpp-python is compiled by scripts/llama-wheel.sh with portable CPU flags (AVX2 on x86-64, armv8-a on
 # arm64; never the build machine's own CPU flags) into a folder keyed by version, architecture, Python and flags, outside
 # pip's cache, so a wheel built with other flags is never picked up. Shared by every clone of the project.
@@ -15,7 +17,7 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEEL_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/textnlp/wheels
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt scripts/llama-wheel.sh 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: install serve quickstart test unit lint typecheck contracts security coverage bench clean infra sam-check llama-wheel
+.PHONY: install serve quickstart test unit lint typecheck contracts security coverage bench clean infra sam-check llama-wheel checkov
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +37,15 @@ $(SAM):
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli
+
+# checkov (terraform/gcp) pins many dependencies too: its own venv, made on first use (~30-60 s, once).
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==3.3.30
+
+checkov: $(STAMP) $(CHECKOV)
+	$(BIN)/pytest -q tests/infra/test_terraform_gcp.py
 
 sam-check: $(STAMP) $(SAM)
 	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint --region us-east-1
@@ -80,7 +91,7 @@ security: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not model and not e2e and not infra"
 
-coverage: $(STAMP) $(SAM)
+coverage: $(STAMP) $(SAM) $(CHECKOV)
 	$(BIN)/pytest -q --cov --cov-report=term
 
 test: lint typecheck contracts security coverage
@@ -89,4 +100,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info

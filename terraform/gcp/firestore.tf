@@ -1,0 +1,60 @@
+# The Firestore database (native mode), the TTL policies of the collections whose documents expire, and the
+# indexes of the usage queries. Paths and field names: adapters/gcp/firestore_layout.py.
+
+resource "google_firestore_database" "main" {
+  name                              = local.prefix
+  location_id                       = var.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  concurrency_mode                  = "PESSIMISTIC" # what the emulator does; contention retried by the store
+  app_engine_integration_mode       = "DISABLED"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = local.is_prod ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  deletion_policy                   = local.is_prod ? "ABANDON" : "DELETE"
+
+  depends_on = [google_project_service.apis]
+}
+
+# TTL: Firestore deletes a document once its expires_at (a Timestamp) has passed. The field is also left out
+# of single-field indexing (empty index_config): an index on an ever-increasing timestamp written at the
+# request rate is a write hotspot, and no query filters on it.
+resource "google_firestore_field" "ttl" {
+  for_each = local.firestore_ttl_collections
+
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = each.key
+  field      = local.firestore_ttl_field
+
+  ttl_config {}
+
+  index_config {}
+}
+
+# Collection-group single-field indexes for the all-tenant usage queries; the collection-scope ones are kept
+# as Firestore's defaults (ascending, descending) since an override replaces them.
+resource "google_firestore_field" "group_index" {
+  for_each = local.firestore_group_indexes
+
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = each.key
+  field      = each.value
+
+  index_config {
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION"
+    }
+    indexes {
+      order       = "DESCENDING"
+      query_scope = "COLLECTION"
+    }
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION_GROUP"
+    }
+  }
+
+  # Field changes on one database are applied one at a time; the TTL ones go first.
+  depends_on = [google_firestore_field.ttl]
+}
