@@ -18,6 +18,7 @@ from core.auth.access_tokens import TokenService
 from core.auth.authenticator import Authenticator, require
 from core.auth.revocation import Revocations
 from core.budget_shards import ShardPolicy
+from core.budget_slices import SlicedLimits, SlicePolicy
 from core.cache import ResponseCache
 from core.clock import SystemClock, new_id
 from core.domain import ModelSpec, Principal
@@ -26,7 +27,7 @@ from core.generation_service import GenerationService
 from core.http import Request, Response, sane_request_id
 from core.jobs import InProcessJobQueue
 from core.leases import LeaseClock
-from core.limits import LimitEnforcer
+from core.limits import LimitEnforcer, RequestLimits
 from core.metering import Meter
 from core.model_router import ModelRouter
 from core.observability import LOGGER_NAME, NullMetrics, log_event
@@ -132,7 +133,11 @@ class Gateway:
         leases = LeaseClock(self.settings.max_request_s, self.settings.clock_skew_s)
         settings = self.settings
         shards = ShardPolicy(settings.counter_shards, settings.counter_item_writes_per_s, settings.counter_shards_start)
-        self.limits = LimitEnforcer(store, self.clock, self.metrics, leases, shards)
+        enforcer = LimitEnforcer(store, self.clock, self.metrics, leases, shards)
+        self.limits: RequestLimits = enforcer
+        if settings.counter_slice_requests:
+            slices = SlicePolicy(max_requests=settings.counter_slice_requests)
+            self.limits = SlicedLimits(enforcer, store, self.clock, slices)
         self.revocations = Revocations(store, self.limits, self.clock, self.auth, self.tenants)
         self.cache = ResponseCache(
             store,
@@ -219,6 +224,16 @@ class Gateway:
         """At shutdown: stop the in-process jobs; each records where it stopped and resumes when run again."""
         if isinstance(self.jobs, InProcessJobQueue):
             await self.jobs.cancel_all()
+
+    async def give_back_budget(self) -> None:
+        """At shutdown (Cloud Run's SIGTERM, a worker's exit): what this instance's budget slices hold goes back
+        (``core.budget_slices``), retried for a few seconds while the store throttles. A no-op without slices."""
+        if not isinstance(self.limits, SlicedLimits):
+            return
+        for _ in range(10):
+            if await self.offload.call(self.limits.close_all):
+                return
+            await asyncio.sleep(0.5)
 
     async def call_route(self, principal: Principal, request: Request) -> Response:
         """Call a route in-process as ``principal`` (a batch line): the same handler and rules as over HTTP.

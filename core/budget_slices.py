@@ -72,6 +72,9 @@ class SliceShare(Reservation):
     def __init__(self, tokens: int, key_id: str, slice_: _Slice) -> None:
         super().__init__(tokens, None, None, key_id, headers=dict(slice_.reservation.headers))
         self.slice = slice_
+        self.used = 0  # what its settlement charged
+        self.carried: list[CounterChange] = []  # the slice's give-back, when its settlement carried it
+        self.released = False
 
 
 @dataclass(eq=False)
@@ -160,25 +163,36 @@ class SlicedLimits:
                 return []
             reservation.settled = True
             slice_ = reservation.slice
-            slice_.spent += max(0, min(used_tokens, reservation.tokens))
+            reservation.used = max(0, min(used_tokens, reservation.tokens))
+            slice_.spent += reservation.used
             slice_.outstanding -= reservation.tokens
             slice_.in_flight -= 1
-            return self._give_back(slice_)
+            reservation.carried = self._give_back(slice_)
+            return list(reservation.carried)
 
     def release(self, reservation: Reservation) -> None:
-        """Give a whole share back to its slice, the request included (it was charged under another attempt)."""
+        """Give a whole share back to its slice, the request included (it was charged under another attempt),
+        before or after its settlement (a settlement whose usage record was not written: a duplicate)."""
         if not isinstance(reservation, SliceShare):
             self.enforcer.release(reservation)
             return
         with self._lock:
-            if reservation.settled:
+            if reservation.released:
                 return
-            reservation.settled = True
+            reservation.released = True
             slice_ = reservation.slice
-            slice_.outstanding -= reservation.tokens
-            slice_.in_flight -= 1
-            slice_.taken -= 1
-            changes = self._give_back(slice_)
+            if not reservation.settled:
+                reservation.settled = True
+                slice_.outstanding -= reservation.tokens
+                slice_.in_flight -= 1
+                slice_.taken -= 1
+                changes = self._give_back(slice_)
+            elif slice_.given_back:  # the slice went back: this share's part goes alone, with what it carried
+                changes = [*reservation.carried, *self._changes(slice_, reservation.used, 1)]
+            else:  # the slice is still out: its give-back will count this share's part as unused
+                slice_.spent -= reservation.used
+                slice_.taken -= 1
+                changes = []
         self._write(changes)
 
     def close_all(self) -> bool:
@@ -326,6 +340,11 @@ class SlicedLimits:
         requests = slice_.requests - slice_.taken - slice_.returned_requests
         slice_.returned_tokens += tokens
         slice_.returned_requests += requests
+        return self._changes(slice_, tokens, requests, leased=leased)
+
+    def _changes(self, slice_: _Slice, tokens: int, requests: int, *, leased: bool = False) -> list[CounterChange]:
+        """The writes that give back ``tokens`` and ``requests`` of a slice (``leased``: settle its lease)."""
+        reservation = slice_.reservation
         changes = []
         if reservation.minute_item is not None and reservation.minute_expires_at > self._clock.now():
             tokens_fields = set(reservation.minute_token_fields)

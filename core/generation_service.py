@@ -16,7 +16,7 @@ from core.errors import APIError, InvalidRequest, Unauthorized
 from core.generation_cache import generation_json, model_key, params_dict, prompt_json
 from core.generation_stream import metered
 from core.inference import Embeddings, Generation, GenerationParams, Prompt, StreamEvent, TextDelta
-from core.limits import LimitEnforcer, Reservation
+from core.limits import RequestLimits, Reservation
 from core.metering import Meter
 from core.model_router import ModelRouter
 from core.offload import Offload
@@ -81,7 +81,7 @@ class GenerationService:
         *,
         tenants: TenantDirectory,
         key_lookup: Callable[[str], ApiKeyRecord | None],
-        limits: LimitEnforcer,
+        limits: RequestLimits,
         cache: ResponseCache,
         router: ModelRouter,
         meter: Meter,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 from core.budget_shards import (
     COUNT,
@@ -81,6 +82,7 @@ __all__ = [
     "MINUTE",
     "TENANT_OFF",
     "LimitEnforcer",
+    "RequestLimits",
     "Reservation",
     "key_off",
     "minute_item",
@@ -91,6 +93,26 @@ __all__ = [
 def guarded_windows(at: float) -> range:
     """The minute windows a guard set at ``at`` must be written to."""
     return range(int((at - GUARD_SPAN_S) // MINUTE), int((at + GUARD_SPAN_S) // MINUTE) + 1)
+
+
+class RequestLimits(Protocol):
+    """What the gateway asks of its limits: ``LimitEnforcer`` (a reservation per request), or
+    ``core.budget_slices.SlicedLimits`` over it (slices of budget spent in memory by an instance)."""
+
+    @property
+    def leases(self) -> LeaseClock: ...
+
+    def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int) -> Reservation: ...
+
+    def settlement(self, reservation: Reservation, used_tokens: int) -> list[CounterChange]: ...
+
+    def release(self, reservation: Reservation) -> None: ...
+
+    def guard_key(self, tenant_id: str, key_id: str) -> None: ...
+
+    def guard_tenant(self, tenant_id: str, suspended_at: float) -> None: ...
+
+    def unguard_tenant(self, tenant_id: str, suspended_at: float) -> None: ...
 
 
 class _OwnShardThrottled(Exception):

@@ -41,6 +41,9 @@ class GatewaySettings:
     counter_item_writes_per_s: float = 400.0
     # The shards a process gives each tenant before it has measured the tenant's rate (tests force sharding).
     counter_shards_start: int = 1
+    # Runtimes whose instances serve many requests at once (Cloud Run, Azure Functions) spend slices of budget
+    # in memory (core.budget_slices): the requests a slice may grow to; 0 reserves request by request.
+    counter_slice_requests: int = 0
     tokens: TokenSettings = field(default_factory=TokenSettings)
 
     def __post_init__(self) -> None:
@@ -56,5 +59,7 @@ class GatewaySettings:
             raise ValueError("counter_shards must be a power of two, at least 1")
         if not 1 <= self.counter_shards_start <= self.counter_shards or self.counter_item_writes_per_s <= 0:
             raise ValueError("counter_shards_start must be 1 to counter_shards, counter_item_writes_per_s above 0")
+        if self.counter_slice_requests < 0:
+            raise ValueError("counter_slice_requests must be 0 (no slices) or more")
         if not (self.max_request_s > 0 and self.clock_skew_s >= 0):
             raise ValueError("max_request_s must be above 0 and clock_skew_s not below 0")

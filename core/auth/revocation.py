@@ -17,7 +17,7 @@ from typing import Protocol
 from core.auth import api_keys
 from core.auth.authenticator import Authenticator
 from core.domain import ApiKeyRecord, Tenant
-from core.limits import LimitEnforcer
+from core.limits import LimitEnforcer, RequestLimits
 from core.observability import NullMetrics
 from core.ports import Clock, KeyStore, Store, TenantStore
 from core.tenants import TenantDirectory
@@ -33,7 +33,7 @@ class Revocations:
     def __init__(
         self,
         store: StoreOfTenantsAndKeys,
-        limits: LimitEnforcer,
+        limits: RequestLimits,
         clock: Clock,
         auth: Authenticator | None = None,
         tenants: TenantDirectory | None = None,

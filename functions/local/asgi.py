@@ -80,6 +80,7 @@ class LocalApp:
                 if self._trigger is not None:
                     await self._trigger.stop()
                 await self.gateway.stop_jobs()
+                await self.gateway.give_back_budget()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -71,6 +71,7 @@ class LocalSettings:
             counter_shards=int(env.get("TEXTNLP_COUNTER_SHARDS", "1")),
             counter_shards_start=int(env.get("TEXTNLP_COUNTER_SHARDS_START", "1")),
             counter_item_writes_per_s=float(env.get("TEXTNLP_COUNTER_ITEM_WRITES", "400")),
+            counter_slice_requests=int(env.get("TEXTNLP_COUNTER_SLICES", "0")),
             cache_enabled=env.get("TEXTNLP_CACHE", "on") != "off",
             cache_ttl_s=_env_float("TEXTNLP_CACHE_TTL", 3600.0),
             log_level=env.get("TEXTNLP_LOG_LEVEL", "INFO"),

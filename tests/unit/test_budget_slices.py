@@ -6,6 +6,7 @@ every test runs on the memory and the SQLite store, over sharded counters as in 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from adapters.local.memory_store import MemoryStore
 from adapters.local.sqlite_store import SQLiteStore
-from core.budget_shards import ShardPolicy
+from core.budget_shards import ShardPolicy, shard_item
 from core.budget_slices import SlicedLimits, SlicePolicy, SliceShare
 from core.clock import FixedClock
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant, UsageRecord
@@ -25,6 +26,9 @@ from core.leases import LeaseClock
 from core.limits import LimitEnforcer, period_bounds
 from core.observability import NullMetrics
 from core.ports import Store
+from core.settings import GatewaySettings
+from tests.fakes import make_harness
+from tests.unit.test_limits import completion
 
 SHARDED = ShardPolicy(max_shards=8, start_shards=8, refusal_memo_s=0.0, observe_after_s=61.0)
 KEY = ApiKeyRecord("k1", "t1", "k", "", frozenset(), 0.0)
@@ -80,7 +84,7 @@ def quota_spent(store: Store, clock: FixedClock) -> int:
     parent = f"q|t1|{period_bounds(clock.now(), 'month')[0]}"
     spent = store.read(parent).get("used", 0)
     for shard in range(1, SHARDED.max_shards + 1):
-        values = store.read(f"{parent}#{shard}")
+        values = store.read(shard_item(parent, shard))
         spent -= sum(v for f, v in values.items() if f.startswith("b|used"))
         spent += values.get("used", 0)
     return spent
@@ -243,3 +247,36 @@ def test_an_instance_refused_a_slice_makes_the_others_give_theirs_back(store: St
             break
         granted_after += 100
     assert granted_after == 3 * 300 - 3 * 50 - 50  # what came back, less the 50s, to the hundred
+
+
+def test_a_share_settled_into_a_duplicate_record_is_given_back_whole(store: Store, clock: FixedClock) -> None:
+    """A retried request whose usage record already exists writes nothing: the runtime releases its share after
+    the settlement, and the counters end up charging the first attempt only, whether the slice is still out or
+    went back with that very settlement."""
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=100_000))
+    (limits,) = instances(store, clock, n=1)
+    first = limits.reserve(tenant, KEY, 100)
+    assert store.record_usage(record("r1", 80, clock.now()), limits.settlement(first, 80))
+    retry = limits.reserve(tenant, KEY, 100)
+    assert not store.record_usage(record("r1", 80, clock.now()), limits.settlement(retry, 80))
+    limits.release(retry)  # the slice is still out
+    last = limits.reserve(tenant, KEY, 100)
+    limits.close_all()  # closed with a request in flight: its settlement carries the rest back
+    carried = limits.settlement(last, 80)
+    assert carried
+    assert not store.record_usage(record("r1", 80, clock.now()), carried)  # a duplicate again: nothing written
+    limits.release(last)
+    assert quota_spent(store, clock) == 80
+
+
+def test_a_gateway_with_slices_charges_exactly_what_it_served_once_it_gives_its_budget_back() -> None:
+    h = make_harness(limits=Limits(token_quota=400), settings=GatewaySettings(counter_slice_requests=8))
+    assert isinstance(h.gateway.limits, SlicedLimits)
+    statuses = [completion(h, max_tokens=20).status for _ in range(40)]
+    served = statuses.count(200)
+    assert served > 0
+    assert statuses[served:] == [429] * (40 - served)  # refused only once the quota is spent
+    asyncio.run(h.gateway.give_back_budget())
+    used = sum(r.prompt_tokens + r.completion_tokens for r in h.usage())
+    month = period_bounds(h.clock.now(), "month")[0]
+    assert h.store.read(f"q|{h.tenant.id}|{month}").get("used", 0) == used <= 400

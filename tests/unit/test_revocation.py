@@ -151,3 +151,17 @@ def test_a_data_directory_from_before_suspension_gains_the_column(tmp_path: Any)
     assert store.get_tenant("t1") == Tenant(id="t1", name="old", created_at=1.0)
     store.put_tenant(Tenant(id="t1", name="old", created_at=1.0, suspended_at=2.0))
     assert store.get_tenant("t1") == Tenant(id="t1", name="old", created_at=1.0, suspended_at=2.0)
+
+
+def test_an_instance_spending_budget_slices_refuses_a_revoked_key_within_its_guard_read() -> None:
+    """An instance that serves from a slice of budget held in memory (core.budget_slices) writes nothing per
+    request: it sees the revocation by its guard read of the minute item, shared by its requests for 0.1 s."""
+    h = make_harness(limits=Limits(token_quota=10**6))
+    b = another_instance(h, counter_slice_requests=16)
+    assert [spend(b, h.key).status for _ in range(3)] == [200] * 3  # a slice is out, in B's memory
+    kid = api_keys.parse_key(h.key)
+    assert h.call("DELETE", f"/admin/keys/{kid}", key=h.admin_key).status == 200
+    h.clock.advance(0.11)
+    refused = spend(b, h.key)
+    assert refused.status == 401
+    assert error_of(refused)["code"] == "key_revoked"
