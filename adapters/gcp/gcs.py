@@ -97,7 +97,7 @@ class GCSBlobStore:
             return self._given
         with self._lock:
             if self._client is None:
-                from google.cloud import storage  # type: ignore[import-untyped]
+                from google.cloud import storage  # type: ignore[import-untyped,attr-defined,unused-ignore]
 
                 self._client = storage.Client()
             return self._client

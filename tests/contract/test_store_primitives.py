@@ -41,8 +41,26 @@ def _stores() -> list[type]:
     try:
         from adapters.aws.dynamodb import DynamoDBStore
     except ImportError:  # pragma: no cover - the aws extra is not installed
-        return stores
-    return [*stores, DynamoDBStore]
+        pass
+    else:
+        stores.append(DynamoDBStore)
+    try:
+        from adapters.gcp.firestore import FirestoreStore
+    except ImportError:  # pragma: no cover - the gcp extra is not installed
+        pass
+    else:
+        stores.append(FirestoreStore)
+    return stores
+
+
+def test_the_firestore_store_is_a_transactional_store_whose_calls_only_retry_the_mixins() -> None:
+    """Firestore transactions may abort: its four provided primitives wrap the mixin's (retries, one read)."""
+    firestore = pytest.importorskip("adapters.gcp.firestore")
+    mro = firestore.FirestoreStore.__mro__
+    assert mro.index(TransactionalCounters) < mro.index(StorePolicy)
+    for name in PROVIDED:
+        source = inspect.getsource(getattr(firestore.FirestoreStore, name))
+        assert f"super().{name}" in source, f"{name} must call TransactionalCounters' own"
 
 
 def test_the_primitives_are_the_abstract_methods_of_the_policy() -> None:

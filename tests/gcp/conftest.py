@@ -1,5 +1,6 @@
 """Fixtures for the Google Cloud adapters: the Cloud Storage emulator (one per run, in this process), storage
-clients that record their requests, and a local Secret Manager REST server per test."""
+clients that record their requests, a local Secret Manager REST server per test, and the Firestore emulator (one
+per session, in a process group of its own, stopped by the session's finaliser and at exit)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.gcp.firestore_emulator import FirestoreEmulator, firestore_emulator, stop_firestore_emulator
 from tests.gcp.gcs_emulator import PROJECT, gcs_emulator_url, new_bucket
 from tests.gcp.secret_manager_server import SecretManagerServer, secret_manager_server
 
@@ -72,3 +74,12 @@ def secret_manager() -> Iterator[SecretManager]:
     """A Secret Manager REST server of the test's own (hooks and faults stay with the test); stopped after it."""
     with secret_manager_server() as (url, api):
         yield SecretManager(url, api)
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator_host() -> Iterator[FirestoreEmulator]:
+    """The session's Firestore emulator; its whole process group is killed when the session ends (and at exit,
+    should the session not end normally). Tests keep apart by project (``firestore_emulator.new_project``)."""
+    emulator = firestore_emulator()
+    yield emulator
+    stop_firestore_emulator()

@@ -1,0 +1,161 @@
+"""FirestoreUsage: the UsageStore role. A record, its daily aggregate and its settlement: ONE transaction.
+
+A record is ``tenants/{tenant}/usage/{request id}``, written with a create precondition: a second record of the
+same request id fails the whole commit, so nothing of it is written and nothing settled (the same request id
+twice charges once). In the same commit, its (tenant, day, model) aggregate gets the record's sums added by
+server-side increments (no read, no lock held before the commit) to one of ``shards`` documents
+(``tenants/{tenant}/daily/{day}|{n}|{model}``, ``n`` a stable hash of the request id): no document is written
+by every request of a tenant (Firestore sustains about one write a second per document), and the settlement of
+the counters (``FirestoreCounters``) rides along. A record holds its shard, its UTC ``day`` and the writing
+call's token ``w``.
+
+Reads: ``daily_usage`` of a tenant is one query of its ``daily`` documents by ``day``, the shards added up per
+(day, model); of every tenant, a collection-group query. ``list_usage`` is one query by ``created_at``
+(ascending, limited), and a second one for the records sharing the last one's ``created_at``, so that the
+first ``limit`` by (created_at, request id) are all there.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from dataclasses import replace
+
+from adapters.gcp.firestore_counters import FirestoreTx
+from adapters.gcp.firestore_layout import DAILY, USAGE, daily_path, tenant_path, usage_path
+from adapters.gcp.firestore_rpc import Fields, FirestoreRpc, ordered, where
+from core.domain import UsageAggregate, UsageRecord
+
+USAGE_SHARDS = 32  # aggregate documents per tenant, day and model
+_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cached_requests", "cost")
+
+
+def usage_shard(request_id: str, shards: int = USAGE_SHARDS) -> int:
+    """A stable hash of the request id (not Python's salted one)."""
+    return zlib.crc32(request_id.encode()) % shards
+
+
+def _record_fields(r: UsageRecord, day: str, shard: int, token: str) -> Fields:
+    return {
+        "request_id": r.request_id,
+        "tenant_id": r.tenant_id,
+        "key_id": r.key_id,
+        "model": r.model,
+        "endpoint": r.endpoint,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cached": r.cached,
+        "latency_ms": float(r.latency_ms),
+        "status": r.status,
+        "created_at": float(r.created_at),
+        "cost": float(r.cost),
+        "ended": r.ended,
+        "day": day,
+        "shard": shard,
+        "w": token,
+    }
+
+
+def _record_from(d: Fields) -> UsageRecord:
+    return UsageRecord(
+        request_id=d["request_id"],
+        tenant_id=d["tenant_id"],
+        key_id=d["key_id"],
+        model=d["model"],
+        endpoint=d["endpoint"],
+        prompt_tokens=int(d["prompt_tokens"]),
+        completion_tokens=int(d["completion_tokens"]),
+        cached=bool(d["cached"]),
+        latency_ms=float(d["latency_ms"]),
+        status=int(d["status"]),
+        created_at=float(d["created_at"]),
+        cost=float(d["cost"]),
+        ended=d.get("ended") or "completed",
+    )
+
+
+def _summed(docs: Iterable[Fields]) -> list[UsageAggregate]:
+    totals: dict[tuple[str, str, str], UsageAggregate] = {}
+    for d in docs:
+        row = UsageAggregate(
+            tenant_id=d["tenant_id"],
+            day=d["day"],
+            model=d["model"],
+            requests=int(d.get("requests", 0)),
+            prompt_tokens=int(d.get("prompt_tokens", 0)),
+            completion_tokens=int(d.get("completion_tokens", 0)),
+            cached_requests=int(d.get("cached_requests", 0)),
+            cost=float(d.get("cost", 0.0)),
+        )
+        key = (row.day, row.tenant_id, row.model)
+        known = totals.get(key)
+        totals[key] = (
+            row
+            if known is None
+            else replace(
+                known,
+                requests=known.requests + row.requests,
+                prompt_tokens=known.prompt_tokens + row.prompt_tokens,
+                completion_tokens=known.completion_tokens + row.completion_tokens,
+                cached_requests=known.cached_requests + row.cached_requests,
+                cost=known.cost + row.cost,
+            )
+        )
+    return list(totals.values())
+
+
+class FirestoreUsage:
+    """The UsageStore primitives (policy in core.stores). Mixin of FirestoreStore: ``self._rpc``."""
+
+    _rpc: FirestoreRpc
+    _usage_shards: int = USAGE_SHARDS
+
+    def _save_usage(self, tx: FirestoreTx, record: UsageRecord, day: str) -> bool:
+        """In ``tx``: the record's create (the commit fails if it exists) and its aggregate shard's increments."""
+        shard = usage_shard(record.request_id, self._usage_shards)
+        path = usage_path(record.tenant_id, record.request_id)
+        tx.write(path, self._rpc.put(path, _record_fields(record, day, shard, tx.token), exists=False))
+        aggregate = daily_path(record.tenant_id, day, shard, record.model)
+        keys = {"tenant_id": record.tenant_id, "day": day, "model": record.model, "shard": shard}
+        sums: dict[str, int | float] = {
+            "requests": 1,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "cached_requests": int(record.cached),
+            "cost": float(record.cost),
+        }
+        tx.write(aggregate, self._rpc.merge(aggregate, keys, sums))
+        return True
+
+    def _usage_token(self, record: UsageRecord) -> str | None:
+        """The token the request id's record was written with (None: there is none)."""
+        path = usage_path(record.tenant_id, record.request_id)
+        found, _ = self._rpc.get([path])
+        doc = found.get(path)
+        return doc.get("w") if doc is not None else None
+
+    def _load_usage(self, tenant_id: str, request_id: str) -> UsageRecord | None:
+        path = usage_path(tenant_id, request_id)
+        found, _ = self._rpc.retried(lambda _, __: self._rpc.get([path]))
+        doc = found.get(path)
+        return _record_from(doc) if doc is not None else None
+
+    def _query(self, tenant_id: str | None, collection: str, structured: dict[str, object]) -> list[Fields]:
+        parent = tenant_path(tenant_id) if tenant_id is not None else ""
+        return self._rpc.retried(
+            lambda _, __: self._rpc.query(parent, collection, structured, all_descendants=tenant_id is None)
+        )
+
+    def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
+        span = where(("created_at", "GREATER_THAN_OR_EQUAL", float(start)), ("created_at", "LESS_THAN", float(end)))
+        first = self._query(tenant_id, USAGE, {**span, **ordered("created_at"), "limit": limit})
+        if len(first) < limit:
+            return [_record_from(d) for d in first]
+        last = float(first[-1]["created_at"])  # records tied with the last one: any of them may come first
+        ties = self._query(tenant_id, USAGE, where(("created_at", "EQUAL", last)))
+        found = {d["request_id"]: d for d in (*first, *ties) if d["tenant_id"] == tenant_id or tenant_id is None}
+        return [_record_from(d) for d in found.values()]
+
+    def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
+        span = where(("day", "GREATER_THAN_OR_EQUAL", start_day), ("day", "LESS_THAN_OR_EQUAL", end_day))
+        return _summed(self._query(tenant_id, DAILY, span))
