@@ -55,18 +55,21 @@ infra: $(STAMP) $(SAM)
 	$(BIN)/pytest -q -m infra tests/infra
 
 # CLOUD=local (default): the local runtime. CLOUD=aws: the Lambda handler behind a local API Gateway HTTP API,
-# on moto (WORKERS containers, 4 if unset). An unknown CLOUD stops here, before anything is installed.
+# on moto (WORKERS containers, 4 if unset). CLOUD=gcp: the api function under functions-framework on the Firestore
+# and Cloud Storage emulators. An unknown CLOUD stops here, before anything is installed.
 CLOUD ?= local
-CLOUDS := local aws
+CLOUDS := local aws gcp
 ifneq ($(filter serve,$(MAKECMDGOALS)),)
 ifneq ($(filter $(CLOUDS),$(CLOUD)),$(CLOUD))
-$(error unknown CLOUD=$(CLOUD); clouds: $(CLOUDS) (gcp and azure: coming))
+$(error unknown CLOUD=$(CLOUD); clouds: $(CLOUDS) (azure: coming))
 endif
 endif
 
 serve: $(STAMP)
 ifeq ($(CLOUD),aws)
 	$(BIN)/python -m functions.aws.local --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+else ifeq ($(CLOUD),gcp)
+	$(BIN)/python -m functions.gcp.local --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 else
 	$(BIN)/textnlp --data-dir $(DATA_DIR) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 endif
