@@ -134,16 +134,17 @@ class SlicedLimits:
         """Take one request and ``tokens`` tokens from this instance's slice, drawing one if needed; or raise
         as ``LimitEnforcer.reserve`` does."""
         now = self._clock.now()
-        if self.policy.guard_reads:
-            values = self._guard_values(minute_item(tenant.id, int(now // MINUTE)), now)
-            refuse_guarded(values, key.id)
-            if values.get(SCARCE, 0) > 0:
-                self._close_tenant(tenant.id, int(now // MINUTE))
         # A key without limits of its own spends the tenant's slices: fewer, bigger slices. Its revocation is
         # then seen by the guard read (without guard reads, a slice is drawn, and checked, per key).
         key_limited = any(v is not None for v in (key.limits.requests_per_minute, key.limits.tokens_per_minute))
         shared = self.policy.guard_reads and not key_limited and key.limits.token_quota is None
         slot = (tenant.id, "" if shared else key.id)
+        if self.policy.guard_reads and self._holds(slot):
+            # Served from memory: the guards are read (a reservation, a slice's included, checks them itself).
+            values = self._guard_values(minute_item(tenant.id, int(now // MINUTE)), now)
+            refuse_guarded(values, key.id)
+            if values.get(SCARCE, 0) > 0:
+                self._close_tenant(tenant.id, int(now // MINUTE))
         share = self._take(slot, key.id, tokens, now)
         if share is not None:
             return share
@@ -217,6 +218,10 @@ class SlicedLimits:
         self.enforcer.unguard_tenant(tenant_id, suspended_at)
 
     # -- the slices ---------------------------------------------------------------------------------------
+
+    def _holds(self, slot: tuple[str, str]) -> bool:
+        with self._lock:
+            return slot in self._slices
 
     def _take(self, slot: tuple[str, str], key_id: str, tokens: int, now: float) -> SliceShare | None:
         """A share of the slot's open slice, or None (closing the slice when it can serve no more)."""

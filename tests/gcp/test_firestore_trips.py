@@ -122,3 +122,34 @@ def test_the_charge_is_settled_exactly_once_and_every_path_begins_with_the_tenan
     assert roots == {"tenants", "key_index", "models"}
     tenant = setup.store.client.document("tenants/ten_a")
     assert {c.id for c in tenant.collections()} == {"keys", "counters", "usage", "daily"}
+
+
+def test_with_budget_slices_a_generation_makes_fewer_than_three_round_trips_for_its_limits_and_usage(
+    firestore_emulator_host: FirestoreEmulator,
+) -> None:
+    """What the Google Cloud runtime runs (``counter_slice_requests``), for a busy tenant: a request takes its
+    budget from the instance's slice in memory, so its record is one commit with nothing to read, and a guard
+    read serves the instance's requests for 0.1 s; the slice's own writes (its reservation, its charge, its
+    give-back riding with a record) are shared by its requests. Sampled requests: no response cache."""
+    from core.settings import GatewaySettings
+    from tests.gcp.test_firestore_store import firestore_store
+
+    clock = FixedClock()
+    store = firestore_store(clock.now)
+    store.put_model(GEN)
+    busy = Limits(requests_per_minute=100_000, tokens_per_minute=10**7, token_quota=10**9)  # slices need room
+    tenant = Tenant("ten_s", "s", clock.now(), busy)
+    store.put_tenant(tenant)
+    key, record = api_keys.mint(tenant.id, "k", frozenset({"generate"}), clock.now())
+    store.put_key(record)
+    settings = GatewaySettings(counter_slice_requests=16)
+    setup = Setup(Gateway(store, Resolver({"gen": FakeBackend()}), clock=clock, settings=settings), store, key)
+    try:
+        assert setup.generate("warm the caches up").status == 200
+        calls = recorded(store)
+        for i in range(32):
+            assert setup.generate(f"prompt number {i}").status == 200
+            clock.advance(0.05)  # 20 requests a second: the guard read is shared by two
+        assert len(calls) / 32 < 3.0, calls  # without slices: 4 (test_a_sampled_generation_makes_four...)
+    finally:
+        store.close()
