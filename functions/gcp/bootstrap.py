@@ -65,6 +65,9 @@ class GcpSettings:
     secret_manager_endpoint: str | None = None  # tests: a local Secret Manager REST server
     vertex_endpoint_url: str | None = None  # tests: a local server speaking Vertex AI's REST API
     metrics_service: str | None = None
+    region: str | None = None  # TEXTNLP_GCP_REGION: where fine-tune jobs run and their endpoints live
+    training_image: str | None = None  # a Vertex AI training container (TEXTNLP_TRAINING_IMAGE)
+    training_service_account: str | None = None  # the account custom jobs run as (Terraform's ``training``)
     timeout_s: float = DEFAULT_TIMEOUT_S  # the function's timeout: a request's deadline, a batch's budget
     batch_concurrency: int = 16  # lines of one batch in flight at once (core.batch.runner.RunnerSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -89,6 +92,9 @@ class GcpSettings:
             secret_manager_endpoint=env.get("TEXTNLP_SECRET_MANAGER_ENDPOINT") or None,
             vertex_endpoint_url=env.get("TEXTNLP_VERTEX_ENDPOINT_URL") or None,
             metrics_service=env.get("TEXTNLP_METRICS_SERVICE") or None,
+            region=env.get("TEXTNLP_GCP_REGION") or None,
+            training_image=env.get("TEXTNLP_TRAINING_IMAGE") or None,
+            training_service_account=env.get("TEXTNLP_TRAINING_SERVICE_ACCOUNT") or None,
             timeout_s=_env_float("TEXTNLP_TIMEOUT_S", _env_float("CLOUD_RUN_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_S)),
             batch_concurrency=int(env.get("TEXTNLP_BATCH_CONCURRENCY", "16")),
             gateway=GatewaySettings(
@@ -232,11 +238,29 @@ def build_runtime(settings: GcpSettings, store: Store | None = None) -> Runtime:
         blobs=blobs,
         jobs=jobs,
         signing_keys=signing_keys,
+        fine_tuner=fine_tuner(settings),
     )
     bootstrap_admin_key(store, settings)
     runtime = Runtime(gateway, LoopThread(), metrics, settings, bucket_jobs)
     atexit.register(runtime.give_back)
     return runtime
+
+
+def fine_tuner(settings: GcpSettings) -> Any:
+    """Vertex AI custom jobs (REST; nothing is called before a job starts), where a project, a region, the data
+    bucket and a training image are configured; without them the fine-tuning routes say it cannot train."""
+    if settings.emulated or not (settings.project and settings.region and settings.bucket and settings.training_image):
+        return None
+    from adapters.gcp.vertex_training import VertexTrainingTuner
+
+    return VertexTrainingTuner(
+        settings.project,
+        settings.region,
+        settings.bucket,
+        settings.training_image,
+        service_account=settings.training_service_account,
+        api_url=settings.vertex_endpoint_url,
+    )
 
 
 def _secret_manager_options(settings: GcpSettings) -> dict[str, Any]:

@@ -79,6 +79,7 @@ locals {
     TEXTNLP_SIGNING_KEYS_SECRET      = google_secret_manager_secret.signing_keys.id
     TEXTNLP_ADMIN_KEY_SECRET         = google_secret_manager_secret.admin_key.id
     TEXTNLP_TRAINING_SERVICE_ACCOUNT = var.fine_tuning ? google_service_account.training[0].email : ""
+    TEXTNLP_TRAINING_IMAGE           = var.fine_tuning ? var.training_image : ""
   })
   batch_env = merge(var.extra_env, local.shared_env, {
     TEXTNLP_TIMEOUT_S = tostring(var.batch_timeout_seconds)

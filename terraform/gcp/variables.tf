@@ -210,6 +210,12 @@ variable "fine_tuning" {
   default     = true
 }
 
+variable "training_image" {
+  description = "The Vertex AI training container fine-tune jobs run (a Hugging Face PyTorch training image by default)."
+  type        = string
+  default     = "us-docker.pkg.dev/deeplearning-platform-release/gcr.io/huggingface-pytorch-training-cu121.2-3.transformers.4-42.ubuntu2204.py310"
+}
+
 variable "vertex_size" {
   description = "Size of the optional Vertex AI endpoint: null (none), small (g2-standard-4, 1 L4), medium (g2-standard-8, 1 L4), large (g2-standard-48, 4 L4), xlarge (a2-highgpu-8g, 8 A100)."
   type        = string

@@ -8,6 +8,7 @@ models give the failures. Requests are the samples of ``events/gcp`` (``http_*.j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -325,3 +326,13 @@ def test_files_and_an_api_batch_live_on_cloud_storage_and_run_through_the_batch_
     assert done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
     output = world.call("generate_ok", key, method="GET", path=f"/v1/files/{done['output_file_id']}/content", body=None)
     assert sorted(json.loads(line)["custom_id"] for line in output.data.splitlines()) == ["r0", "r1", "r2"]
+
+
+def test_fine_tuning_runs_on_vertex_ai_where_a_project_region_bucket_and_image_are_configured() -> None:
+    from adapters.gcp.vertex_training import VertexTrainingTuner
+    from functions.gcp.bootstrap import GcpSettings, fine_tuner
+
+    configured = GcpSettings(project="p1", region="europe-west4", bucket="b1", training_image="img:1")
+    assert isinstance(fine_tuner(configured), VertexTrainingTuner)
+    for missing in ("project", "region", "bucket", "training_image"):
+        assert fine_tuner(dataclasses.replace(configured, **{missing: None})) is None  # says it cannot train
