@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 
 from core.domain import ApiKeyRecord, CounterChange, Tenant
-from core.errors import QuotaExceeded, RateLimited, StoreThrottled
+from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable
 from core.leases import LeaseClock
 from core.limit_changes import Reservation, lease_return, minute_expiry, minute_item
 from core.limit_refusals import MINUTE, refuse_guarded
@@ -280,7 +280,7 @@ class SlicedLimits:
             return
         self._close_tenant(tenant_id, window)
         if self.policy.guard_reads:
-            with contextlib.suppress(StoreThrottled):
+            with contextlib.suppress(ServiceUnavailable):  # throttled, or the store unavailable
                 self._counters.add(minute_item(tenant_id, window), {SCARCE: 1}, minute_expiry(window))
 
     def _close_tenant(self, tenant_id: str, window: int) -> None:
@@ -328,7 +328,7 @@ class SlicedLimits:
         Throttled, the slice stays leased: its give-back then settles the lease (``_give_back``)."""
         if reservation.period_item is None:
             return
-        with contextlib.suppress(StoreThrottled):
+        with contextlib.suppress(ServiceUnavailable):  # throttled, or the store unavailable
             if self._counters.try_add_all([lease_return(reservation, 0, otherwise=None)])[0]:
                 reservation.lease_epoch = -1  # no lease left to settle
 
@@ -386,7 +386,7 @@ class SlicedLimits:
                     self._counters.add(change.item, change.increments, change.expires_at)
                 elif not self._counters.try_add_all([change])[0] and change.otherwise:  # the lease was reclaimed
                     self._counters.add(change.item, change.otherwise, change.expires_at)
-            except StoreThrottled:
+            except ServiceUnavailable:  # throttled, or the store unavailable
                 with self._lock:
                     self._unwritten += changes[i:]
                 return False

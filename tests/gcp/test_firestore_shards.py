@@ -134,3 +134,55 @@ def test_a_quota_race_of_enforcers_in_threads_never_grants_above_the_quota(
     items = suite.quota_items(store, clock)
     spent = items[0].get("used", 0) - sum(v.get(f"b|used#{QUOTA}", 0) for v in items.values())
     assert spent == charged + sum(held)  # the window's count less the shards' budgets: charged, or still leased
+
+
+def test_instances_spending_budget_slices_in_threads_never_grant_above_the_quota(
+    store: FirestoreStore, clock: FixedClock
+) -> None:
+    """The Google Cloud runtime's way (core.budget_slices): 2 instances, a request thread each, spend slices of
+    a 400-token quota in memory. Never a token over it; once the instances give their slices back, the quota's
+    counters say exactly what the usage records charged. Small: contended transactions wait seconds here."""
+    from core.budget_slices import SlicedLimits, SlicePolicy
+
+    quota, need = 400, 20
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=quota))
+    policy = ShardPolicy(max_shards=4, start_shards=4, refusal_memo_s=0.0, observe_after_s=61.0)
+    instances = [
+        SlicedLimits(
+            LimitEnforcer(store, clock, NullMetrics(), suite.LEASES, policy, random.Random(i)),
+            store,
+            clock,
+            SlicePolicy(first_requests=4, max_requests=8, share=1 / 4),
+        )
+        for i in range(2)
+    ]
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def request_thread(n: int) -> None:
+        limits = instances[n % 2]
+        for i in range(quota // need):
+            try:
+                share = limits.reserve(tenant, suite.KEY, need)
+            except QuotaExceeded:
+                return
+            except ServiceUnavailable:
+                continue  # a 503: nothing reserved
+            used = need // 2
+            if store.record_usage(suite.record(f"s{n}-{i}", used, clock.now()), limits.settlement(share, used)):
+                with lock:
+                    granted.append(used)
+
+    threads = [threading.Thread(target=request_thread, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(granted) <= quota
+    assert len(granted) >= quota // need  # the quota ran out on reservations (20 each), not before
+    for limits in instances:
+        assert limits.close_all()
+    charged = sum(a.completion_tokens for a in store.daily_usage("t1", "2026-01-01", "2026-01-31"))
+    items = suite.quota_items(store, clock)
+    spent = items[0].get("used", 0) - sum(v.get(f"b|used#{quota}", 0) for v in items.values())
+    assert charged == sum(granted) == spent
