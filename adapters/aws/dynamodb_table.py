@@ -147,12 +147,34 @@ def _raise_unavailable(exc: Exception) -> None:
         raise unavailable() from exc
 
 
+_REFUSE_ID = "textnlp-refuse-blind-retry"
+
+
+class MaybeApplied(BotoCoreError):
+    """An UpdateItem whose answer was lost (a timeout, a dropped connection, a 5xx): it may have been applied."""
+
+    fmt = "an UpdateItem got no answer and may have been applied: it is not sent again"
+
+
+def _refuse_blind_retry(response: Any = None, caught_exception: Exception | None = None, **_: Any) -> None:
+    """``needs-retry`` of UpdateItem, before botocore's retry handler: an attempt that got no answer is not sent
+    again. An UpdateItem that ADDs is not idempotent (a budget given twice is a quota overspent), so "maybe
+    applied" reaches the store as a 503: a reservation then waits for its lease, a give-back is lost, and never
+    more is spent than allowed. A refusal DynamoDB answered (throttled, conditional check) applied nothing and
+    is left to botocore's retries."""
+    if caught_exception is not None:
+        raise MaybeApplied() from caught_exception
+    if response is not None and response[0].status_code >= 500:
+        raise MaybeApplied()
+
+
 class DynamoDBTable:
     """One table: strongly consistent reads, conditional writes, paged queries and two-item transactions."""
 
     def __init__(self, name: str, connection: Connection) -> None:
         self.name = name
         self.connection = connection
+        self._guarded: Any = None  # the client _refuse_blind_retry is registered on (pynamodb may make another)
         with contextlib.suppress(ValueError):  # another store on this connection registered it (same shape)
             connection.add_meta_table(table_meta(name))
 
@@ -198,6 +220,11 @@ class DynamoDBTable:
             return_values=return_values,
             return_values_on_condition_failure="ALL_OLD" if old_on_failure else None,
         )
+        client = self.connection.client
+        if client is not self._guarded:
+            events = client.meta.events
+            events.register_first("needs-retry.dynamodb.UpdateItem", _refuse_blind_retry, unique_id=_REFUSE_ID)
+            self._guarded = client
         data = self._call(self.connection.dispatch, "UpdateItem", kwargs)
         attributes: Item = data.get("Attributes", {})
         return attributes

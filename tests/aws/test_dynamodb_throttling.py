@@ -197,3 +197,57 @@ def test_a_record_and_its_settlement_are_written_together_or_not_at_all(
     assert store.record_usage(_usage("r1"), settle) is True
     assert store.record_usage(_usage("r1"), settle) is False
     assert store.read("q") == {"used": 40}
+
+
+def lose_answers(store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch, operation: str, times: int) -> Counter[str]:
+    """The first ``times`` ``operation`` requests reach DynamoDB and are applied, and their answers are lost (a
+    read timeout), as on a network that drops a response. ``monkeypatch.undo()`` ends it."""
+    import urllib.request
+
+    from botocore.exceptions import ReadTimeoutError
+
+    sent: Counter[str] = Counter()
+    switch = _Switch()
+
+    def apply_then_lose(request: Any, event_name: str, **_: Any) -> None:
+        name = event_name.rsplit(".", 1)[-1]
+        if name == operation:
+            sent[name] += 1
+        if not switch.on or name != operation or sent[name] > times:
+            return
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        forwarded = urllib.request.Request(request.url, data=request.body, headers=headers, method="POST")
+        with urllib.request.urlopen(forwarded) as answered:  # applied by DynamoDB (moto)
+            answered.read()
+        raise ReadTimeoutError(endpoint_url=request.url)  # ... and the answer never arrives
+
+    store.client.meta.events.register_first("before-send.dynamodb.*", cast(Any, apply_then_lose))
+    monkeypatch.setattr(switch, "on", True)
+    return sent
+
+
+def test_an_update_whose_answer_was_lost_is_not_sent_again(
+    store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore retries an attempt that timed out; an UpdateItem that ADDs would then be applied twice (a
+    give-back given twice is a quota overspent). The store sends it once and answers 503: maybe applied."""
+    store.try_add("q", {"used": 100}, {}, FAR)
+    sent = lose_answers(store, monkeypatch, "UpdateItem", times=1)
+    with pytest.raises(ServiceUnavailable) as raised:
+        store.add("q", {"used": -60}, FAR)  # a settlement's give-back
+    assert raised.value.status == 503
+    assert sent["UpdateItem"] == 1
+    monkeypatch.undo()
+    assert store.read("q") == {"used": 40}  # applied once
+
+
+def test_a_reservation_whose_answer_was_lost_is_refused_and_never_counted_twice(
+    store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.try_add("w", {"n": 1}, {"n": 10}, FAR)
+    sent = lose_answers(store, monkeypatch, "UpdateItem", times=1)
+    with pytest.raises(ServiceUnavailable):
+        store.try_add("w", {"n": 1}, {"n": 10}, FAR)
+    assert sent["UpdateItem"] == 1
+    monkeypatch.undo()
+    assert store.read("w") == {"n": 2}  # reserved once (the caller's 503 leaves it to its lease), not twice
