@@ -68,7 +68,7 @@ def test_small_writes_and_each_call_cost_one_request(
     ]:
         gcs_session.sent.clear()
         got = call()
-        assert len(gcs_session.sent) == 1, gcs_session.sent
+        assert len(gcs_session.made) == 1, gcs_session.sent
         assert got == expected()
 
 
