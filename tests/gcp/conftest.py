@@ -33,13 +33,13 @@ class RecordingSession(requests.Session):
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         self.sent.append(Sent(str(method), str(url), threading.current_thread().name))
+        return super().request(method, url, *args, **kwargs)
 
     @property
     def made(self) -> list[Sent]:
         """The requests the code under test made: without the storage client's own background checks of a
         bucket's metadata (threads ``_fetch_background``, ``_verify_existence_background``, started on a 404)."""
         return [s for s in self.sent if "_background" not in s.thread]
-        return super().request(method, url, *args, **kwargs)
 
 
 @pytest.fixture
