@@ -89,12 +89,33 @@ def _secret_manager(tmp: Path) -> Iterator[Subject]:
         session.close()
 
 
+@contextmanager
+def _firestore(tmp: Path) -> Iterator[Subject]:
+    """The Firestore store keeps the keys where no Secret Manager secret is configured (``make serve CLOUD=gcp``)."""
+    from adapters.gcp.firestore import FirestoreStore
+    from tests.gcp.firestore_emulator import firestore_client, new_project
+
+    project = new_project()  # the session's emulator, started on first use; one project per test
+    opened: list[FirestoreStore] = []
+
+    def handle() -> FirestoreStore:
+        opened.append(FirestoreStore(firestore_client(project)))
+        return opened[-1]
+
+    try:
+        yield Subject(handle(), handle)
+    finally:
+        for store in opened:
+            store.close()
+
+
 #: Every SigningKeyStore adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_memory, id="memory"),
     pytest.param(_sqlite, id="sqlite"),
     pytest.param(_secrets_manager, id="secrets-manager", marks=pytest.mark.aws),
     pytest.param(_secret_manager, id="secret-manager", marks=pytest.mark.gcp),
+    pytest.param(_firestore, id="firestore", marks=pytest.mark.gcp),
 ]
 
 
