@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from adapters.aws.s3 import MIN_PART_SIZE, LineSplitter, S3BlobStore
+from adapters.aws.s3 import MIN_PART_SIZE, S3BlobStore
+from core.line_splitter import LineSplitter
 from core.ports import BlobStore
 
 # The behavioural suite every BlobStore passes, run here on S3 (see ``test_blob_store_contract``).

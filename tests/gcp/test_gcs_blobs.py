@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from google.api_core.exceptions import NotFound
 
-from adapters.gcp.gcs import CHUNK_MULTIPLE, GCSBlobStore, LineSplitter
+from adapters.gcp.gcs import CHUNK_MULTIPLE, GCSBlobStore
+from core.line_splitter import LineSplitter
 from tests.gcp.conftest import RecordingSession
 
 pytestmark = pytest.mark.gcp
