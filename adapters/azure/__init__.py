@@ -1,0 +1,1 @@
+"""Azure adapters: Azure ML, Key Vault, metrics (Cosmos DB and Blob Storage: next)."""

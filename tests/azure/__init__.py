@@ -1,0 +1,1 @@
+"""Azure adapters against local servers that speak their REST APIs."""
