@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.aws.backend_types import sagemaker_type
+from adapters.azure.backend_types import azureml_type
 from adapters.gcp.backend_types import vertex_type
 from adapters.local.backend_types import local_type
 from adapters.local.memory_blobs import MemoryBlobStore
@@ -85,7 +86,9 @@ class FakeBackend:
 
 
 #: The route checks of the real runtimes' types (the local one as the fakes use it: any ``name``).
-ROUTE_TYPES = BackendCatalog((local_type(), OPENAI, sagemaker_type(), vertex_type()), "the test harness")
+ROUTE_TYPES = BackendCatalog(
+    (local_type(), OPENAI, sagemaker_type(), vertex_type(), azureml_type()), "the test harness"
+)
 
 
 @dataclass

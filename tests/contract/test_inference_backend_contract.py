@@ -179,6 +179,31 @@ _VERTEX_FAULTS = {
 
 
 @contextmanager
+def _azureml(fmt: str, http_client: str = "auto") -> Iterator[Subject]:
+    from adapters.azure.azureml import AzureMLBackend
+    from tests.azure.azureml_server import KEY, AzureMLServer
+
+    server = AzureMLServer().start()
+    name = f"azureml-{fmt}"
+
+    def route(endpoint: str) -> dict[str, Any]:
+        uri = server.openai_url(endpoint) if fmt == "openai" else server.scoring_uri(endpoint)
+        return {"type": name, "scoring_uri": uri, "format": fmt}
+
+    calls = {case: Call(route(f"fault-{mode}")) for case, mode in _VERTEX_FAULTS.items()}
+    calls["ok"] = Call(route("echo"))
+    skips = {"embed": "a text generation route: embed is the unsupported case"}
+    if fmt != "openai":
+        cannot = "a scoring script answers whole (a stream is one delta): it cannot be cut mid-stream"
+        skips |= dict.fromkeys(("stream_eof", "stream_drop", "stream_stall"), cannot)
+    backend = AzureMLBackend(KEY, http_client=http_client)
+    try:
+        yield Subject(name, backend, calls, skips=skips, hang_timeout_s=0.25)
+    finally:
+        server.stop()
+
+
+@contextmanager
 def _llama() -> Iterator[Subject]:
     from adapters.local.llama_backend import LlamaCppBackend
 
@@ -223,14 +248,21 @@ ADAPTERS: list[Any] = [
     pytest.param(lambda: _vertex("openai-chat", "auto"), id="vertex-chat-http11", marks=pytest.mark.gcp),
     pytest.param(lambda: _vertex("predict-vllm"), id="vertex-vllm", marks=pytest.mark.gcp),
     pytest.param(lambda: _vertex("predict-tgi"), id="vertex-tgi", marks=pytest.mark.gcp),
+    pytest.param(lambda: _azureml("openai", "httpx"), id="azureml-openai", marks=pytest.mark.azure),
+    pytest.param(lambda: _azureml("openai", "auto"), id="azureml-openai-http11", marks=pytest.mark.azure),
+    pytest.param(lambda: _azureml("hf"), id="azureml-hf", marks=pytest.mark.azure),
+    pytest.param(lambda: _azureml("text"), id="azureml-text", marks=pytest.mark.azure),
+    pytest.param(lambda: _azureml("chat"), id="azureml-chat", marks=pytest.mark.azure),
     pytest.param(_llama, id="llama", marks=pytest.mark.model),
     pytest.param(_onnx, id="onnx", marks=pytest.mark.model),
 ]
 
 #: Where an adapter cannot do an operation at all, the operation it is asked for and the error it owes.
-UNSUPPORTED = {"llama": "embed", "onnx": "generate"} | {
-    f"vertex-{api}": "embed" for api in ("openai-chat", "predict-vllm", "predict-tgi")
-}
+UNSUPPORTED = (
+    {"llama": "embed", "onnx": "generate"}
+    | {f"vertex-{api}": "embed" for api in ("openai-chat", "predict-vllm", "predict-tgi")}
+    | {f"azureml-{fmt}": "embed" for fmt in ("openai", "hf", "text", "chat")}
+)
 
 
 @pytest.fixture(scope="module", params=ADAPTERS)
