@@ -143,12 +143,40 @@ def _cloud_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[Subject]:
     yield Subject(metrics, read)
 
 
+@contextmanager
+def _app_insights(capsys: pytest.CaptureFixture[str]) -> Iterator[Subject]:
+    import io
+
+    from adapters.azure.metrics import AppInsightsLogMetrics
+
+    out = io.StringIO()  # the lines the Functions worker would send to Application Insights' traces
+    metrics = AppInsightsLogMetrics(service="api", stream=out)
+
+    def read() -> Readback:
+        """Flush, and sum the lines as a log query would: ``value`` by ``metric`` and ``dimensions``."""
+        metrics.flush()
+        counters: dict[Any, float] = {}
+        observed: dict[Any, tuple[int, float]] = {}
+        for line in out.getvalue().splitlines():
+            entry = json.loads(line)
+            key = (entry["metric"], frozenset(entry["dimensions"].items()))
+            if entry["kind"] == "counter":
+                counters[key] = counters.get(key, 0.0) + entry["value"]
+            else:
+                count, total = observed.get(key, (0, 0.0))
+                observed[key] = (count + 1, total + entry["value"])
+        return Readback(counters, observed)
+
+    yield Subject(metrics, read)
+
+
 #: Every Metrics adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_null, id="null"),
     pytest.param(_prometheus, id="prometheus"),
     pytest.param(_powertools, id="powertools", marks=pytest.mark.aws),
     pytest.param(_cloud_logging, id="cloud-logging", marks=pytest.mark.gcp),
+    pytest.param(_app_insights, id="app-insights", marks=pytest.mark.azure),
 ]
 
 

@@ -109,6 +109,26 @@ def _firestore(tmp: Path) -> Iterator[Subject]:
             store.close()
 
 
+@contextmanager
+def _key_vault(tmp: Path) -> Iterator[Subject]:
+    import requests
+
+    from adapters.azure.keyvault import KeyVaultSigningKeys
+    from tests.azure.keyvault_server import TOKEN, shared_keyvault
+
+    url, _ = shared_keyvault()  # a local server that speaks the Key Vault secrets REST API (7.4)
+    secret = f"signing-keys-{uuid.uuid4().hex}"
+    session = requests.Session()
+
+    def handle() -> KeyVaultSigningKeys:
+        return KeyVaultSigningKeys(url, secret, token_provider=lambda: TOKEN, session=session)
+
+    try:
+        yield Subject(handle(), handle)
+    finally:
+        session.close()
+
+
 #: Every SigningKeyStore adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_memory, id="memory"),
@@ -116,6 +136,7 @@ ADAPTERS: list[Any] = [
     pytest.param(_secrets_manager, id="secrets-manager", marks=pytest.mark.aws),
     pytest.param(_secret_manager, id="secret-manager", marks=pytest.mark.gcp),
     pytest.param(_firestore, id="firestore", marks=pytest.mark.gcp),
+    pytest.param(_key_vault, id="key-vault", marks=pytest.mark.azure),
 ]
 
 
