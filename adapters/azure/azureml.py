@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from adapters.azure.azureml_auth import EntraTokens, TokenCredential
 from adapters.azure.azureml_errors import bad_response, error_for_status, misconfigured, not_supported
 from adapters.azure.azureml_route import AzureMLRoute
-from adapters.azure.azureml_transport import AzureMLTransport, StatusError
 from adapters.azure.azureml_wire import FORMATTERS, Malformed, Reply, cut_at_stop, decode, to_openai_request
+from adapters.openai_compat.json_transport import JsonTransport, StatusError
 from adapters.openai_compat.wire import (
     BodyBroken,
     UsageFallback,
@@ -73,7 +73,7 @@ class AzureMLBackend:
     ) -> None:
         self._api_key = api_key
         self._tokens = EntraTokens(credential)
-        self._transport = AzureMLTransport(client, http_client)
+        self._transport = JsonTransport(client, http_client)
         self._usage_fallback = usage_fallback or conservative_usage
 
     async def generate(self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams) -> Generation:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from adapters.gcp.google_auth import GoogleAccessTokens
 from adapters.gcp.vertex_errors import error_for_status, not_supported
 from adapters.gcp.vertex_route import VertexRoute
-from adapters.gcp.vertex_transport import StatusError, VertexTransport
 from adapters.gcp.vertex_wire import (
     Reply,
     decode_json,
@@ -32,6 +31,7 @@ from adapters.gcp.vertex_wire import (
     to_tgi_payload,
     to_vllm_payload,
 )
+from adapters.openai_compat.json_transport import JsonTransport, StatusError
 from adapters.openai_compat.wire import (
     BodyBroken,
     UsageFallback,
@@ -77,7 +77,7 @@ class VertexBackend:
     ) -> None:
         self._tokens = tokens or GoogleAccessTokens(credentials)
         self._endpoint_url = endpoint_url
-        self._transport = VertexTransport(client, http_client)
+        self._transport = JsonTransport(client, http_client)
         self._usage_fallback = usage_fallback or conservative_usage
 
     async def generate(self, route: Mapping[str, Any], prompt: Prompt, params: GenerationParams) -> Generation:
@@ -103,7 +103,7 @@ class VertexBackend:
             return
         payload = to_chat_payload(cfg.model, prompt, params, stream=True)
         token = await self._tokens.token()
-        lines = self._transport.lines(cfg.endpoint_url, cfg.path, self._auth(token), payload, cfg.timeout_s)
+        lines = self._transport.lines(cfg.endpoint_url + cfg.path, self._auth(token), payload, cfg.timeout_s)
         pieces: list[str] = []
         reason: FinishReason | None = None
         usage: tuple[int, int] | None = None
@@ -145,7 +145,7 @@ class VertexBackend:
     async def _post(self, cfg: VertexRoute, payload: dict[str, Any]) -> bytes:
         token = await self._tokens.token()
         try:
-            return await self._transport.post(cfg.endpoint_url, cfg.path, self._auth(token), payload, cfg.timeout_s)
+            return await self._transport.post(cfg.endpoint_url + cfg.path, self._auth(token), payload, cfg.timeout_s)
         except StatusError as refused:
             raise self._refused(refused, token) from None
 

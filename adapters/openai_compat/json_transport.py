@@ -1,12 +1,12 @@
-"""``VertexTransport``: the POSTs of the Vertex AI backend, on the project's two async HTTP clients.
+"""``JsonTransport``: JSON POSTs of the cloud inference backends (Vertex AI, Azure ML) on the project's two
+async HTTP clients.
 
-As in the OpenAI-compatible adapter: ``https://`` (Google's API, dedicated endpoints), proxies and a client passed
-in go through httpx (imported on first use); a plain ``http://`` base URL (a Private Service Connect address, a
-local server) goes through the built-in keep-alive HTTP/1.1 pool. Both map their failures alike: no answer in
-time is a ``BackendTimeout``, no connection a retryable 502, a whole body that broke off a retryable
+As in the OpenAI-compatible adapter: ``https://`` (every managed endpoint), proxies and a client passed in go
+through httpx (imported on first use); a plain ``http://`` URL (a local server, a private address behind a
+TLS-terminating proxy) goes through the built-in keep-alive HTTP/1.1 pool. Both map their failures alike: no
+answer in time is a ``BackendTimeout``, no connection a retryable 502, a whole body that broke off a retryable
 ``backend_bad_response``, a stream's body that broke off ``BodyBroken`` (the backend decides what it means), an
-error status ``StatusError`` (mapped by the backend, which also drops a refused token).
-"""
+error status ``StatusError`` (mapped by the backend, which also drops a refused token)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ _DRAIN_GRACE_S = 0.1  # after ``data: [DONE]``, how long to wait for the body's 
 
 
 class StatusError(Exception):
-    """Vertex AI (or the container behind it) answered an error status."""
+    """The endpoint (or the container or scoring script behind it) answered an error status."""
 
     def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         super().__init__(f"HTTP {status}")
@@ -37,7 +37,7 @@ class StatusError(Exception):
         self.headers = headers
 
 
-class VertexTransport:
+class JsonTransport:
     """One keep-alive pool (built-in) or client (httpx) per event loop: connections cannot outlive their loop."""
 
     def __init__(self, client: httpx.AsyncClient | None = None, http_client: str = "auto") -> None:
@@ -49,15 +49,13 @@ class VertexTransport:
         )
         self._targets: dict[str, Target | None] = {}
 
-    async def post(
-        self, base_url: str, path: str, headers: dict[str, str], payload: dict[str, Any], timeout_s: float
-    ) -> bytes:
+    async def post(self, url: str, headers: dict[str, str], payload: dict[str, Any], timeout_s: float) -> bytes:
         """The whole body of a successful answer; ``StatusError`` for an error status."""
-        target = self._target(base_url)
+        target = self._target(url)
         if target is None:
-            status, response_headers, content = await self._httpx_post(base_url + path, headers, payload, timeout_s)
+            status, response_headers, content = await self._httpx_post(url, headers, payload, timeout_s)
         else:
-            response = await self._fast_request(target, path, headers, payload, timeout_s, "application/json")
+            response = await self._fast_request(target, headers, payload, timeout_s, "application/json")
             try:
                 content = await response.read()
             except HTTPTimeout:
@@ -70,14 +68,14 @@ class VertexTransport:
         return content
 
     async def lines(
-        self, base_url: str, path: str, headers: dict[str, str], payload: dict[str, Any], timeout_s: float
+        self, url: str, headers: dict[str, str], payload: dict[str, Any], timeout_s: float
     ) -> AsyncGenerator[str, None]:
         """The lines of an event stream as they arrive; ``BodyBroken`` when the body breaks off or stalls."""
-        target = self._target(base_url)
+        target = self._target(url)
         lines = (
-            self._httpx_lines(base_url + path, headers, payload, timeout_s)
+            self._httpx_lines(url, headers, payload, timeout_s)
             if target is None
-            else self._fast_lines(target, path, headers, payload, timeout_s)
+            else self._fast_lines(target, headers, payload, timeout_s)
         )
         try:
             async for line in lines:
@@ -95,19 +93,19 @@ class VertexTransport:
         if client is not None:
             await client.aclose()
 
-    def _target(self, base_url: str) -> Target | None:
+    def _target(self, url: str) -> Target | None:
         if not self._fast_ok:
             return None
         try:
-            return self._targets[base_url]
+            return self._targets[url]
         except KeyError:
-            target = self._targets[base_url] = Target.of(base_url)
+            target = self._targets[url] = Target.of(url)
             return target
 
     # -- the built-in HTTP/1.1 pool ----------------------------------------------------------------------------
 
     async def _fast_request(
-        self, target: Target, path: str, headers: dict[str, str], payload: dict[str, Any], timeout_s: float, accept: str
+        self, target: Target, headers: dict[str, str], payload: dict[str, Any], timeout_s: float, accept: str
     ) -> Response:
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
@@ -119,7 +117,7 @@ class VertexTransport:
                 "POST",
                 target.host,
                 target.port,
-                target.prefix + path,
+                target.prefix or "/",
                 sent,
                 json_bytes(payload),
                 read_timeout=timeout_s,
@@ -131,9 +129,9 @@ class VertexTransport:
             raise unreachable(exc.kind) from None
 
     async def _fast_lines(
-        self, target: Target, path: str, headers: dict[str, str], payload: dict[str, Any], timeout_s: float
+        self, target: Target, headers: dict[str, str], payload: dict[str, Any], timeout_s: float
     ) -> AsyncGenerator[str, None]:
-        response = await self._fast_request(target, path, headers, payload, timeout_s, "text/event-stream")
+        response = await self._fast_request(target, headers, payload, timeout_s, "text/event-stream")
         try:
             if response.status_code >= 300:
                 raise StatusError(response.status_code, await response.read(), response.headers)
