@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from adapters.azure import metrics as azure_metrics
 from adapters.azure.metrics import AppInsightsLogMetrics
+from core import metric_lines
 
 pytestmark = pytest.mark.azure
 
@@ -92,7 +92,7 @@ def test_only_bounded_dimensions_are_kept_and_odd_values_are_dropped_or_escaped(
 
 
 def test_a_full_buffer_flushes_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(azure_metrics, "MAX_PENDING_VALUES", 10)
+    monkeypatch.setattr(metric_lines, "MAX_PENDING_VALUES", 10)  # the buffering is core.metric_lines
     out = io.StringIO()
     metrics = AppInsightsLogMetrics(stream=out)
     for _ in range(9):

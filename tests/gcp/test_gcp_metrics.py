@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from adapters.gcp import metrics as gcp_metrics
 from adapters.gcp.metrics import CloudLoggingMetrics
+from core import metric_lines
 
 pytestmark = pytest.mark.gcp
 
@@ -97,7 +97,7 @@ def test_values_json_cannot_carry_are_dropped_and_odd_text_stays_on_one_line() -
 
 
 def test_a_full_buffer_flushes_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcp_metrics, "MAX_PENDING_VALUES", 10)
+    monkeypatch.setattr(metric_lines, "MAX_PENDING_VALUES", 10)  # the buffering is core.metric_lines
     out = io.StringIO()
     metrics = CloudLoggingMetrics(stream=out)
     for _ in range(9):
