@@ -11,14 +11,11 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from core.auth import api_keys
-from core.clock import SystemClock
-from core.domain import ALL_SCOPES
+from functions.local.model_server import admin_key
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = ".textnlp"
-MIN_ADMIN_KEY_CHARS = 20
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,28 +36,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-models", action="store_true", help="register no models (no local model server)")
     p.add_argument("--no-batch", action="store_true", help="do not run the batch function on queued messages")
     return p
-
-
-def admin_key(aws_dir: Path) -> tuple[str, bool]:
-    """TEXTNLP_ADMIN_KEY, else the key kept in ``aws_dir/admin-key`` (made on first start); True if just made.
-
-    The file is the local stand-in of the stack's admin-key secret: the table is new on every start (moto
-    keeps it in memory), the key stays the same.
-    """
-    given = os.environ.get("TEXTNLP_ADMIN_KEY", "").strip()
-    if given:
-        if len(given) < MIN_ADMIN_KEY_CHARS:
-            raise SystemExit(f"TEXTNLP_ADMIN_KEY needs at least {MIN_ADMIN_KEY_CHARS} characters")
-        return given, False
-    kept = aws_dir / "admin-key"
-    if kept.is_file():
-        return kept.read_text().strip(), False
-    aws_dir.mkdir(parents=True, exist_ok=True)
-    plaintext, _ = api_keys.mint("ten_admin", "admin", frozenset(ALL_SCOPES), SystemClock().now())
-    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(plaintext + "\n")
-    return plaintext, True
 
 
 def banner(host: str, port: int, key: str, created: bool, data_dir: Path, models: list[str], workers: int) -> None:

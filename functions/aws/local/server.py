@@ -13,8 +13,8 @@ from typing import Any
 from functions.aws.local.consumer import QueueConsumer
 from functions.aws.local.containers import Containers
 from functions.aws.local.front import ApiGatewayServer
-from functions.aws.local.models import ModelServer, register
 from functions.aws.local.stack import REGION, TABLE, AtomicMotoServer, LocalStack, client, deploy, use_fake_credentials
+from functions.local.model_server import ModelServer, register
 
 log = logging.getLogger("textnlp.local.aws")
 

@@ -81,7 +81,7 @@ class LocalGcp:
         bootstrap.reset()
         rt = bootstrap.runtime()  # built now: the admin key imported, the models registered below
         if opts.models:
-            from functions.aws.local.models import ModelServer, register
+            from functions.local.model_server import ModelServer, register
 
             self._models = ModelServer(opts.data_dir / "gcp" / "models").start()
             self.model_ids = register(rt.gateway.store, self._models.specs())

@@ -1,11 +1,11 @@
-"""The models the local stack answers with: the local runtime's own, behind its OpenAI-compatible API.
+"""The models ``make serve CLOUD=aws|gcp`` answers with: the local runtime's own, behind its OpenAI-compatible API.
 
-Lambda code cannot load llama.cpp or ONNX (the api function has no ``local`` backend), and SageMaker
-endpoints do not exist on moto. So the local runtime (``textnlp serve``: SmolLM2 on llama.cpp, MiniLM on
+A cloud's function code cannot load llama.cpp or ONNX (it has no ``local`` backend), and SageMaker or Vertex
+AI endpoints do not exist on the emulators. So the local runtime (``textnlp serve``: SmolLM2 on llama.cpp, MiniLM on
 ONNX) runs as a child process on a free loopback port with a data directory of its own, and the default
-models are registered on the AWS side with ``{"type": "openai", "base_url": ...}`` routes to it: the same
-as an on-prem OpenAI-compatible server (vLLM, llama.cpp), a supported deployment. The AWS code path is the
-real one, the adapter included. The child's admin key is random, kept beside its database (0600) and given
+models are registered on the cloud's side with ``{"type": "openai", "base_url": ...}`` routes to it: the same
+as an on-prem OpenAI-compatible server (vLLM, llama.cpp), a supported deployment. The cloud's code path is
+the real one, the adapter included. The child's admin key is random, kept beside its database (0600) and given
 to the adapter through this process's environment (the route's ``api_key_env``), never printed; the child
 answers on 127.0.0.1 only.
 """
@@ -25,7 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from core.auth import api_keys
 from core.clock import SystemClock
+from core.domain import ALL_SCOPES
 
 #: The environment variable the registered routes read the model server's key from.
 KEY_ENV = "TEXTNLP_LOCAL_MODELS_KEY"
@@ -119,3 +121,28 @@ def register(store: Any, specs: list[Any]) -> list[str]:
     for spec in specs:
         store.put_model(spec)
     return [spec.id for spec in specs]
+
+
+MIN_ADMIN_KEY_CHARS = 20
+
+
+def admin_key(cloud_dir: Path) -> tuple[str, bool]:
+    """TEXTNLP_ADMIN_KEY, else the key kept in ``cloud_dir/admin-key`` (made on first start); True if just made.
+
+    The file is the local stand-in of the deployment's admin-key secret: the emulated database is new on every
+    start (the emulators keep it in memory), the key stays the same.
+    """
+    given = os.environ.get("TEXTNLP_ADMIN_KEY", "").strip()
+    if given:
+        if len(given) < MIN_ADMIN_KEY_CHARS:
+            raise SystemExit(f"TEXTNLP_ADMIN_KEY needs at least {MIN_ADMIN_KEY_CHARS} characters")
+        return given, False
+    kept = cloud_dir / "admin-key"
+    if kept.is_file():
+        return kept.read_text().strip(), False
+    cloud_dir.mkdir(parents=True, exist_ok=True)
+    plaintext, _ = api_keys.mint("ten_admin", "admin", frozenset(ALL_SCOPES), SystemClock().now())
+    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(plaintext + "\n")
+    return plaintext, True
