@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
 
 from core.domain import ApiKeyRecord, CounterChange, Tenant
 from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable
@@ -39,69 +38,7 @@ from core.limit_changes import Reservation, lease_return, minute_expiry, minute_
 from core.limit_refusals import MINUTE, refuse_guarded
 from core.limits import LimitEnforcer
 from core.ports import Clock, CounterStore
-
-SCARCE = "z"  # on a window's own minute item: an instance could not draw a slice in this minute
-
-
-@dataclass(frozen=True)
-class SlicePolicy:
-    """How big a slice grows and how long it serves.
-
-    ``first_requests``: a new (tenant, key)'s first slice, in requests; it doubles while slices run out
-    within half their age, up to ``max_requests``, and halves when one closes less than half spent.
-    ``share``: no slice holds more than this share of any of the tenant's or key's limits.
-    ``max_age_s``: a slice older than this takes no new request (what slices hold, and can strand while
-    another instance is refused, is about this long of the tenant's traffic). ``guard_reads``: read the minute
-    item's guards for requests (revocation within ``guard_read_s``: a read serves the instance's requests
-    that long) rather than only when a slice is drawn. ``scarce_requests``, ``scarce_age_s``: a slice's size
-    and age for the rest of a minute in which an instance could not draw one (the budget is running out)."""
-
-    first_requests: int = 4
-    max_requests: int = 64
-    share: float = 1 / 64
-    max_age_s: float = 2.0
-    guard_reads: bool = True
-    guard_read_s: float = 0.1
-    scarce_requests: int = 4
-    scarce_age_s: float = 0.25
-
-
-class SliceShare(Reservation):
-    """A request's part of a slice: what it took, and the slice it took it from."""
-
-    def __init__(self, tokens: int, key_id: str, slice_: _Slice) -> None:
-        super().__init__(tokens, None, None, key_id, headers=dict(slice_.reservation.headers))
-        self.slice = slice_
-        self.used = 0  # what its settlement charged
-        self.carried: list[CounterChange] = []  # the slice's give-back, when its settlement carried it
-        self.released = False
-
-
-@dataclass(eq=False)
-class _Slice:
-    reservation: Reservation
-    requests: int
-    drawn_at: float
-    window: int
-    max_age_s: float
-    taken: int = 0  # requests handed out
-    spent: int = 0  # tokens used by the requests that settled
-    outstanding: int = 0  # tokens held by requests in flight
-    in_flight: int = 0
-    closed: bool = False
-    returned_once: bool = False  # what was free when it closed went back
-    given_back: bool = False  # everything went back
-    returned_tokens: int = 0
-    returned_requests: int = 0
-
-    def room(self, tokens: int, now: float) -> bool:
-        return (
-            not self.closed
-            and self.taken < self.requests
-            and self.reservation.tokens - self.spent - self.outstanding >= tokens
-            and now - self.drawn_at < self.max_age_s
-            and int(now // MINUTE) == self.window
-        )
+from core.slice_parts import SCARCE, Slice, SlicePolicy, SliceShare
 
 
 class SlicedLimits:
@@ -118,7 +55,7 @@ class SlicedLimits:
         self._counters = counters
         self._clock = clock
         self._lock = threading.Lock()
-        self._slices: dict[tuple[str, str], _Slice] = {}
+        self._slices: dict[tuple[str, str], Slice] = {}
         self._sizes: dict[tuple[str, str], int] = {}  # requests per slice, per tenant and key
         self._drawing: dict[tuple[str, str], threading.Lock] = {}
         self._unwritten: list[CounterChange] = []  # give-backs the store throttled: written with the next ones
@@ -261,7 +198,7 @@ class SlicedLimits:
                 self._charge(reservation)
                 scarce = self._scarce.get(tenant.id) == window
                 max_age_s = self.policy.scarce_age_s if scarce else self.policy.max_age_s
-                slice_ = _Slice(reservation, requests, now, window, max_age_s, taken=1, in_flight=1)
+                slice_ = Slice(reservation, requests, now, window, max_age_s, taken=1, in_flight=1)
                 slice_.outstanding = tokens
                 with self._lock:
                     self._slices[slot] = slice_
@@ -314,7 +251,7 @@ class SlicedLimits:
                     requests = min(requests, int(limit * self.policy.share) // max(1, per_request))
         return max(1, requests)
 
-    def _resize(self, slot: tuple[str, str], slice_: _Slice, now: float) -> None:
+    def _resize(self, slot: tuple[str, str], slice_: Slice, now: float) -> None:
         """Double a slice's successor when it ran out within half its age; halve it when it closes half unused."""
         size = self._sizes.get(slot, self.policy.first_requests)
         if slice_.taken >= slice_.requests and now - slice_.drawn_at < self.policy.max_age_s / 2:
@@ -332,7 +269,7 @@ class SlicedLimits:
             if self._counters.try_add_all([lease_return(reservation, 0, otherwise=None)])[0]:
                 reservation.lease_epoch = -1  # no lease left to settle
 
-    def _give_back(self, slice_: _Slice) -> list[CounterChange]:
+    def _give_back(self, slice_: Slice) -> list[CounterChange]:
         """What a closed slice holds that no request of it holds: given back as it closes, and the rest as its
         last request settles (a slice whose lease is still a lease: all at once, then)."""
         reservation = slice_.reservation
@@ -347,7 +284,7 @@ class SlicedLimits:
         slice_.returned_requests += requests
         return self._changes(slice_, tokens, requests, leased=leased)
 
-    def _changes(self, slice_: _Slice, tokens: int, requests: int, *, leased: bool = False) -> list[CounterChange]:
+    def _changes(self, slice_: Slice, tokens: int, requests: int, *, leased: bool = False) -> list[CounterChange]:
         """The writes that give back ``tokens`` and ``requests`` of a slice (``leased``: settle its lease)."""
         reservation = slice_.reservation
         changes = []

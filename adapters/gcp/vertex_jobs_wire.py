@@ -207,3 +207,32 @@ def deployed_model_of(endpoint: Mapping[str, Any], model_name: str) -> dict[str,
         if isinstance(deployed, dict) and str(deployed.get("model", "")).endswith(tail):
             return deployed
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The resource names of one job's Vertex AI model and endpoint (both ``textnlp-<job id>``)."""
+
+    id: str
+    model: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Where one long-running step is: ``start`` (not begun), ``running``, ``done``, ``failed`` or ``cancelled``."""
+
+    state: str
+    error: str = ""
+
+
+def is_cancelled(endpoint: dict[str, Any]) -> bool:
+    """Whether a cancel marked the endpoint (the job's deploy must stop)."""
+    return (endpoint.get("labels") or {}).get(CANCELLED_LABEL) == "true"
+
+
+def created_at(operation: dict[str, Any]) -> str:
+    """When a long-running operation was created (its order among a resource's operations)."""
+    metadata = operation.get("metadata") or {}
+    generic = metadata.get("genericMetadata") or {}
+    return str(generic.get("createTime") or "")

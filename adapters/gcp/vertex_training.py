@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from adapters.gcp.backend_types import VERTEX_APIS
@@ -28,10 +28,14 @@ from adapters.gcp.vertex_jobs_wire import (
     ENDED_STATES,
     QUEUED_STATES,
     SUCCEEDED,
+    Names,
+    Step,
+    created_at,
     custom_job_body,
     deploy_body,
     deployed_model_of,
     error_message,
+    is_cancelled,
     job_filter,
     job_labels,
     machine,
@@ -53,23 +57,6 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED: an operation cancelled by ``operations.cancel``
 _ENDED = ("failed", "cancelled")
-
-
-@dataclass(frozen=True, slots=True)
-class _Names:
-    """The resource names of one job's Vertex AI model and endpoint (both ``textnlp-<job id>``)."""
-
-    id: str
-    model: str
-    endpoint: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """Where one long-running step is: ``start`` (not begun), ``running``, ``done``, ``failed`` or ``cancelled``."""
-
-    state: str
-    error: str = ""
 
 
 class VertexTrainingTuner:
@@ -135,9 +122,9 @@ class VertexTrainingTuner:
     def output_uri(self, job: FineTuneJob) -> str:
         return f"gs://{self.artifacts_bucket}/{self.artifacts_prefix}models/{job.tenant_id}/{job.id}/"
 
-    def _names(self, job: FineTuneJob) -> _Names:
+    def _names(self, job: FineTuneJob) -> Names:
         rid = resource_id(job.id)
-        return _Names(rid, f"{self.parent}/models/{rid}", f"{self.parent}/endpoints/{rid}")
+        return Names(rid, f"{self.parent}/models/{rid}", f"{self.parent}/endpoints/{rid}")
 
     def route(self, endpoint_id: str) -> dict[str, Any]:
         """The registry route of the deployed model, as the ``vertex`` backend type reads it."""
@@ -260,7 +247,7 @@ class VertexTrainingTuner:
         def now(state: str, *events: str, error: str | None = None) -> TunerStatus:
             return replace(training, state=state, events=[*training.events, *events], error=error)
 
-        def ended(step: _Step, *events: str) -> TunerStatus:
+        def ended(step: Step, *events: str) -> TunerStatus:
             if step.state == "cancelled":
                 return now("cancelled", *events)
             return now("failed", *events, error=f"{DEPLOY_FAILED} (endpoint {names.id}): {step.error}")
@@ -273,7 +260,7 @@ class VertexTrainingTuner:
             endpoint = self.rest.find(names.endpoint) if step.state == "done" else None
             if endpoint is None:
                 return now("running", creating)
-        if _cancelled(endpoint):
+        if is_cancelled(endpoint):
             return now("cancelled", creating)
         served = deployed_model_of(endpoint, names.model)
         if served is None:
@@ -309,14 +296,14 @@ class VertexTrainingTuner:
         done = now("succeeded", creating, uploading, deploying, f"Endpoint {names.id} is serving the model")
         return replace(done, fine_tuned_model_route=self.route(names.id), metadata=metadata)
 
-    def _advance(self, resource: str, kind: str, start: Callable[[], dict[str, Any]]) -> _Step:
+    def _advance(self, resource: str, kind: str, start: Callable[[], dict[str, Any]]) -> Step:
         """Where the newest ``kind`` operation on ``resource`` is; one still running is read again
         (``operations.get``). None yet: ``start()`` one; so too when an endpoint or model creation succeeded
         earlier and left nothing (deleted since: creating it again is safe). A deployment is never started
         twice: one that succeeded is ``done`` (the caller reads the endpoint). Called while the step's resource
         is missing."""
         ops = [op for op in self.rest.operations(resource) if operation_kind(op) == kind]
-        newest = max(ops, key=_created, default=None)
+        newest = max(ops, key=created_at, default=None)
         if newest is not None and not newest.get("done"):
             newest = self.rest.get(str(newest["name"]))
         elif newest is None or (kind != "DeployModel" and operation_error(newest) is None):
@@ -324,35 +311,35 @@ class VertexTrainingTuner:
                 newest = start()
             except VertexApiError as exc:
                 if exc.already_exists:
-                    return _Step("running")  # another poll started it a moment ago
+                    return Step("running")  # another poll started it a moment ago
                 refused = job_error(exc)
                 if refused.retryable:
                     raise  # throttled, a 5xx: the next poll tries again
-                return _Step("failed", refused.message)  # refused: quota, a bad machine type, permissions
+                return Step("failed", refused.message)  # refused: quota, a bad machine type, permissions
         if not newest.get("done"):
-            return _Step("running")
+            return Step("running")
         error = operation_error(newest)
         if error is None:
-            return _Step("done")
+            return Step("done")
         if error.get("code") == _CANCELLED_CODE:
-            return _Step("cancelled")
-        return _Step("failed", error_message(error))
+            return Step("cancelled")
+        return Step("failed", error_message(error))
 
-    def _create_endpoint(self, job: FineTuneJob, names: _Names, *, cancelled: bool = False) -> dict[str, Any]:
+    def _create_endpoint(self, job: FineTuneJob, names: Names, *, cancelled: bool = False) -> dict[str, Any]:
         labels = job_labels(job) | ({CANCELLED_LABEL: "true"} if cancelled else {})
         body = {"displayName": names.id, "labels": labels}
         return self.rest.post(f"{self.parent}/endpoints", body, {"endpointId": names.id})
 
-    def _deploy(self, names: _Names, body: dict[str, Any]) -> dict[str, Any]:
+    def _deploy(self, names: Names, body: dict[str, Any]) -> dict[str, Any]:
         """``deployModel``, then the endpoint read again: a cancel that labelled it meanwhile gets the new
         deployment's operation cancelled here (its own cancel may have listed the operations before it began)."""
         operation = self.rest.post(f"{names.endpoint}:deployModel", body)
-        if _cancelled(self.rest.get(names.endpoint)) and not operation.get("done"):
+        if is_cancelled(self.rest.get(names.endpoint)) and not operation.get("done"):
             self.rest.post(f"{operation['name']}:cancel", {})
             return {**operation, "done": True, "error": {"code": _CANCELLED_CODE, "message": "cancelled"}}
         return operation
 
-    def _undeploy(self, names: _Names, job: FineTuneJob) -> None:
+    def _undeploy(self, names: Names, job: FineTuneJob) -> None:
         """Label the endpoint cancelled (creating it, empty, if no poll has yet: an endpoint without a model
         costs nothing), then cancel the operations still running, undeploy what is deployed and delete the
         model. A poll reads the label before each step and again right after it starts a deployment, so
@@ -381,8 +368,8 @@ class VertexTrainingTuner:
         # Still deployed while the undeploy runs: FAILED_PRECONDITION; a model without a deployment costs nothing.
         self._quietly("DELETE", names.model)
 
-    def _label_cancelled(self, names: _Names, endpoint: dict[str, Any]) -> None:
-        if not _cancelled(endpoint):
+    def _label_cancelled(self, names: Names, endpoint: dict[str, Any]) -> None:
+        if not is_cancelled(endpoint):
             labels = {**(endpoint.get("labels") or {}), CANCELLED_LABEL: "true"}
             self.rest.call("PATCH", names.endpoint, body={"labels": labels}, params={"updateMask": "labels"})
 
@@ -393,13 +380,3 @@ class VertexTrainingTuner:
         except VertexApiError as exc:
             if not (exc.not_found or exc.failed_precondition):
                 raise
-
-
-def _cancelled(endpoint: dict[str, Any]) -> bool:
-    return (endpoint.get("labels") or {}).get(CANCELLED_LABEL) == "true"
-
-
-def _created(operation: dict[str, Any]) -> str:
-    metadata = operation.get("metadata") or {}
-    generic = metadata.get("genericMetadata") or {}
-    return str(generic.get("createTime") or "")
