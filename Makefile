@@ -10,6 +10,9 @@ SAM_VENV ?= .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
+# The Azure emulators (Azurite, a Cosmos DB server): npm packages pinned by tools/emulators/package-lock.json.
+EMULATORS := tools/emulators
+NODE_STAMP := $(EMULATORS)/node_modules/.installed-$(shell cat $(EMULATORS)/package-lock.json 2>/dev/null | sha1sum | cut -c1-12)
 # llama-cpp-python is compiled by scripts/llama-wheel.sh with portable CPU flags (AVX2 on x86-64, armv8-a on
 # arm64; never the build machine's own CPU flags) into a folder keyed by version, architecture, Python and flags, outside
 # pip's cache, so a wheel built with other flags is never picked up. Shared by every clone of the project.
@@ -17,7 +20,15 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEEL_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/textnlp/wheels
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt scripts/llama-wheel.sh 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: install serve quickstart test unit lint typecheck contracts security coverage bench clean infra sam-check llama-wheel checkov
+# Azurite and the Cosmos DB server, from npm (node and npm come with the machine image; ~20-30 s, once).
+$(NODE_STAMP): $(EMULATORS)/package-lock.json
+	rm -rf $(EMULATORS)/node_modules
+	npm ci --prefix $(EMULATORS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+emulators: $(NODE_STAMP)
+
+.PHONY: emulators install serve quickstart test unit lint typecheck contracts security coverage bench clean infra sam-check llama-wheel checkov
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +37,7 @@ $(STAMP): pyproject.toml
 	wheel=$$(PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) WHEEL_DIR=$(WHEEL_DIR) scripts/llama-wheel.sh) && \
 	  $(BIN)/python -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
 	  $(BIN)/python -m pip install --quiet --no-deps -r requirements/no-deps.txt && \
-	  $(BIN)/python -m pip install --quiet -e '.[local,dev,aws,gcp,infra]' "$$wheel"
+	  $(BIN)/python -m pip install --quiet -e '.[local,dev,aws,gcp,azure,infra]' "$$wheel"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -94,7 +105,7 @@ security: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not model and not e2e and not infra"
 
-coverage: $(STAMP) $(SAM) $(CHECKOV)
+coverage: $(STAMP) $(SAM) $(CHECKOV) $(NODE_STAMP)
 	$(BIN)/pytest -q --cov --cov-report=term
 
 test: lint typecheck contracts security coverage
