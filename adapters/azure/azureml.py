@@ -20,29 +20,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from adapters.azure.azureml_auth import EntraTokens, TokenCredential
 from adapters.azure.azureml_errors import bad_response, error_for_status, misconfigured, not_supported
 from adapters.azure.azureml_route import AzureMLRoute
 from adapters.azure.azureml_wire import FORMATTERS, Malformed, Reply, cut_at_stop, decode, to_openai_request
+from adapters.openai_compat.chat_stream import StreamedReply, read_chat_stream
 from adapters.openai_compat.json_transport import JsonTransport, StatusError
 from adapters.openai_compat.wire import (
-    BodyBroken,
     UsageFallback,
     conservative_usage,
     decode_json,
     from_chat_response,
     from_completion_response,
-    from_stream_chunk,
-    interrupted,
-    sse_data,
-    truncated,
 )
 from core.errors import BackendError
 from core.inference import (
     Embeddings,
-    FinishReason,
     Generation,
     GenerationParams,
     Prompt,
@@ -106,35 +102,15 @@ class AzureMLBackend:
         path, payload = to_openai_request(cfg.model, prompt, params, stream=True)
         headers, token = await self._headers(cfg)
         lines = self._transport.lines(cfg.scoring_uri + path, headers, payload, cfg.timeout_s)
-        pieces: list[str] = []
-        reason: FinishReason | None = None
-        usage: tuple[int, int] | None = None
-        ending = "the body ended"
+        streamed = StreamedReply()
         try:
-            async for line in lines:
-                data = sse_data(line)
-                if not data:
-                    continue
-                if data == "[DONE]":
-                    ending = "data: [DONE] came"
-                    break
-                chunk = from_stream_chunk(decode_json(data))
-                reason = chunk.finish_reason or reason
-                usage = chunk.usage or usage
-                if chunk.text:
-                    pieces.append(chunk.text)
-                    yield TextDelta(chunk.text)
+            async with aclosing(read_chat_stream(lines, streamed)) as texts:
+                async for text in texts:
+                    yield TextDelta(text)
         except StatusError as refused:
             raise self._refused(cfg, refused, token) from None
-        except BodyBroken as broken:
-            if reason is None:
-                raise interrupted(broken, delivered=bool(pieces)) from None
-            # The finish reason came: only the usage chunk or [DONE] is missing, the answer is whole.
-        finally:
-            await lines.aclose()
-        if reason is None:
-            raise truncated(ending, delivered=bool(pieces))
-        counted = self._generation(prompt, params, Reply("".join(pieces), reason, *(usage or (None, None))))
+        reason = streamed.reason
+        counted = self._generation(prompt, params, Reply(streamed.text, reason, *(streamed.usage or (None, None))))
         yield StreamEnd(reason, counted.prompt_tokens, counted.completion_tokens)
 
     async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings:

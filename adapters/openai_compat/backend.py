@@ -27,8 +27,10 @@ import asyncio
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+from adapters.openai_compat.chat_stream import StreamedReply, read_chat_stream
 from adapters.openai_compat.http11 import ConnectionPool, HTTPTimeout, HTTPTransportError, Response
 from adapters.openai_compat.route import DEFAULT_TIMEOUT_S, OpenAIRoute, Target
 from adapters.openai_compat.wire import (
@@ -46,7 +48,6 @@ from adapters.openai_compat.wire import (
     from_completion_response,
     from_embeddings_response,
     from_stream_chunk,
-    interrupted,
     is_count,
     json_bytes,
     misconfigured,
@@ -57,14 +58,12 @@ from adapters.openai_compat.wire import (
     to_completion_payload,
     to_embeddings_payload,
     to_request,
-    truncated,
     unreachable,
     upstream_message,
 )
 from core.errors import BackendTimeout
 from core.inference import (
     Embeddings,
-    FinishReason,
     Generation,
     GenerationParams,
     Prompt,
@@ -123,38 +122,17 @@ class OpenAICompatBackend:
         """Text deltas as they arrive, then a ``StreamEnd`` only if the server gave a finish reason."""
         cfg = OpenAIRoute.parse(route)
         path, payload = to_request(cfg.model, prompt, params, stream=True)
-        pieces: list[str] = []
-        reason: FinishReason | None = None
-        usage: Usage | None = None
-        ending = "the body ended"
         target = self._target(cfg.base_url)
         if target is not None:
             lines = self._fast_lines(target, cfg, path, payload)
         else:
             lines = self._httpx_lines(cfg, path, payload)
-        try:
-            async for line in lines:
-                data = sse_data(line)
-                if not data:
-                    continue
-                if data == "[DONE]":
-                    ending = "data: [DONE] came"
-                    break
-                chunk = from_stream_chunk(decode_json(data))
-                reason = chunk.finish_reason or reason
-                usage = chunk.usage or usage
-                if chunk.text:
-                    pieces.append(chunk.text)
-                    yield TextDelta(chunk.text)
-        except BodyBroken as broken:
-            if reason is None:
-                raise interrupted(broken, delivered=bool(pieces)) from None
-            # The finish reason came: only the usage chunk or [DONE] is missing, the answer is whole.
-        finally:
-            await lines.aclose()
-        if reason is None:
-            raise truncated(ending, delivered=bool(pieces))
-        usage = usage or self._fallback(prompt, "".join(pieces), params)
+        streamed = StreamedReply()
+        async with aclosing(read_chat_stream(lines, streamed)) as texts:
+            async for text in texts:
+                yield TextDelta(text)
+        reason = streamed.reason
+        usage = streamed.usage or self._fallback(prompt, streamed.text, params)
         yield StreamEnd(reason, usage[0], usage[1])
 
     async def embed(self, route: Mapping[str, Any], inputs: list[str]) -> Embeddings:
