@@ -12,12 +12,21 @@ from adapters.local.memory_blobs import MemoryBlobStore
 from core.ports import BlobStore
 
 
-@pytest.fixture(params=["memory", "file", pytest.param("gcs", marks=pytest.mark.gcp)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        pytest.param("gcs", marks=pytest.mark.gcp),
+        pytest.param("azure", marks=pytest.mark.azure),
+    ]
+)
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "memory":
         return MemoryBlobStore()
     if request.param == "gcs":
         return _gcs()
+    if request.param == "azure":
+        return _azure()
     return FileBlobStore(tmp_path / "bucket")
 
 
@@ -29,6 +38,15 @@ def _gcs() -> BlobStore:
 
     client = storage_client()
     return GCSBlobStore(new_bucket(client), client, chunk_size=CHUNK_MULTIPLE, read_chunk=64 * 1024)
+
+
+def _azure() -> BlobStore:
+    """Blob Storage on the session's Azurite, a container per test; reads and blocks of 64 kB, so the long lines
+    of the suite span several ranged GETs and its big objects are block uploads."""
+    from adapters.azure.blob import AzureBlobStore
+    from tests.azure.azurite import new_container
+
+    return AzureBlobStore(new_container(), block_size=64 * 1024, read_chunk=64 * 1024)
 
 
 def _lines(blobs: BlobStore, key: str, max_line_bytes: int | None = None) -> list[bytes]:
