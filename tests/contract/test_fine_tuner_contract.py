@@ -75,11 +75,21 @@ def _vertex() -> Iterator[Subject]:
         yield Subject(tuner, trains=True)
 
 
+@contextmanager
+def _azureml() -> Iterator[Subject]:
+    from adapters.azure.azureml_training import AzureMLTrainingTuner
+    from tests.azure.azureml_jobs_server import ARGS, shared_azureml_jobs_server, tuner_kwargs
+
+    url, _ = shared_azureml_jobs_server()  # each read of a job moves it on; long-running operations end at once
+    yield Subject(AzureMLTrainingTuner(*ARGS, **tuner_kwargs(url)), trains=True, polls_to_settle=6)
+
+
 #: Every FineTuner adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_local, id="local-unavailable"),
     pytest.param(_sagemaker, id="sagemaker", marks=pytest.mark.aws),
     pytest.param(_vertex, id="vertex", marks=pytest.mark.gcp),
+    pytest.param(_azureml, id="azureml", marks=pytest.mark.azure),
 ]
 
 
