@@ -70,6 +70,7 @@ from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable, StoreThr
 from core.leases import LeaseClock
 from core.limits import MINUTE, LimitEnforcer, Reservation
 from core.observability import NullMetrics
+from core.static_split import StaticSplit
 
 EnforcerFactory = Callable[[ThrottlingStore, FixedClock], "LimitEnforcer | SlicedLimits"]
 
@@ -100,18 +101,20 @@ def single(model: StoreModel) -> EnforcerFactory:
     return lambda store, clock: LimitEnforcer(store, clock, NullMetrics(), LeaseClock())
 
 
-def sharded(model: StoreModel) -> EnforcerFactory | None:
+def sharded(model: StoreModel, split: StaticSplit | None = None) -> EnforcerFactory | None:
     """The sharded enforcer, its per-item budget from the store's model (None until core.budget_shards exists).
-    Each instance gets its own seeded ``rng`` where the enforcer takes one, so that runs repeat."""
+    Each instance gets its own seeded ``rng`` where the enforcer takes one, so that runs repeat. ``split``:
+    minute windows split statically (``core.static_split``)."""
     if budget_shards is None:
         return None
     policy = budget_shards.ShardPolicy(max_shards=MAX_SHARDS, item_writes_per_s=model.item_writes_per_s())
     seeds = itertools.count(1)
     seeded = "rng" in inspect.signature(LimitEnforcer).parameters
+    static = {"split": split} if split is not None else {}
 
     def make(store: ThrottlingStore, clock: FixedClock) -> LimitEnforcer:
         extra = {"rng": random.Random(next(seeds))} if seeded else {}
-        return LimitEnforcer(store, clock, NullMetrics(), LeaseClock(), shards=policy, **extra)
+        return LimitEnforcer(store, clock, NullMetrics(), LeaseClock(), shards=policy, **extra, **static)
 
     return make
 
@@ -119,10 +122,10 @@ def sharded(model: StoreModel) -> EnforcerFactory | None:
 SLICED_CONCURRENCY = 80  # Cloud Run functions' default requests per instance (Azure Functions: per worker, more)
 
 
-def sliced(model: StoreModel) -> EnforcerFactory | None:
+def sliced(model: StoreModel, split: StaticSplit | None = None) -> EnforcerFactory | None:
     """The sharded enforcer behind per-instance budget slices (``core.budget_slices``), for instances that serve
     ``SLICED_CONCURRENCY`` requests at once. A slice grows to a second of its instance's traffic."""
-    make_sharded = sharded(model)
+    make_sharded = sharded(model, split)
     if make_sharded is None:
         return None
     policy = SlicePolicy(max_requests=int(os.environ.get("TEXTNLP_SIM_SLICE_REQUESTS", "256")))
@@ -135,12 +138,20 @@ def sliced(model: StoreModel) -> EnforcerFactory | None:
     return make
 
 
+def split(model: StoreModel) -> EnforcerFactory | None:
+    """Slices on minute windows split statically over the shards (``core.static_split``): no reservation
+    writes a window's own minute item; the quota keeps its draws."""
+    return sliced(model, StaticSplit(max_shards=int(os.environ.get("TEXTNLP_SIM_SPLIT_SHARDS", MAX_SHARDS))))
+
+
 DESIGNS: dict[str, Callable[[StoreModel], EnforcerFactory | None]] = {
     "single": single,
     "sharded": sharded,
     "sliced": sliced,
+    "split": split,
 }
-CONCURRENCY = {"sliced": SLICED_CONCURRENCY}  # requests an instance serves at once; 1 (Lambda) for the others
+# Requests an instance serves at once; 1 (Lambda) for the others.
+CONCURRENCY = {"sliced": SLICED_CONCURRENCY, "split": SLICED_CONCURRENCY}
 
 
 def limits_for(scenario: str, rate: float, seconds: float) -> Limits:
@@ -364,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stores", default=",".join(DEFAULT_STORES), help=f"store models, comma-separated, of: {', '.join(MODELS)}"
     )
-    parser.add_argument("--designs", default=",".join(DESIGNS), help="single, sharded, sliced")
+    parser.add_argument("--designs", default=",".join(DESIGNS), help="single, sharded, sliced, split")
     parser.add_argument("--scenarios", default="quota", help="quota, minute (comma-separated)")
     parser.add_argument("--keys", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)

@@ -46,6 +46,7 @@ from core.ports import (
 from core.registry import ModelRegistry
 from core.routes import Route, Router
 from core.settings import GatewaySettings
+from core.static_split import StaticSplit
 from core.tenants import TenantDirectory
 
 if TYPE_CHECKING:  # batches and fine-tuning are imported when first used: a cold start needs neither
@@ -133,7 +134,8 @@ class Gateway:
         leases = LeaseClock(self.settings.max_request_s, self.settings.clock_skew_s)
         settings = self.settings
         shards = ShardPolicy(settings.counter_shards, settings.counter_item_writes_per_s, settings.counter_shards_start)
-        enforcer = LimitEnforcer(store, self.clock, self.metrics, leases, shards)
+        split = StaticSplit(settings.counter_shards) if settings.counter_static_minutes else None
+        enforcer = LimitEnforcer(store, self.clock, self.metrics, leases, shards, split=split)
         self.limits: RequestLimits = enforcer
         if settings.counter_slice_requests:
             slices = SlicePolicy(max_requests=settings.counter_slice_requests)

@@ -21,7 +21,6 @@ with no store call added to the hot path and no item that every request of every
 
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,7 +30,6 @@ from core.budget_shards import (
     GUARD_VERSION,
     NO_MOVES,
     REGISTERED,
-    SHARDS,
     Moves,
     ShardCounts,
     ShardPolicy,
@@ -66,7 +64,9 @@ from core.limit_refusals import (
     refuse_guarded,
 )
 from core.ports import Clock, CounterStore, Metrics
+from core.shard_choice import ShardChoice
 from core.shard_room import ShardRoom
+from core.static_split import StaticSplit
 
 # A reservation may register its shard, draw, rebalance, turn its lease slot over and reclaim stale slots.
 _RESERVE_ROUNDS = 16
@@ -143,14 +143,17 @@ class LimitEnforcer:
         leases: LeaseClock | None = None,
         shards: ShardPolicy | None = None,
         rng: random.Random | None = None,
+        split: StaticSplit | None = None,
     ) -> None:
         self._counters = counters
         self._clock = clock
         self._metrics = metrics
         self.leases = leases or LeaseClock()
         self.shards = ShardCounts(shards or ShardPolicy(), rng)
-        self._published: dict[str, int] = {}  # minute item -> the shard count this process wrote there
         self._room = ShardRoom(counters, self.shards, self.leases, clock.now)
+        #: Minute windows split statically over shards (``core.static_split``): none of their own items written.
+        self.split = split
+        self._choice = ShardChoice(counters, self.shards, self._room, split)
 
     def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, requests: int = 1) -> Reservation:
         """Reserve one request (or ``requests``) and ``tokens`` tokens against every limit in ONE atomic write,
@@ -171,11 +174,7 @@ class LimitEnforcer:
         if self._room.refused(minute, now):
             self._metrics.incr("limit_refusals_total", limit="per_minute")
             raise rate_limited(minute.limits, minute.increments, self._room.free_as_used(minute), tokens, now)
-        if self.shards.policy.on and not self.shards.known(tenant.id):
-            # A process's first request of a tenant: spread as the tenant's other processes do (one read).
-            self.shards.learn(tenant.id, self._counters.read(minute.item).get(SHARDS, 0))
-        scarce = self._room.scarce(minute.item, now) or (period is not None and self._room.scarce(period.item, now))
-        attempt = _Attempt(0 if scarce else self.shards.pick(tenant.id), self.leases.epoch(now))
+        attempt = _Attempt(self._choice.first(tenant.id, minute, period, now), self.leases.epoch(now))
         last_throttle: StoreThrottled | None = None
         for _ in range(_RESERVE_ROUNDS):
             try:
@@ -183,17 +182,17 @@ class LimitEnforcer:
             except _OwnShardThrottled as throttled:
                 # This shard's item is over its rate: spread wider, and go elsewhere.
                 last_throttle = throttled.cause
-                if not self.shards.throttled(tenant.id, now):
+                if not self._choice.spread(tenant.id, minute, now):
                     raise throttled.cause from None
                 self._metrics.incr("counter_throttles_total")
-                attempt.shard = self.shards.pick(tenant.id, avoid=attempt.shard)
+                attempt.shard = self._choice.other(tenant.id, minute, attempt.shard)
                 continue
             except StoreThrottled as throttled:
                 # The window's own item, while drawing or registering: another shard may have budget and be
                 # registered already. (Spreading wider would only make more shards draw from it.)
                 last_throttle = throttled
                 self._metrics.incr("counter_throttles_total")
-                attempt.shard, attempt.moves = self.shards.pick(tenant.id, avoid=attempt.shard), NO_MOVES
+                attempt.shard, attempt.moves = self._choice.other(tenant.id, minute, attempt.shard), NO_MOVES
                 continue
             if reservation is not None:
                 return reservation
@@ -216,7 +215,7 @@ class LimitEnforcer:
         Budget a rebalance moves to this shard (``attempt.moves``) is written with the reservation itself."""
         shard, epoch, moves = attempt.shard, attempt.epoch, attempt.moves
         attempt.moves = NO_MOVES
-        own = [on_shard(minute, shard, minute=True)]
+        own = [self.split.on_shard(minute, shard) if self.split else on_shard(minute, shard, minute=True)]
         if period is not None:
             own.append(leased_change(on_shard(period, shard, minute=False), epoch))
         written = [with_gift(change, moves.gift.get(change.item)) for change in own]
@@ -226,19 +225,20 @@ class LimitEnforcer:
             raise _OwnShardThrottled(exc) from exc
         seen = seen[len(moves.before) : len(moves.before) + len(own)]
         minute_change, minute_values = own[0], seen[0]
-        if not shard or self.shards.unpublished(tenant.id, self._published.get(minute.item, 0)):
-            self._publish(tenant.id, minute, minute_values if not shard else None)
+        self._choice.written(tenant.id, minute, shard, minute_values)
         if ok:
             self.shards.observe(tenant.id, minute_values.get(COUNT, 0), now)
             return self._reservation(tokens, key, minute, own, minute_values, shard, epoch, now)
         refuse_guarded(minute_values, key.id)
         if moves is not NO_MOVES and all(admits(c, v) for c, v in zip(written, seen, strict=True)):
             return None  # a donor changed meanwhile: look again
-        if shard and minute_values.get(REGISTERED, 0) < 1:
+        if self.split is None and shard and minute_values.get(REGISTERED, 0) < 1:
             self._register(minute, shard, minute_values)
             return None
         if not admits(minute_change, minute_values):
-            made, parent_values, attempt.moves = self._room.make(minute, minute_change, shard, minute_values, now)
+            made, parent_values, attempt.moves = self._room.make(
+                minute, minute_change, shard, minute_values, now, split=self.split
+            )
             if not made:
                 self._metrics.incr("limit_refusals_total", limit="per_minute")
                 raise rate_limited(minute.limits, minute.increments, parent_values, tokens, now)
@@ -265,22 +265,6 @@ class LimitEnforcer:
                 raise quota_exceeded(period.limits, parent_values, tokens, now, headers)
         return None
 
-    def _publish(self, tenant_id: str, minute: CounterChange, values: dict[str, int] | None) -> None:
-        """Learn the tenant's shard count from its minute item (``values``: as a write there saw it), or raise
-        the item's count to what this process knows: one conditional write, refused when another process
-        raised it meanwhile, made once per count and minute by a process."""
-        published = values.get(SHARDS, 0) if values is not None else self._published.get(minute.item, 0)
-        self.shards.learn(tenant_id, published)
-        if raise_by := self.shards.unpublished(tenant_id, published):
-            target = published + raise_by
-            if len(self._published) > 4096:
-                self._published.clear()
-            self._published[minute.item] = target  # tried once: a refusal means another raised it
-            with contextlib.suppress(StoreThrottled):  # the count is advice; the next request tries again
-                self._counters.try_add_all(
-                    [CounterChange(minute.item, {SHARDS: raise_by}, {SHARDS: target}, minute.expires_at)]
-                )
-
     def _register(self, minute: CounterChange, shard: int, shard_values: dict[str, int]) -> None:
         """Register a minute shard with its parent (see ``core.budget_shards``); refused when a guard moved
         meanwhile (the next round reads again)."""
@@ -295,6 +279,8 @@ class LimitEnforcer:
         remainder as this process last saw it (an estimate)."""
         if not shard:
             return rate_headers(minute.limits, values, now)
+        if self.split is not None:
+            return rate_headers(minute.limits, self._room.split_used_estimate(minute, values, shard, self.split), now)
         return rate_headers(minute.limits, self._room.used_estimate(minute, values), now)
 
     def _reservation(
@@ -355,7 +341,8 @@ class LimitEnforcer:
                 continue
             parent = minute_item(tenant_id, window)
             self._counters.add(parent, {name: delta, GUARD_VERSION: 1}, expires_at)
-            shards = marked(self._counters.read(parent))
+            # A static split's shards do not register: every one a reservation could name is written.
+            shards = range(1, self.split.max_shards + 1) if self.split else marked(self._counters.read(parent))
             for change in guard_writes(parent, shards, name, delta, expires_at):
                 self._counters.add(change.item, change.increments, expires_at)
 

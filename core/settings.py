@@ -44,6 +44,9 @@ class GatewaySettings:
     # Runtimes whose instances serve many requests at once (Cloud Run, Azure Functions) spend slices of budget
     # in memory (core.budget_slices): the requests a slice may grow to; 0 reserves request by request.
     counter_slice_requests: int = 0
+    # Minute windows split statically over ``counter_shards`` items (core.static_split): no reservation writes a
+    # window's own minute item. For stores whose items take about a write a second (Firestore).
+    counter_static_minutes: bool = False
     tokens: TokenSettings = field(default_factory=TokenSettings)
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ the reservation may be tried again, and the window item's values as last seen (w
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from core.budget_shards import (
     NO_MOVES,
@@ -27,6 +27,9 @@ from core.budget_shards import (
 from core.domain import CounterChange
 from core.leases import LeaseClock, epoch_field, reclaim, stale_slots
 from core.ports import CounterStore
+
+if TYPE_CHECKING:
+    from core.static_split import StaticSplit
 
 
 def tenant_of(item: str) -> str:
@@ -71,16 +74,25 @@ class ShardRoom:
         return self._scarce.get(item, 0.0) > now
 
     def make(
-        self, plan: CounterChange, change: CounterChange, shard: int, values: dict[str, int], now: float
+        self,
+        plan: CounterChange,
+        change: CounterChange,
+        shard: int,
+        values: dict[str, int],
+        now: float,
+        split: StaticSplit | None = None,
     ) -> tuple[bool, dict[str, int], Moves]:
         """Room for ``change`` (``plan`` on ``shard``), refused on ``values``: whether it may be tried again,
-        the window item's values as last seen, and the budget to move with the next try."""
+        the window item's values as last seen, and the budget to move with the next try. With ``split``, the
+        window is split statically: budget comes from the other shards only."""
         policy = self._shards.policy
-        if not policy.on:
+        if not policy.on and split is None:
             return False, values, NO_MOVES
         limits = {f: lim for f, lim in plan.limits.items() if not is_guard(f)}
         if self.refused(plan, now):  # memoised meanwhile (another thread): report what the memo found free
             return False, {**self._parents.get(plan.item, values), **self.free_as_used(plan)}, NO_MOVES
+        if split is not None:
+            return self._split_room(plan, change, shard, values, limits, split, now)
         remainder: dict[str, int] = {}
         if shard == 0:
             parent_values = values
@@ -117,14 +129,42 @@ class ShardRoom:
                 f: max(0, limits[f] - parent_values.get(f, 0)) + own[f] + sum(_budgets(v, f) for v in donors.values())
                 for f in need
             }
-            # Refused again right after the last memo ran out: remember twice as long (a spent quota stays
-            # spent; a process stops asking the store once a second), up to refusal_memo_max_s.
-            until, _, length = self._exhausted.get(plan.item, (0.0, {}, 0.0))
-            again = until > now - 2 * length
-            length = min(policy.refusal_memo_max_s, 2 * length) if again else policy.refusal_memo_s
-            self._remember(self._exhausted, plan.item, (now + length, free, length))
+            self._memo(plan.item, free, now)
             return False, {**parent_values, **self.free_as_used(plan)}, NO_MOVES
         return True, parent_values, moves
+
+    def _split_room(
+        self,
+        plan: CounterChange,
+        change: CounterChange,
+        shard: int,
+        values: dict[str, int],
+        limits: dict[str, int],
+        split: StaticSplit,
+        now: float,
+    ) -> tuple[bool, dict[str, int], Moves]:
+        """``make`` for a window split statically: what the shard lacks, taken from the others (read each)."""
+        need = {found[0]: n for name, n in short_of(change, values).items() if (found := budget_of(name)) is not None}
+        donors = {d: self._counters.read(shard_item(plan.item, d)) for d in split.donors(need, limits, shard)}
+        moves = split.rebalance(plan.item, shard, need, limits, donors, plan.expires_at or 0.0, self._shards.rng)
+        if moves is not None:
+            return True, values, moves
+        free = {
+            f: split.free(values, f, limits[f], shard) + sum(split.free(v, f, limits[f], d) for d, v in donors.items())
+            for f in need
+        }
+        self._memo(plan.item, free, now)
+        return False, self.free_as_used(plan), NO_MOVES
+
+    def _memo(self, item: str, free: dict[str, int], now: float) -> None:
+        """Everything free, everywhere, was ``free``: refuse what needs more without asking the store for a
+        while. Refused again right after the last memo ran out: remember twice as long (a spent quota stays
+        spent; a process stops asking the store once a second), up to ``refusal_memo_max_s``."""
+        policy = self._shards.policy
+        until, _, length = self._exhausted.get(item, (0.0, {}, 0.0))
+        again = until > now - 2 * length
+        length = min(policy.refusal_memo_max_s, 2 * length) if again else policy.refusal_memo_s
+        self._remember(self._exhausted, item, (now + length, free, length))
 
     def seen(self, item: str) -> dict[str, int]:
         """A window item's values as this process last saw them."""
@@ -175,6 +215,19 @@ class ShardRoom:
             for f, limit in minute.limits.items()
             if not is_guard(f)
         }
+
+    @staticmethod
+    def split_used_estimate(
+        minute: CounterChange, values: dict[str, int], shard: int, split: StaticSplit
+    ) -> dict[str, int]:
+        """What each limited minute field has used, as a shard of a static split sees it: as if every shard
+        had as much left as this one (an estimate; exact with one shard)."""
+        used = {}
+        for f, limit in minute.limits.items():
+            if not is_guard(f):
+                left = split.free(values, f, limit, shard) * split.count(f, limit)
+                used[f] = min(limit, max(0, limit - left))
+        return used
 
     @staticmethod
     def _remember(memory: dict[str, V], item: str, value: V) -> None:

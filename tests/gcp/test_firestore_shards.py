@@ -25,9 +25,11 @@ from core.domain import Limits, Tenant
 from core.errors import QuotaExceeded, ServiceUnavailable
 from core.limits import LimitEnforcer
 from core.observability import NullMetrics
+from core.static_split import StaticSplit
 from tests.gcp.firestore_emulator import FirestoreEmulator
 from tests.gcp.test_firestore_store import call_contract, firestore_store
 from tests.unit import test_budget_shards as suite
+from tests.unit import test_static_split as split_suite
 
 pytestmark = pytest.mark.gcp
 # Left out for time (each makes hundreds of transactions; the emulator takes ~15 ms a transaction and seconds per
@@ -46,6 +48,17 @@ SUITE = [
 ]
 
 
+# The static split of minute windows (what the GCP runtime runs): the suite's tests that take a store, but its
+# threaded burst (200 contended transactions: minutes on the emulator; the slices race below is its counterpart).
+SPLIT_SUITE = [
+    getattr(split_suite, name)
+    for name in sorted(dir(split_suite))
+    if name.startswith("test_")
+    and "store" in inspect.signature(getattr(split_suite, name)).parameters
+    and name != "test_a_concurrent_burst_is_granted_exactly_the_limit"
+]
+
+
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(1_767_225_600.0 + 3 * 86_400 + 7)
@@ -61,6 +74,11 @@ def store(firestore_emulator_host: FirestoreEmulator, clock: FixedClock) -> Iter
 @pytest.mark.parametrize("shard_test", SUITE, ids=lambda f: f.__name__.removeprefix("test_"))
 def test_budget_shards_on_firestore(shard_test: Callable[..., None], store: FirestoreStore, clock: FixedClock) -> None:
     call_contract(shard_test, {"store": store, "clock": clock})
+
+
+@pytest.mark.parametrize("split_test", SPLIT_SUITE, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_static_split_on_firestore(split_test: Callable[..., None], store: FirestoreStore, clock: FixedClock) -> None:
+    call_contract(split_test, {"store": store, "clock": clock})
 
 
 def test_each_shard_is_a_document_of_its_own_under_the_tenant(store: FirestoreStore, clock: FixedClock) -> None:
@@ -139,17 +157,19 @@ def test_a_quota_race_of_enforcers_in_threads_never_grants_above_the_quota(
 def test_instances_spending_budget_slices_in_threads_never_grant_above_the_quota(
     store: FirestoreStore, clock: FixedClock
 ) -> None:
-    """The Google Cloud runtime's way (core.budget_slices): 2 instances, a request thread each, spend slices of
-    a 400-token quota in memory. Never a token over it; once the instances give their slices back, the quota's
-    counters say exactly what the usage records charged. Small: contended transactions wait seconds here."""
+    """The Google Cloud runtime's way (core.budget_slices on minute windows split statically): 2 instances, a
+    request thread each, spend slices of a 400-token quota in memory. Never a token over it; once the instances
+    give their slices back, the quota's counters say exactly what the usage records charged. Small: contended
+    transactions wait seconds here."""
     from core.budget_slices import SlicedLimits, SlicePolicy
 
     quota, need = 400, 20
-    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=quota))
+    tenant = Tenant("t1", "t1", 0.0, Limits(requests_per_minute=1000, token_quota=quota))
+    split = StaticSplit(max_shards=4, request_share=8)
     policy = ShardPolicy(max_shards=4, start_shards=4, refusal_memo_s=0.0, observe_after_s=61.0)
     instances = [
         SlicedLimits(
-            LimitEnforcer(store, clock, NullMetrics(), suite.LEASES, policy, random.Random(i)),
+            LimitEnforcer(store, clock, NullMetrics(), suite.LEASES, policy, random.Random(i), split=split),
             store,
             clock,
             SlicePolicy(first_requests=4, max_requests=8, share=1 / 4),
