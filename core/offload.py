@@ -58,7 +58,8 @@ class Offload:
         A step once started is finished and its result returned as if it had run on the loop: a cancellation
         that arrives meanwhile is delivered at the caller's next await (so a charge and what follows it, say
         a batch line's stored result, stay together, as when the store was called on the loop). Without a
-        running loop (a stream finalised outside it), or with no threads, ``fn`` runs here.
+        running loop (a stream finalised outside it), with no threads, or once the interpreter is exiting (its
+        pools take no more work), ``fn`` runs here.
         """
         if not self.threads:
             return fn(*args)
@@ -70,7 +71,12 @@ class Offload:
         if self._took.get(kind, math.inf) < self.inline_below_s:
             return self._timed(kind, fn, *args)
         work = functools.partial(contextvars.copy_context().run, self._timed, kind, fn, *args)
-        future = loop.run_in_executor(self._executor(), work)
+        try:
+            future = loop.run_in_executor(self._executor(), work)
+        except RuntimeError:
+            # The pool takes no more work: the interpreter is exiting (concurrent.futures stops its pools before
+            # atexit handlers run, and a runtime gives its budget slices back in one). The step runs here.
+            return self._timed(kind, fn, *args)
         cancels = 0
         try:
             while True:

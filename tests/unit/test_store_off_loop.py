@@ -212,3 +212,23 @@ def test_a_kind_of_step_faster_than_a_hop_runs_on_the_loop_until_it_turns_slow()
 
     assert asyncio.run(go()) == [False, True, True, True, False]
     offload.close()
+
+
+def test_once_the_pool_takes_no_more_work_a_step_runs_in_place() -> None:
+    """At interpreter exit concurrent.futures refuses new work before atexit handlers run, and a runtime gives
+    its budget slices back in one: the give-back's store steps must still run (here: a pool shut down)."""
+    offload = Offload(2)
+    ran_on: list[str] = []
+
+    def step() -> str:
+        ran_on.append(threading.current_thread().name)
+        return "done"
+
+    async def go() -> list[str]:
+        first = await offload.call(step)
+        offload._executor().shutdown(wait=True)  # what interpreter exit does to every pool
+        return [first, await offload.call(step)]
+
+    assert asyncio.run(go()) == ["done", "done"]
+    assert ran_on[0].startswith("textnlp-store")
+    assert ran_on[1] == "MainThread"
