@@ -50,6 +50,12 @@ def _stores() -> list[type]:
         pass
     else:
         stores.append(FirestoreStore)
+    try:
+        from adapters.azure.cosmos import CosmosStore
+    except ImportError:  # pragma: no cover - the azure extra is not installed
+        pass
+    else:
+        stores.append(CosmosStore)
     return stores
 
 
