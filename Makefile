@@ -49,14 +49,14 @@ $(SAM):
 	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli
 
-# checkov (terraform/gcp) pins many dependencies too: its own venv, made on first use (~30-60 s, once).
+# checkov (terraform/gcp, terraform/azure) pins many dependencies too: its own venv, made on first use (~30-60 s, once).
 $(CHECKOV):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==3.3.30
 
 checkov: $(STAMP) $(CHECKOV)
-	$(BIN)/pytest -q tests/infra/test_terraform_gcp.py
+	$(BIN)/pytest -q tests/infra/test_terraform_gcp.py tests/infra/test_terraform_azure.py
 
 sam-check: $(STAMP) $(SAM)
 	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint --region us-east-1
@@ -67,20 +67,26 @@ infra: $(STAMP) $(SAM)
 
 # CLOUD=local (default): the local runtime. CLOUD=aws: the Lambda handler behind a local API Gateway HTTP API,
 # on moto (WORKERS containers, 4 if unset). CLOUD=gcp: the api function under functions-framework on the Firestore
-# and Cloud Storage emulators. An unknown CLOUD stops here, before anything is installed.
+# and Cloud Storage emulators. CLOUD=azure: the function app behind a local stand-in of the Functions host, on the
+# Cosmos DB server and Azurite (npm, installed once). An unknown CLOUD stops here, before anything is installed.
 CLOUD ?= local
-CLOUDS := local aws gcp
+CLOUDS := local aws gcp azure
 ifneq ($(filter serve,$(MAKECMDGOALS)),)
 ifneq ($(filter $(CLOUDS),$(CLOUD)),$(CLOUD))
-$(error unknown CLOUD=$(CLOUD); clouds: $(CLOUDS) (azure: coming))
+$(error unknown CLOUD=$(CLOUD); clouds: $(CLOUDS))
 endif
 endif
 
+ifeq ($(CLOUD),azure)
+serve: $(NODE_STAMP)
+endif
 serve: $(STAMP)
 ifeq ($(CLOUD),aws)
 	$(BIN)/python -m functions.aws.local --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 else ifeq ($(CLOUD),gcp)
 	$(BIN)/python -m functions.gcp.local --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+else ifeq ($(CLOUD),azure)
+	$(BIN)/python -m functions.azure.local --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 else
 	$(BIN)/textnlp --data-dir $(DATA_DIR) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 endif
