@@ -5,7 +5,7 @@ container, in the Event Grid schema or the CloudEvents 1.0 schema (the worker ha
 ``EventGridEvent`` or a ``CloudEvent``; both are read). Two kinds of names mean work:
 ``batch-input/<tenant>/<name>.jsonl`` (a batch file: one batch per etag) and
 ``batch-input/.jobs/<tenant>/<job id>.json`` (a job message: a batch created through the API, or the continuation
-of one that ran out of time; see ``functions.azure.blob_jobs``). A job message lives under ``batch-input/`` so that
+of one that ran out of time; see ``core.blob_jobs``). A job message lives under ``batch-input/`` so that
 the one subscription delivers it; ``.jobs`` can never be a tenant id (no dots in those). Everything else is ignored.
 
 The blob's name comes from the event's subject (``/blobServices/default/containers/<c>/blobs/<name>``, not

@@ -31,13 +31,14 @@ from adapters.openai_compat.backend_type import OPENAI
 from core.app import Gateway
 from core.auth.admin_bootstrap import ADMIN_TENANT, import_admin_key
 from core.backend_types import BackendCatalog
+from core.blob_jobs import BlobJobQueue
 from core.budget_slices import SlicedLimits
 from core.clock import SystemClock
 from core.errors import ServiceUnavailable
 from core.observability import LOGGER_NAME, configure_logging, log_event
 from core.ports import BlobStore, JobQueue, Store
 from core.settings import GatewaySettings
-from functions.azure.blob_jobs import BlobJobQueue
+from functions.azure.blob_events import JOBS_PREFIX
 
 SECRET_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY_SECRET)"  # noqa: S105  # nosec B105 - a record name
 ENV_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY)"
@@ -222,7 +223,7 @@ def build_runtime(settings: AzureSettings, store: Store | None = None, blobs: Bl
     jobs: JobQueue = NoJobQueue()
     blob_jobs = None
     if blobs is not None:
-        jobs = blob_jobs = BlobJobQueue(blobs)
+        jobs = blob_jobs = BlobJobQueue(blobs, JOBS_PREFIX)
     signing_keys = None
     if settings.keyvault_url and settings.signing_keys_secret:
         from adapters.azure.keyvault import KeyVaultSigningKeys

@@ -18,6 +18,7 @@ import time
 
 import azure.functions as func
 
+from core.blob_jobs import collect_job_writes
 from core.clock import new_id
 from core.errors import APIError, PayloadTooLarge, ServiceUnavailable
 from core.http import Request, Response, sane_request_id
@@ -25,7 +26,6 @@ from core.observability import LOGGER_NAME, log_event
 from functions.azure import bootstrap
 from functions.azure.azure_http import headers_of, path_of, to_http_response, to_request
 from functions.azure.batch_events import handle_event
-from functions.azure.blob_jobs import collect_job_writes
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 

@@ -25,12 +25,13 @@ from adapters.openai_compat.backend_type import OPENAI
 from core.app import Gateway
 from core.auth.admin_bootstrap import ADMIN_TENANT, import_admin_key
 from core.backend_types import BackendCatalog
+from core.blob_jobs import BlobJobQueue
 from core.clock import SystemClock
 from core.errors import ServiceUnavailable
 from core.observability import LOGGER_NAME, configure_logging, log_event
 from core.ports import BlobStore, JobQueue, Store
 from core.settings import GatewaySettings
-from functions.gcp.bucket_jobs import BucketJobQueue, SplitBlobs
+from functions.gcp.bucket_jobs import SplitBlobs, bucket_jobs
 from functions.gcp.event_loop import LoopThread
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class Runtime:
     loop: LoopThread
     metrics: CloudLoggingMetrics
     settings: GcpSettings
-    jobs: BucketJobQueue | None = None
+    jobs: BlobJobQueue | None = None
 
     def give_back(self) -> None:
         """At exit (Cloud Run stops an instance with SIGTERM, then its interpreter exits): what the instance's
@@ -222,9 +223,9 @@ def build_runtime(settings: GcpSettings, store: Store | None = None) -> Runtime:
     metrics = CloudLoggingMetrics(settings.metrics_service)
     blobs = open_blobs(settings, storage_client(settings, credentials)) if settings.bucket else None
     jobs: JobQueue = NoJobQueue()
-    bucket_jobs = None
+    queue = None
     if blobs is not None:
-        jobs = bucket_jobs = BucketJobQueue(blobs)
+        jobs = queue = bucket_jobs(blobs)
     signing_keys = None
     if settings.signing_keys_secret:
         from adapters.gcp.secret_manager import SecretManagerSigningKeys
@@ -244,7 +245,7 @@ def build_runtime(settings: GcpSettings, store: Store | None = None) -> Runtime:
         fine_tuner=fine_tuner(settings),
     )
     bootstrap_admin_key(store, settings)
-    runtime = Runtime(gateway, LoopThread(), metrics, settings, bucket_jobs)
+    runtime = Runtime(gateway, LoopThread(), metrics, settings, queue)
     atexit.register(runtime.give_back)
     return runtime
 

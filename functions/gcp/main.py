@@ -17,13 +17,13 @@ from typing import Any
 import flask
 import functions_framework
 
+from core.blob_jobs import collect_job_writes
 from core.clock import new_id
 from core.errors import APIError, PayloadTooLarge, ServiceUnavailable
 from core.http import Request, Response, sane_request_id
 from core.observability import LOGGER_NAME, log_event
 from functions.gcp import bootstrap
 from functions.gcp.batch_events import Outcome, handle_event
-from functions.gcp.bucket_jobs import collect_job_writes
 from functions.gcp.flask_http import to_flask, to_request
 
 #: The request's own time beyond its deadline after which its thread stops waiting for the loop.

@@ -3,7 +3,7 @@
 Eventarc delivers every object finalized in the input bucket. Two kinds of names mean work:
 ``batch-input/<tenant>/<name>.jsonl`` (a batch file: one batch per generation) and
 ``batch-jobs/<tenant>/<job id>.json`` (a job message: a batch created through the API, or the continuation of
-one that ran out of time; see ``functions.gcp.bucket_jobs``). Everything else is ignored.
+one that ran out of time; see ``core.blob_jobs``). Everything else is ignored.
 """
 
 from __future__ import annotations
