@@ -31,6 +31,7 @@ from tests.azure.cosmos_server import KEY, CosmosServer, cosmos_store
 from tests.azure.test_cosmos_store import call_contract
 from tests.unit import test_budget_shards as suite
 from tests.unit import test_budget_slices as slices
+from tests.unit import test_static_split as split
 
 pytestmark = pytest.mark.azure
 # Left out for time (the memory and SQLite stores run them; the races below are their concurrent counterpart):
@@ -44,6 +45,7 @@ SLOW = {
     "test_every_refusal_of_a_concurrent_burst_reports_nothing_left",
     "test_concurrent_instances_never_overspend_and_every_token_is_accounted",
     "test_one_instance_writes_the_counters_once_per_slice_not_per_request",
+    "test_a_concurrent_burst_is_granted_exactly_the_limit",
 }
 
 
@@ -68,6 +70,12 @@ def store(cosmos_emulator: CosmosServer, clock: FixedClock) -> Iterator[CosmosSt
 @pytest.mark.parametrize("shard_test", _on_a_store(suite), ids=lambda f: f.__name__.removeprefix("test_"))
 def test_budget_shards_on_cosmos(shard_test: Callable[..., None], store: CosmosStore, clock: FixedClock) -> None:
     call_contract(shard_test, {"store": store, "clock": clock})
+
+
+@pytest.mark.parametrize("split_test", _on_a_store(split), ids=lambda f: f.__name__.removeprefix("test_"))
+def test_static_split_on_cosmos(split_test: Callable[..., None], store: CosmosStore, clock: FixedClock) -> None:
+    """Minute windows split statically, as the Azure runtime runs them."""
+    call_contract(split_test, {"store": store, "clock": clock})
 
 
 @pytest.mark.parametrize("slice_test", _on_a_store(slices), ids=lambda f: f.__name__.removeprefix("test_"))
