@@ -8,13 +8,20 @@ and returns it once (the local runtime prints it).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from core.auth import api_keys
 from core.auth.revocation import Revocations
 from core.clock import SystemClock
 from core.domain import ALL_SCOPES, Tenant
+from core.observability import LOGGER_NAME, log_event
 from core.ports import Clock, Store
 
 ADMIN_TENANT = "ten_admin"
+#: The record names of an admin key given in the environment, and of one read from the deployment's secret.
+ENV_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY)"
+SECRET_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY_SECRET)"  # noqa: S105  # nosec B105 - a record name
 
 
 def _ensure_admin_tenant(store: Store, now: float) -> None:
@@ -51,3 +58,24 @@ def mint_first_admin_key(store: Store, clock: Clock | None = None) -> str | None
     plaintext, record = api_keys.mint(ADMIN_TENANT, "admin", frozenset(ALL_SCOPES), now)
     store.put_key(record)
     return plaintext
+
+
+def import_configured_admin_key(
+    store: Store, env_key: str | None, read_secret: Callable[[], str | None] | None, secret: str | None
+) -> None:
+    """A serverless runtime's admin key: ``TEXTNLP_ADMIN_KEY`` (the local server) when given, else what
+    ``read_secret`` reads from the deployment's secret (named ``secret`` in logs). A failure is logged, never
+    raised: the API keeps serving every other key, and the next instance tries again. The key is never logged."""
+    log = logging.getLogger(LOGGER_NAME)
+    name, plaintext = ENV_ADMIN_KEY_NAME, env_key
+    try:
+        if plaintext is None and read_secret is not None:
+            name = SECRET_ADMIN_KEY_NAME
+            plaintext = read_secret()
+            if plaintext is None:
+                log_event(log, "admin key secret holds no key", logging.ERROR, secret=secret)
+                return
+        if plaintext and import_admin_key(store, plaintext, name, SystemClock()):
+            log_event(log, "admin key imported", source=name, tenant_id=ADMIN_TENANT)
+    except Exception as exc:
+        log_event(log, "admin key not imported", logging.ERROR, error=f"{type(exc).__name__}: {str(exc)[:300]}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -29,19 +28,16 @@ from adapters.azure.backend_types import azureml_type
 from adapters.azure.metrics import AppInsightsLogMetrics
 from adapters.openai_compat.backend_type import OPENAI
 from core.app import Gateway
-from core.auth.admin_bootstrap import ADMIN_TENANT, import_admin_key
+from core.auth.admin_bootstrap import import_configured_admin_key
 from core.backend_types import BackendCatalog
 from core.blob_jobs import BlobJobQueue
 from core.budget_slices import SlicedLimits
-from core.clock import SystemClock
 from core.errors import ServiceUnavailable
-from core.observability import LOGGER_NAME, configure_logging, log_event
+from core.observability import configure_logging
 from core.ports import BlobStore, JobQueue, Store
 from core.settings import GatewaySettings
 from functions.azure.blob_events import JOBS_PREFIX
 
-SECRET_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY_SECRET)"  # noqa: S105  # nosec B105 - a record name
-ENV_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY)"
 #: The function timeout host.json sets (functionTimeout 00:10:00) when TEXTNLP_TIMEOUT_S does not say.
 DEFAULT_TIMEOUT_S = 600.0
 #: Azure's front end drops an HTTP request after 230 s, whatever the function timeout.
@@ -274,23 +270,17 @@ def fine_tuner(settings: AzureSettings) -> Any:
 
 
 def bootstrap_admin_key(store: Store, settings: AzureSettings) -> None:
-    """Import the deployment's admin key: TEXTNLP_ADMIN_KEY (the local server), else the Key Vault secret.
-    A failure is logged, not raised: the API keeps serving every other key (the next worker tries again)."""
-    log = logging.getLogger(LOGGER_NAME)
-    name, plaintext = ENV_ADMIN_KEY_NAME, settings.admin_key
-    try:
-        if plaintext is None and settings.keyvault_url and settings.admin_key_secret:
+    """Import the deployment's admin key: TEXTNLP_ADMIN_KEY (the local server), else the Key Vault secret."""
+    read_secret = None
+    if settings.keyvault_url and settings.admin_key_secret:
+        vault, secret = settings.keyvault_url, settings.admin_key_secret
+
+        def read_secret() -> str | None:
             from adapters.azure.keyvault import KeyVaultAdminKey
 
-            name = SECRET_ADMIN_KEY_NAME
-            plaintext = KeyVaultAdminKey(settings.keyvault_url, settings.admin_key_secret).read()
-            if plaintext is None:
-                log_event(log, "admin key secret holds no key", logging.ERROR, secret=settings.admin_key_secret)
-                return
-        if plaintext and import_admin_key(store, plaintext, name, SystemClock()):
-            log_event(log, "admin key imported", source=name, tenant_id=ADMIN_TENANT)
-    except Exception as exc:
-        log_event(log, "admin key not imported", logging.ERROR, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            return KeyVaultAdminKey(vault, secret).read()
+
+    import_configured_admin_key(store, settings.admin_key, read_secret, settings.admin_key_secret)
 
 
 _LOCK = threading.Lock()

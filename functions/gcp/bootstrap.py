@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
-import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -23,12 +22,11 @@ from adapters.gcp.backend_types import vertex_type
 from adapters.gcp.metrics import CloudLoggingMetrics
 from adapters.openai_compat.backend_type import OPENAI
 from core.app import Gateway
-from core.auth.admin_bootstrap import ADMIN_TENANT, import_admin_key
+from core.auth.admin_bootstrap import import_configured_admin_key
 from core.backend_types import BackendCatalog
 from core.blob_jobs import BlobJobQueue
-from core.clock import SystemClock
 from core.errors import ServiceUnavailable
-from core.observability import LOGGER_NAME, configure_logging, log_event
+from core.observability import configure_logging
 from core.ports import BlobStore, JobQueue, Store
 from core.settings import GatewaySettings
 from functions.gcp.bucket_jobs import SplitBlobs, bucket_jobs
@@ -37,8 +35,6 @@ from functions.gcp.event_loop import LoopThread
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
 
-SECRET_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY_SECRET)"  # noqa: S105  # nosec B105 - a record name
-ENV_ADMIN_KEY_NAME = "admin (TEXTNLP_ADMIN_KEY)"
 #: Cloud Run functions' default request timeout, when neither TEXTNLP_TIMEOUT_S nor CLOUD_RUN_TIMEOUT_SECONDS says.
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -272,23 +268,17 @@ def _secret_manager_options(settings: GcpSettings) -> dict[str, Any]:
 
 
 def bootstrap_admin_key(store: Store, settings: GcpSettings) -> None:
-    """Import the deployment's admin key: TEXTNLP_ADMIN_KEY (the local server), else the admin-key secret.
-    A failure is logged, not raised: the API keeps serving every other key (the next instance tries again)."""
-    log = logging.getLogger(LOGGER_NAME)
-    name, plaintext = ENV_ADMIN_KEY_NAME, settings.admin_key
-    try:
-        if plaintext is None and settings.admin_key_secret:
+    """Import the deployment's admin key: TEXTNLP_ADMIN_KEY (the local server), else the admin-key secret."""
+    read_secret = None
+    if settings.admin_key_secret:
+        secret = settings.admin_key_secret
+
+        def read_secret() -> str | None:
             from adapters.gcp.secret_manager import SecretManagerAdminKey
 
-            name = SECRET_ADMIN_KEY_NAME
-            plaintext = SecretManagerAdminKey(settings.admin_key_secret, **_secret_manager_options(settings)).read()
-            if plaintext is None:
-                log_event(log, "admin key secret holds no key", logging.ERROR, secret=settings.admin_key_secret)
-                return
-        if plaintext and import_admin_key(store, plaintext, name, SystemClock()):
-            log_event(log, "admin key imported", source=name, tenant_id=ADMIN_TENANT)
-    except Exception as exc:
-        log_event(log, "admin key not imported", logging.ERROR, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            return SecretManagerAdminKey(secret, **_secret_manager_options(settings)).read()
+
+    import_configured_admin_key(store, settings.admin_key, read_secret, settings.admin_key_secret)
 
 
 _LOCK = threading.Lock()
