@@ -164,9 +164,8 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments, StorePol
         found = self._table.get(f"T#{tenant_id}", TENANT_SK)
         return _tenant_from(found) if found is not None else None
 
-    def list_tenants(self) -> list[Tenant]:
-        tenants = [_tenant_from(item) for item in self._table.query("TENANTS", index=True)]
-        return sorted(tenants, key=lambda t: (t.created_at, t.id))
+    def _load_tenants(self) -> list[Tenant]:
+        return [_tenant_from(item) for item in self._table.query("TENANTS", index=True)]
 
     def put_key(self, key: ApiKeyRecord) -> None:
         """The record under its tenant, and the key's index entry naming that tenant.
@@ -226,9 +225,9 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments, StorePol
         found = self._table.get(f"T#{tenant}", key_sk(key_id))
         return _key_from(found) if found is not None else None
 
-    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+    def _load_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
         items = self._table.query(f"T#{tenant_id}", Path(["sk"]).startswith(KEY_SK_PREFIX))
-        return sorted(map(_key_from, items), key=lambda k: (k.created_at, k.id))
+        return list(map(_key_from, items))
 
     def _init_keys(self) -> None:
         self._key_tenants: dict[str, str] = {}
@@ -273,7 +272,7 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments, StorePol
         found = self._table.get(MODELS_PK, model_id)
         return _model_from(found) if found is not None else None
 
-    def list_models(self) -> list[ModelSpec]:
+    def _load_models(self) -> list[ModelSpec]:
         return [_model_from(item) for item in self._table.query(MODELS_PK)]
 
     def delete_model(self, model_id: str) -> bool:
@@ -291,6 +290,5 @@ class DynamoDBStore(DynamoDBCounters, DynamoDBUsage, DynamoDBDocuments, StorePol
         )
         self._table.put(item.serialize())
 
-    def list_signing_keys(self) -> list[SigningKey]:
-        keys = [_signing_key_from(item) for item in self._table.query(SIGNING_KEYS_PK)]
-        return sorted(keys, key=lambda k: (k.created_at, k.kid))
+    def _load_signing_keys(self) -> list[SigningKey]:
+        return [_signing_key_from(item) for item in self._table.query(SIGNING_KEYS_PK)]

@@ -182,8 +182,8 @@ class CosmosStore(CosmosUsage, CosmosCounters, CosmosDocuments, StorePolicy):
         found = self._get(global_key("t", tenant_id))
         return _tenant_from(found) if found is not None else None
 
-    def list_tenants(self) -> list[Tenant]:
-        return sorted(map(_tenant_from, self._all([GLOBAL, "tenants"])), key=lambda t: (t.created_at, t.id))
+    def _load_tenants(self) -> list[Tenant]:
+        return list(map(_tenant_from, self._all([GLOBAL, "tenants"])))
 
     def put_key(self, key: ApiKeyRecord) -> None:
         """The record under its tenant, then its index entry; a key imported again for another tenant moves there
@@ -212,8 +212,8 @@ class CosmosStore(CosmosUsage, CosmosCounters, CosmosDocuments, StorePolicy):
         found = self._get(key_key(entry["tenant_id"], key_id))
         return _key_from(found) if found is not None else None
 
-    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
-        return sorted(map(_key_from, self._all([tenant_id, "keys"])), key=lambda k: (k.created_at, k.id))
+    def _load_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        return list(map(_key_from, self._all([tenant_id, "keys"])))
 
     def _remember_tenant(self, key_id: str, tenant_id: str) -> None:
         if len(self._key_tenants) >= _KEY_TENANTS_REMEMBERED:
@@ -244,8 +244,8 @@ class CosmosStore(CosmosUsage, CosmosCounters, CosmosDocuments, StorePolicy):
         found = self._get(global_key("m", model_id))
         return _model_from(found) if found is not None else None
 
-    def list_models(self) -> list[ModelSpec]:
-        return sorted(map(_model_from, self._all([GLOBAL, "models"])), key=lambda m: m.id)
+    def _load_models(self) -> list[ModelSpec]:
+        return list(map(_model_from, self._all([GLOBAL, "models"])))
 
     def delete_model(self, model_id: str) -> bool:
         return delete_item(self._calls, self._documents, *global_key("m", model_id))
@@ -255,9 +255,8 @@ class CosmosStore(CosmosUsage, CosmosCounters, CosmosDocuments, StorePolicy):
         fields = {"k": "s", "kid": key.kid, **pems, "created_at": key.created_at, "retired_at": key.retired_at}
         self._put(global_key("s", key.kid), fields)
 
-    def list_signing_keys(self) -> list[SigningKey]:
-        keys = map(_signing_key_from, self._all([GLOBAL, "signing_keys"]))
-        return sorted(keys, key=lambda k: (k.created_at, k.kid))
+    def _load_signing_keys(self) -> list[SigningKey]:
+        return list(map(_signing_key_from, self._all([GLOBAL, "signing_keys"])))
 
 
 def open_cosmos_store(

@@ -184,8 +184,8 @@ class FirestoreStore(FirestoreUsage, FirestoreCounters, FirestoreDocuments, Stor
         found = self._get(tenant_path(tenant_id))
         return _tenant_from(found) if found is not None else None
 
-    def list_tenants(self) -> list[Tenant]:
-        return sorted(map(_tenant_from, self._all("", TENANTS)), key=lambda t: (t.created_at, t.id))
+    def _load_tenants(self) -> list[Tenant]:
+        return list(map(_tenant_from, self._all("", TENANTS)))
 
     def put_key(self, key: ApiKeyRecord) -> None:
         """The record under its tenant and the key's index entry, in one transaction that reads the entry first:
@@ -225,9 +225,8 @@ class FirestoreStore(FirestoreUsage, FirestoreCounters, FirestoreDocuments, Stor
         found = self._get(key_path(entry["tenant_id"], key_id))
         return _key_from(found) if found is not None else None
 
-    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
-        keys = map(_key_from, self._all(tenant_path(tenant_id), "keys"))
-        return sorted(keys, key=lambda k: (k.created_at, k.id))
+    def _load_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        return list(map(_key_from, self._all(tenant_path(tenant_id), "keys")))
 
     def _remember_tenant(self, key_id: str, tenant_id: str) -> None:
         if len(self._key_tenants) >= _KEY_TENANTS_REMEMBERED:
@@ -260,8 +259,8 @@ class FirestoreStore(FirestoreUsage, FirestoreCounters, FirestoreDocuments, Stor
         found = self._get(model_path(model_id))
         return _model_from(found) if found is not None else None
 
-    def list_models(self) -> list[ModelSpec]:
-        return sorted(map(_model_from, self._all("", MODELS)), key=lambda m: m.id)
+    def _load_models(self) -> list[ModelSpec]:
+        return list(map(_model_from, self._all("", MODELS)))
 
     def delete_model(self, model_id: str) -> bool:
         pb = self._rpc.delete(model_path(model_id), exists=True)
@@ -287,9 +286,8 @@ class FirestoreStore(FirestoreUsage, FirestoreCounters, FirestoreDocuments, Stor
             },
         )
 
-    def list_signing_keys(self) -> list[SigningKey]:
-        keys = map(_signing_key_from, self._all("", SIGNING_KEYS))
-        return sorted(keys, key=lambda k: (k.created_at, k.kid))
+    def _load_signing_keys(self) -> list[SigningKey]:
+        return list(map(_signing_key_from, self._all("", SIGNING_KEYS)))
 
 
 __all__ = ["FirestoreStore", "firestore_client"]

@@ -67,10 +67,9 @@ class MemoryStore(MemoryDocuments, TransactionalCounters[_State], StorePolicy):
         with self._lock:
             return self._s.tenants.get(tenant_id)
 
-    def list_tenants(self) -> list[Tenant]:
+    def _load_tenants(self) -> list[Tenant]:
         with self._lock:
-            tenants = list(self._s.tenants.values())
-        return sorted(tenants, key=lambda t: (t.created_at, t.id))
+            return list(self._s.tenants.values())
 
     def put_key(self, key: ApiKeyRecord) -> None:
         with self._lock:
@@ -80,10 +79,9 @@ class MemoryStore(MemoryDocuments, TransactionalCounters[_State], StorePolicy):
         with self._lock:
             return self._s.keys.get(key_id)
 
-    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+    def _load_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
         with self._lock:
-            keys = [k for k in self._s.keys.values() if k.tenant_id == tenant_id]
-        return sorted(keys, key=lambda k: (k.created_at, k.id))
+            return [k for k in self._s.keys.values() if k.tenant_id == tenant_id]
 
     # -- counters and usage writes (core.stores.TransactionalCounters) -------------------------------
 
@@ -181,9 +179,9 @@ class MemoryStore(MemoryDocuments, TransactionalCounters[_State], StorePolicy):
         with self._lock:
             return self._s.models.get(model_id)
 
-    def list_models(self) -> list[ModelSpec]:
+    def _load_models(self) -> list[ModelSpec]:
         with self._lock:
-            return sorted(self._s.models.values(), key=lambda m: m.id)
+            return list(self._s.models.values())
 
     def delete_model(self, model_id: str) -> bool:
         with self._lock:
@@ -193,10 +191,9 @@ class MemoryStore(MemoryDocuments, TransactionalCounters[_State], StorePolicy):
         with self._lock:
             self._s.signing_keys[key.kid] = key
 
-    def list_signing_keys(self) -> list[SigningKey]:
+    def _load_signing_keys(self) -> list[SigningKey]:
         with self._lock:
-            keys = list(self._s.signing_keys.values())
-        return sorted(keys, key=lambda k: (k.created_at, k.kid))
+            return list(self._s.signing_keys.values())
 
     def close(self) -> None:
         """Nothing to release; present so both local stores can be closed alike."""

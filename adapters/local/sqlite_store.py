@@ -245,8 +245,8 @@ class SQLiteStore(SQLiteDocuments, TransactionalCounters[sqlite3.Connection], St
         row = self._one("SELECT * FROM tenants WHERE id = ?", tenant_id)
         return _tenant_from(row) if row is not None else None
 
-    def list_tenants(self) -> list[Tenant]:
-        return [_tenant_from(r) for r in self._all_rows("SELECT * FROM tenants ORDER BY created_at, id")]
+    def _load_tenants(self) -> list[Tenant]:
+        return [_tenant_from(r) for r in self._all_rows("SELECT * FROM tenants")]
 
     def put_key(self, key: ApiKeyRecord) -> None:
         params = dataclasses.asdict(key)
@@ -257,9 +257,8 @@ class SQLiteStore(SQLiteDocuments, TransactionalCounters[sqlite3.Connection], St
         row = self._one("SELECT * FROM api_keys WHERE id = ?", key_id)
         return _key_from(row) if row is not None else None
 
-    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
-        rows = self._all_rows("SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id", tenant_id)
-        return [_key_from(r) for r in rows]
+    def _load_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        return [_key_from(r) for r in self._all_rows("SELECT * FROM api_keys WHERE tenant_id = ?", tenant_id)]
 
     # -- counters and usage writes (core.stores.TransactionalCounters) -------------------------------
 
@@ -338,8 +337,8 @@ class SQLiteStore(SQLiteDocuments, TransactionalCounters[sqlite3.Connection], St
         row = self._one("SELECT spec FROM models WHERE id = ?", model_id)
         return _model_from(row) if row is not None else None
 
-    def list_models(self) -> list[ModelSpec]:
-        return [_model_from(r) for r in self._all_rows("SELECT spec FROM models ORDER BY id")]
+    def _load_models(self) -> list[ModelSpec]:
+        return [_model_from(r) for r in self._all_rows("SELECT spec FROM models")]
 
     def delete_model(self, model_id: str) -> bool:
         return self._conn().execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount == 1
@@ -351,6 +350,5 @@ class SQLiteStore(SQLiteDocuments, TransactionalCounters[sqlite3.Connection], St
             dataclasses.asdict(key),
         )
 
-    def list_signing_keys(self) -> list[SigningKey]:
-        rows = self._all_rows("SELECT * FROM signing_keys ORDER BY created_at, kid")
-        return [SigningKey(**dict(r)) for r in rows]
+    def _load_signing_keys(self) -> list[SigningKey]:
+        return [SigningKey(**dict(r)) for r in self._all_rows("SELECT * FROM signing_keys")]

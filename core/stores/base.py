@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, NamedTuple
 
-from core.domain import CounterChange, Document, UsageAggregate, UsageRecord
+from core.domain import (
+    ApiKeyRecord,
+    CounterChange,
+    Document,
+    ModelSpec,
+    SigningKey,
+    Tenant,
+    UsageAggregate,
+    UsageRecord,
+)
 
 _LAST_SECOND = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last day ``utc_day`` can name
 
@@ -239,3 +248,39 @@ class StorePolicy(ABC):
         for what, value in (("collection", collection), ("owner", owner), ("id", doc_id)):
             _check_name(what, value)
         return self._delete_document(collection, owner, doc_id)
+
+    # -- listings: primitives ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _load_tenants(self) -> Iterable[Tenant]:
+        """Every tenant, in any order."""
+
+    @abstractmethod
+    def _load_keys(self, tenant_id: str) -> Iterable[ApiKeyRecord]:
+        """The tenant's API key records (revoked ones too), in any order."""
+
+    @abstractmethod
+    def _load_models(self) -> Iterable[ModelSpec]:
+        """Every registered model, in any order."""
+
+    @abstractmethod
+    def _load_signing_keys(self) -> Iterable[SigningKey]:
+        """Every JWT signing key (retired ones too), in any order."""
+
+    # -- listings: policy (one order on every store) ----------------------------------------------------
+
+    def list_tenants(self) -> list[Tenant]:
+        """Oldest first, then by id."""
+        return sorted(self._load_tenants(), key=lambda t: (t.created_at, t.id))
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        """The tenant's keys, oldest first, then by id."""
+        return sorted(self._load_keys(tenant_id), key=lambda k: (k.created_at, k.id))
+
+    def list_models(self) -> list[ModelSpec]:
+        """By id."""
+        return sorted(self._load_models(), key=lambda m: m.id)
+
+    def list_signing_keys(self) -> list[SigningKey]:
+        """Oldest first, then by key id."""
+        return sorted(self._load_signing_keys(), key=lambda k: (k.created_at, k.kid))

@@ -29,6 +29,10 @@ PRIMITIVES = {
     "_read_document",
     "_list_documents",
     "_delete_document",
+    "_load_tenants",
+    "_load_keys",
+    "_load_models",
+    "_load_signing_keys",
 }
 
 #: What a store with transactions implements instead of the four primitives ``TransactionalCounters`` provides.
