@@ -16,6 +16,7 @@ from core.ports import BlobStore
     params=[
         "memory",
         "file",
+        pytest.param("s3", marks=pytest.mark.aws),
         pytest.param("gcs", marks=pytest.mark.gcp),
         pytest.param("azure", marks=pytest.mark.azure),
     ]
@@ -23,11 +24,26 @@ from core.ports import BlobStore
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "memory":
         return MemoryBlobStore()
+    if request.param == "s3":
+        return _s3()
     if request.param == "gcs":
         return _gcs()
     if request.param == "azure":
         return _azure()
     return FileBlobStore(tmp_path / "bucket")
+
+
+def _s3() -> BlobStore:
+    """S3 on the run's shared moto server, a bucket per test; parts of the smallest size S3 allows."""
+    import uuid
+
+    from adapters.aws.s3 import MIN_PART_SIZE, S3BlobStore
+    from tests.contract._backends import boto_client, shared_moto_url
+
+    client = boto_client("s3", shared_moto_url())
+    bucket = f"textnlp-blobs-{uuid.uuid4().hex[:20]}"
+    client.create_bucket(Bucket=bucket)
+    return S3BlobStore(bucket, client, part_size=MIN_PART_SIZE)
 
 
 def _gcs() -> BlobStore:

@@ -3,7 +3,8 @@ triple, whatever the kind (the consumer decides what it runs). Delivery is at le
 not deduplicate: jobs are idempotent (core/ports.py).
 
 Each adapter comes with its consumer side: the in-process queue calls its handler; on SQS the batch function
-reads the message with ``functions.aws.s3_events.parse_body``.
+reads the message with ``functions.aws.s3_events.parse_body``; for job objects (``core.blob_jobs``, the Google Cloud
+and Azure batch functions) each object written raises its creation event, whose function reads the object.
 """
 
 from __future__ import annotations
@@ -98,10 +99,51 @@ def _sqs() -> Iterator[Subject]:
         client.delete_queue(QueueUrl=url)
 
 
+@contextmanager
+def _job_objects() -> Iterator[Subject]:
+    import json
+
+    from adapters.local.memory_blobs import MemoryBlobStore
+    from core.blob_jobs import BlobJobQueue, collect_job_writes
+
+    class Bucket(MemoryBlobStore):
+        """Each object written raises its creation event (a new version, a new event: Eventarc, Event Grid)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[str] = []
+
+        def write_object(self, key: str, data: bytes) -> None:
+            super().write_object(key, data)
+            self.events.append(key)
+
+    bucket = Bucket()
+    queue = BlobJobQueue(bucket, "batch-jobs/")
+    received: list[Job] = []
+
+    def delivered() -> list[Job]:
+        while bucket.events:  # the batch function on each event: the object's JSON names the job
+            message = json.loads(bucket.read_object(bucket.events.pop(0)))
+            received.append((message["kind"], message["tenant_id"], message["job_id"]))
+        return list(received)
+
+    def received_at_return(job: Job) -> list[Job]:
+        async def in_a_request() -> list[Job]:  # on the loop, as the api function calls it: written off the loop
+            collect_job_writes()
+            queue.submit(*job)
+            await queue.drain()
+            return list(received)
+
+        return asyncio.run(in_a_request())
+
+    yield Subject(queue, delivered, received_at_return)
+
+
 #: Every JobQueue adapter: add one entry and the suite runs on it.
 ADAPTERS: list[Any] = [
     pytest.param(_in_process, id="in-process"),
     pytest.param(_sqs, id="sqs", marks=pytest.mark.aws),
+    pytest.param(_job_objects, id="job-objects"),
 ]
 
 
