@@ -242,6 +242,16 @@ class ThrottlingStore(MemoryStore):
         self._charge([(self._partition(stored, _tenant(item)), cost)], read=True)
         return super()._read_counter(item)
 
+    def _read_counters(self, items: Sequence[str]) -> list[dict[str, int]]:
+        """One batched read (BatchGetItem, BatchGetDocuments), each item's read units charged."""
+        self.stats.calls["read"] += 1
+        charges = []
+        for item in items:
+            stored = self.model.stored_item(item)[0]
+            charges.append((self._partition(stored, _tenant(item)), self.model.read_cost(self._item_size(stored))))
+        self._charge(charges, read=True)
+        return super()._read_counters(items)
+
     def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
         self.stats.calls["record_usage"] += 1
         model, tenant, mult = self.model, record.tenant_id, self.model.txn_multiplier

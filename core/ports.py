@@ -66,6 +66,10 @@ class CounterStore(Protocol):
 
     def read(self, item: str) -> dict[str, int]: ...
 
+    def read_many(self, items: Sequence[str]) -> list[dict[str, int]]:
+        """``read`` of each item, in order, in one call where the store can (BatchGetItem, Firestore's
+        BatchGetDocuments): a refusal that looks at every shard of a window pays one round trip, not one each."""
+
 
 class UsageStore(Protocol):
     def record_usage(self, record: UsageRecord, settle: Sequence[CounterChange] = ()) -> bool:

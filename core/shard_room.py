@@ -116,12 +116,12 @@ class ShardRoom:
         expires_at = plan.expires_at or 0.0
         if shard and self._reclaimed(plan.item, parent_values, expires_at, now):
             return True, parent_values, NO_MOVES  # leaked reservations given back to the window item: draw again
+        # The requester's budget is already counted in its need; the others are read in one call.
+        others = [donor for donor in marked(parent_values) if donor and donor != shard]
+        items = [shard_item(plan.item, donor) for donor in others]
         donors = {}
-        for donor in marked(parent_values):
-            if donor and donor != shard:  # the requester's budget is already counted in its need
-                item = shard_item(plan.item, donor)
-                seen = self._counters.read(item)
-                donors[donor] = self._counters.read(item) if self._reclaimed(item, seen, expires_at, now) else seen
+        for donor, item, seen in zip(others, items, self._counters.read_many(items), strict=True):
+            donors[donor] = self._counters.read(item) if self._reclaimed(item, seen, expires_at, now) else seen
         moves = rebalance(plan.item, shard, need, limits, donors, expires_at, self._shards.rng, remainder)
         if moves is None:  # everything free, everywhere, is less than this request: remember how much it was
             own = {f: values.get(budget(f, limits[f]), 0) if shard else 0 for f in need}
@@ -145,7 +145,8 @@ class ShardRoom:
     ) -> tuple[bool, dict[str, int], Moves]:
         """``make`` for a window split statically: what the shard lacks, taken from the others (read each)."""
         need = {found[0]: n for name, n in short_of(change, values).items() if (found := budget_of(name)) is not None}
-        donors = {d: self._counters.read(shard_item(plan.item, d)) for d in split.donors(need, limits, shard)}
+        others = split.donors(need, limits, shard)
+        donors = dict(zip(others, self._counters.read_many([shard_item(plan.item, d) for d in others]), strict=True))
         moves = split.rebalance(plan.item, shard, need, limits, donors, plan.expires_at or 0.0, self._shards.rng)
         if moves is not None:
             return True, values, moves

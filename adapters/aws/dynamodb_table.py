@@ -35,6 +35,7 @@ Item = dict[str, dict[str, Any]]  # a raw item: attribute name -> typed value ({
 T = TypeVar("T")
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
+BATCH_GET_KEYS = 100  # BatchGetItem's most keys per call
 CONFLICT_ROUNDS = 8  # transaction conflicts are retried here (botocore does not), with jitter
 _UNAVAILABLE = frozenset(
     {
@@ -193,6 +194,26 @@ class DynamoDBTable:
         data = self._call(self.connection.get_item, self.name, pk, sk, consistent_read=consistent)
         item: Item | None = data.get("Item")
         return item
+
+    def get_many(self, keys: Sequence[tuple[str, str]], *, consistent: bool = True) -> dict[tuple[str, str], Item]:
+        """BatchGetItem (100 keys a call); keys the service left unprocessed (throttled) are asked again, then
+        a 503. The items found, by (pk, sk)."""
+        found: dict[tuple[str, str], Item] = {}
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), BATCH_GET_KEYS):
+            request = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in wanted[start : start + BATCH_GET_KEYS]]
+            for attempt in range(CONFLICT_ROUNDS):
+                params = {"RequestItems": {self.name: {"Keys": request, "ConsistentRead": consistent}}}
+                data = self._call(self.connection.dispatch, "BatchGetItem", params)
+                for item in data.get("Responses", {}).get(self.name, []):
+                    found[(item["pk"]["S"], item["sk"]["S"])] = item
+                request = data.get("UnprocessedKeys", {}).get(self.name, {}).get("Keys", [])
+                if not request:
+                    break
+                conflict_pause(attempt)
+            else:
+                raise unavailable()
+        return found
 
     def put(self, item: Item, condition: Condition | None = None) -> None:
         """Write a whole item (``pk`` and ``sk`` included); raises ConditionFailed when refused."""

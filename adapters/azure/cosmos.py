@@ -43,8 +43,8 @@ from adapters.azure.cosmos_layout import (
     key_key,
     placed,
 )
-from adapters.azure.cosmos_retry import CosmosCalls, Doc, delete_item, read_item
-from adapters.azure.cosmos_usage import CosmosUsage, query
+from adapters.azure.cosmos_retry import CosmosCalls, Doc, delete_item, query, read_item
+from adapters.azure.cosmos_usage import CosmosUsage
 from core.domain import ApiKeyRecord, Limits, ModelSpec, SigningKey, Tenant
 from core.stores import CacheEntry, StorePolicy
 

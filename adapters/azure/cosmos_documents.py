@@ -24,9 +24,9 @@ from adapters.azure.cosmos_retry import (
     CosmosCalls,
     Doc,
     delete_item,
+    query,
     read_item,
 )
-from adapters.azure.cosmos_usage import query
 from core.errors import StoreThrottled
 from core.stores import StoredDocument
 

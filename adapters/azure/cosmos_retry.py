@@ -108,6 +108,17 @@ def _retry_after_s(exc: cex.CosmosHttpResponseError) -> float:
         return 0.0
 
 
+def query(
+    calls: CosmosCalls, container: Any, sql: str, params: dict[str, Any], partition_key: list[str] | None
+) -> list[Doc]:
+    """A query read whole; ``partition_key`` a full key or the tenant alone (a prefix: its partitions only)."""
+    parameters = [{"name": name, "value": value} for name, value in params.items()]
+    extra: dict[str, Any] = {"partition_key": partition_key} if partition_key is not None else {}
+    return calls.read(
+        lambda: list(container.query_items(sql, parameters=parameters, enable_cross_partition_query=True, **extra))
+    )
+
+
 def read_item(calls: CosmosCalls, container: Any, item_id: str, partition_key: list[str]) -> Doc | None:
     """A point read (1 RU for 1 KB): the item, or None when there is none (404, or the emulator's 500)."""
     try:

@@ -37,7 +37,7 @@ from typing import Any
 from azure.cosmos import exceptions as cex
 
 from adapters.azure.cosmos_layout import aggregate_key, placed, record_key
-from adapters.azure.cosmos_retry import CONFLICT, NOT_FOUND, CosmosCalls, Doc, read_item
+from adapters.azure.cosmos_retry import CONFLICT, NOT_FOUND, CosmosCalls, Doc, query, read_item
 from core.domain import CounterChange, UsageAggregate, UsageRecord
 from core.errors import ServiceUnavailable, StoreThrottled
 
@@ -98,17 +98,6 @@ def _summed(docs: Iterable[Doc]) -> list[UsageAggregate]:
         UsageAggregate(t, day, model, int(r), int(p), int(c), int(k), float(cost))
         for (t, day, model), (r, p, c, k, cost) in totals.items()
     ]
-
-
-def query(
-    calls: CosmosCalls, container: Any, sql: str, params: dict[str, Any], partition_key: list[str] | None
-) -> list[Doc]:
-    """A query read whole; ``partition_key`` a full key or the tenant alone (a prefix: its partitions only)."""
-    parameters = [{"name": name, "value": value} for name, value in params.items()]
-    extra: dict[str, Any] = {"partition_key": partition_key} if partition_key is not None else {}
-    return calls.read(
-        lambda: list(container.query_items(sql, parameters=parameters, enable_cross_partition_query=True, **extra))
-    )
 
 
 class CosmosUsage:

@@ -180,6 +180,16 @@ class FirestoreCounters(TransactionalCounters[FirestoreTx]):
 
         return self._rpc.retried(attempt)
 
+    def _read_counters(self, items: Sequence[str]) -> list[dict[str, int]]:
+        """Every item in ONE BatchGetDocuments (a read-only transaction that fetches them all at once)."""
+        read = super()._read_counters
+
+        def attempt(_: int, __: Retry | None) -> list[dict[str, int]]:
+            with self._planned([counter_path(item) for item in items], "", read_only=True):
+                return read(items)
+
+        return self._rpc.retried(attempt)
+
     def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
         """The record (create-only), its aggregate shard and the settlement: one transaction, retried whole.
 

@@ -116,6 +116,13 @@ class StorePolicy(ABC):
     def read(self, item: str) -> dict[str, int]:
         return self._read_counter(item)
 
+    def _read_counters(self, items: Sequence[str]) -> list[dict[str, int]]:
+        """Several live items' fields in order: one read each, unless the store overrides this with one call."""
+        return [self._read_counter(item) for item in items]
+
+    def read_many(self, items: Sequence[str]) -> list[dict[str, int]]:
+        return self._read_counters(list(items)) if items else []
+
     # -- usage: primitives ------------------------------------------------------------------------------
 
     @abstractmethod

@@ -88,6 +88,12 @@ class TransactionalCounters(ABC, Generic[Tx]):
         with self._transaction() as tx:
             return _values(self._load_item(tx, item, now))
 
+    def _read_counters(self, items: Sequence[str]) -> list[dict[str, int]]:
+        """Several items read in ONE transaction (one lock, one ``BEGIN``, one Firestore batch get)."""
+        now = self._clock()
+        with self._transaction() as tx:
+            return [_values(self._load_item(tx, item, now)) for item in items]
+
     def _record_usage(self, record: UsageRecord, day: str, settle: Sequence[CounterChange]) -> bool:
         """The record, its aggregate and each settlement's ``settled_increments`` (a live item keeps its
         expiry; an absent one is created expiring at the change's) in one transaction."""

@@ -263,3 +263,17 @@ def test_a_key_update_racing_a_move_reads_the_index_again(
     got = store.get_key("k1")
     assert got is not None
     assert (got.tenant_id, got.revoked_at) == ("t1", T0 + 1)
+
+
+def test_a_windows_shards_are_read_in_one_batch_get(dynamodb_url: str, clock: FakeClock) -> None:
+    """What a refusal reads (every shard of a window, each its own partition) is one BatchGetItem."""
+    store = dynamodb_store(dynamodb_url, clock)  # a client of its own: the call recorder hooks into it
+    shards = [f"rl|t1|5|{s}" for s in range(1, 9)]
+    for s, item in enumerate(shards[:5], start=1):
+        store.try_add(item, {"b|req#64": -s, "n": s}, {}, T0 + 60)
+    one_by_one = [store.read(item) for item in shards]
+    calls = record_calls(store)
+    assert store.read_many(shards) == one_by_one
+    assert [name for name, _ in calls] == ["BatchGetItem"]
+    assert one_by_one[0] == {"b|req#64": -1, "n": 1}
+    assert one_by_one[5:] == [{}, {}, {}]

@@ -152,3 +152,22 @@ def test_open_cosmos_store_creates_the_layout_once_and_opens_it_after(cosmos_emu
     assert again.get_tenant("ten_a") == Tenant("ten_a", "a", T0)
     first.close()
     again.close()
+
+
+def test_a_windows_shards_are_read_in_one_query_of_the_tenants_partitions(cosmos_emulator: CosmosServer) -> None:
+    """What a refusal reads (every shard of a window) is one round trip, and the same as a point read of each."""
+    from tests.azure.cosmos_server import CosmosTransport
+
+    transport = CosmosTransport()
+    store = cosmos_store(lambda: T0, transport=transport)
+    shards = [f"rl|t1|5|{s}" for s in range(1, 9)]
+    for s, item in enumerate(shards[:5], start=1):
+        store.try_add(item, {"b|req#64": -s, "n": s}, {}, T0 + 60)
+    store.try_add("rl|t2|5|1", {"b|req#64": -9}, {}, T0 + 60)  # another tenant's shard of the same name
+    one_by_one = [store.read(item) for item in shards]
+    assert store.read_many(shards) == one_by_one  # the first query also reads the container's partition ranges
+    transport.trips.clear()
+    assert store.read_many(shards) == one_by_one
+    assert [t.kind for t in transport.trips] == ["query"]
+    assert one_by_one[0] == {"b|req#64": -1, "n": 1}
+    assert one_by_one[5:] == [{}, {}, {}]

@@ -220,6 +220,26 @@ def test_counters_expire(store: Store, clock: FakeClock) -> None:
     assert store.read("w") == {"n": 1}
 
 
+def test_read_many_reads_each_item_in_order_absent_and_expired_ones_empty(store: Store, clock: FakeClock) -> None:
+    store.try_add("rl|t1|1", {"req": 2}, {"req": 5}, T0 + 60)
+    store.try_add("rl|t1|1|3", {"b|req#5": -1, "n": 1}, {}, T0 + 60)
+    store.try_add("rl|t1|1|4", {"n": 7}, {}, T0 + 10)  # expires first
+    store.add("q|t2|2026-01", {"used": 40}, T0 + 3600)  # another tenant's, another kind
+    items = ["rl|t1|1|4", "rl|t1|1|3", "absent", "rl|t1|1", "q|t2|2026-01", "rl|t1|1|3"]
+    assert store.read_many(items) == [store.read(item) for item in items]
+    assert store.read_many(items) == [
+        {"n": 7},
+        {"b|req#5": -1, "n": 1},
+        {},
+        {"req": 2},
+        {"used": 40},
+        {"b|req#5": -1, "n": 1},
+    ]
+    clock.now = T0 + 30
+    assert store.read_many(items)[0] == {}
+    assert store.read_many([]) == []
+
+
 def test_try_add_refreshes_expiry_of_the_whole_item(store: Store, clock: FakeClock) -> None:
     store.try_add("w", {"a": 1}, {}, T0 + 10)
     store.try_add("w", {"b": 1}, {}, T0 + 100)
