@@ -22,7 +22,10 @@ that binds about 60 % into the minute (the run starts on a minute boundary). The
 ``--scenarios quota,minute`` runs both. Designs: ``single`` (today's ``LimitEnforcer``: every request writes
 the tenant's minute and month items) and ``sharded`` (``ShardPolicy(max_shards=64, item_writes_per_s=...)``
 from ``core.budget_shards``, when it exists; the per-item budget is the store's per-item rate over a counter
-write's units, halved).
+write's units, halved), ``sliced`` (those shards behind budget slices, ``core.budget_slices``, for instances that
+serve 80 requests at once) and ``split`` (slices on minute windows split statically, ``core.static_split``).
+Knobs for experiments: ``TEXTNLP_SIM_SLICE_REQUESTS`` (a slice's most requests, 256),
+``TEXTNLP_SIM_SLICE_FIRST`` (a slice's first size, 4), ``TEXTNLP_SIM_SPLIT_SHARDS`` (the split's shards, 64).
 
 How to read the table, per store x rate x design x scenario:
 
@@ -128,7 +131,10 @@ def sliced(model: StoreModel, split: StaticSplit | None = None) -> EnforcerFacto
     make_sharded = sharded(model, split)
     if make_sharded is None:
         return None
-    policy = SlicePolicy(max_requests=int(os.environ.get("TEXTNLP_SIM_SLICE_REQUESTS", "256")))
+    policy = SlicePolicy(
+        max_requests=int(os.environ.get("TEXTNLP_SIM_SLICE_REQUESTS", "256")),
+        first_requests=int(os.environ.get("TEXTNLP_SIM_SLICE_FIRST", "4")),
+    )
 
     def make(store: ThrottlingStore, clock: FixedClock) -> SlicedLimits:
         enforcer = make_sharded(store, clock)
