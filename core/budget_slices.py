@@ -32,7 +32,7 @@ import contextlib
 import threading
 
 from core.domain import ApiKeyRecord, CounterChange, Tenant
-from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable
+from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable, StoreThrottled
 from core.leases import LeaseClock
 from core.limit_changes import Reservation, lease_return, minute_expiry, minute_item
 from core.limit_refusals import MINUTE, refuse_guarded
@@ -61,6 +61,7 @@ class SlicedLimits:
         self._unwritten: list[CounterChange] = []  # give-backs the store throttled: written with the next ones
         self._guards: dict[str, tuple[float, dict[str, int]]] = {}  # minute item -> (read at, its values)
         self._scarce: dict[str, int] = {}  # tenant -> the minute window in which its budget is scarce
+        self._backoff: dict[str, tuple[float, float]] = {}  # tenant -> (no draw before, that pause's length)
 
     @property
     def leases(self) -> LeaseClock:
@@ -89,7 +90,33 @@ class SlicedLimits:
             share = self._take(slot, key.id, tokens, now)
             if share is not None:
                 return share
-            return self._draw(slot, tenant, key, tokens, now)
+            return self._draw_or_back_off(slot, tenant, key, tokens, now)
+
+    def _draw_or_back_off(
+        self, slot: tuple[str, str], tenant: Tenant, key: ApiKeyRecord, tokens: int, now: float
+    ) -> Reservation:
+        """``_draw``, unless the store throttled this tenant's counters a moment ago: then a 503 with no store
+        call. Without the pause every request of a throttled instance would try a draw of its own, each a
+        write to the tenant's hot items, and slices would never form; with it an instance asks at most once
+        per pause (``throttle_backoff_s``, doubled while the store keeps refusing, up to
+        ``throttle_backoff_max_s``)."""
+        with self._lock:
+            until, length = self._backoff.get(tenant.id, (0.0, 0.0))
+        if now < until:
+            raise StoreThrottled()
+        try:
+            reservation = self._draw(slot, tenant, key, tokens, now)
+        except StoreThrottled:
+            length = min(self.policy.throttle_backoff_max_s, 2 * length or self.policy.throttle_backoff_s)
+            with self._lock:
+                if len(self._backoff) > 4096:
+                    self._backoff.clear()
+                self._backoff[tenant.id] = (self._clock.now() + length, length)
+            raise
+        if length:
+            with self._lock:
+                self._backoff.pop(tenant.id, None)
+        return reservation
 
     def settlement(self, reservation: Reservation, used_tokens: int) -> list[CounterChange]:
         """A request's settlement: nothing while its slice is open (the tokens it did not use go back into the

@@ -22,7 +22,10 @@ class SlicePolicy:
     another instance is refused, is about this long of the tenant's traffic). ``guard_reads``: read the minute
     item's guards for requests (revocation within ``guard_read_s``: a read serves the instance's requests
     that long) rather than only when a slice is drawn. ``scarce_requests``, ``scarce_age_s``: a slice's size
-    and age for the rest of a minute in which an instance could not draw one (the budget is running out)."""
+    and age for the rest of a minute in which an instance could not draw one (the budget is running out).
+    ``throttle_backoff_s``: after the store throttled a draw, the instance draws nothing for the tenant this long
+    (its requests without a slice get a 503 at once), doubled while it keeps throttling, up to
+    ``throttle_backoff_max_s``."""
 
     first_requests: int = 4
     max_requests: int = 64
@@ -32,6 +35,8 @@ class SlicePolicy:
     guard_read_s: float = 0.1
     scarce_requests: int = 4
     scarce_age_s: float = 0.25
+    throttle_backoff_s: float = 0.25
+    throttle_backoff_max_s: float = 2.0
 
 
 class SliceShare(Reservation):

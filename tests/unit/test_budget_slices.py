@@ -21,7 +21,7 @@ from core.budget_shards import ShardPolicy, shard_item
 from core.budget_slices import SlicedLimits, SlicePolicy, SliceShare
 from core.clock import FixedClock
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant, UsageRecord
-from core.errors import QuotaExceeded, RateLimited, Unauthorized
+from core.errors import QuotaExceeded, RateLimited, StoreThrottled, Unauthorized
 from core.leases import LeaseClock
 from core.limits import LimitEnforcer, period_bounds
 from core.observability import NullMetrics
@@ -65,6 +65,21 @@ class CountingStore:
 
     def read(self, item: str) -> dict[str, int]:
         return self._store.read(item)
+
+    def read_many(self, items: Sequence[str]) -> list[dict[str, int]]:
+        return self._store.read_many(items)
+
+
+class ThrottledCounters(CountingStore):
+    """Refuses every counter write for its rate while ``throttling`` (a hot item), counting the attempts."""
+
+    throttling = True
+
+    def try_add_all(self, changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        self.writes += 1
+        if self.throttling:
+            raise StoreThrottled()
+        return self._store.try_add_all(changes)
 
 
 def instances(store: Store, clock: FixedClock, n: int = 4, policy: SlicePolicy = SLICES) -> list[SlicedLimits]:
@@ -280,3 +295,35 @@ def test_a_gateway_with_slices_charges_exactly_what_it_served_once_it_gives_its_
     used = sum(r.prompt_tokens + r.completion_tokens for r in h.usage())
     month = period_bounds(h.clock.now(), "month")[0]
     assert h.store.read(f"q|{h.tenant.id}|{month}").get("used", 0) == used <= 400
+
+
+def test_a_throttled_draw_pauses_the_instances_draws_for_the_tenant(clock: FixedClock) -> None:
+    """Without the pause every request of a throttled instance would try a draw of its own, each a write to the
+    tenant's hot items: the throttle would feed itself and slices would never form."""
+    counters = ThrottledCounters(MemoryStore(clock=clock.now))
+    enforcer = LimitEnforcer(counters, clock, NullMetrics(), LeaseClock(), SHARDED, random.Random(0))
+    instance = SlicedLimits(enforcer, counters, clock, SLICES)
+    tenant = Tenant("t1", "t1", 0.0, Limits(requests_per_minute=1000))
+    with pytest.raises(StoreThrottled):
+        instance.reserve(tenant, KEY, 10)
+    tried = counters.writes
+    for _ in range(50):  # within the pause (0.25 s): a 503 each, with no store call
+        with pytest.raises(StoreThrottled):
+            instance.reserve(tenant, KEY, 10)
+    assert counters.writes == tried
+    clock.advance(0.3)
+    with pytest.raises(StoreThrottled):  # still throttled: the next pause is twice as long
+        instance.reserve(tenant, KEY, 10)
+    tried = counters.writes
+    clock.advance(0.3)
+    with pytest.raises(StoreThrottled):
+        instance.reserve(tenant, KEY, 10)
+    assert counters.writes == tried
+    clock.advance(0.3)
+    counters.throttling = False
+    assert isinstance(instance.reserve(tenant, KEY, 10), SliceShare)  # drawn again once the store takes writes
+    other = Tenant("t2", "t2", 0.0, Limits(requests_per_minute=1000))
+    counters.throttling = True
+    with pytest.raises(StoreThrottled):
+        instance.reserve(other, KEY, 10)
+    assert isinstance(instance.reserve(tenant, KEY, 10), SliceShare)  # another tenant's pause is its own
