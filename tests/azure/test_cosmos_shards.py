@@ -46,6 +46,7 @@ SLOW = {
     "test_concurrent_instances_never_overspend_and_every_token_is_accounted",
     "test_one_instance_writes_the_counters_once_per_slice_not_per_request",
     "test_a_concurrent_burst_is_granted_exactly_the_limit",
+    "test_random_traffic_refuses_with_tokens_left_only_within_the_memo_bound",
 }
 
 

@@ -4,6 +4,7 @@ revocation reaches every shard. Each enforcer is a process of one deployment; me
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Iterator
@@ -237,3 +238,43 @@ def test_slices_on_a_static_split_never_overspend_and_leave_the_window_item_alon
     assert 0 < len(granted) <= 400
     window = minute_item("t1", int(clock.now() // 60))
     assert store.writes.get(window, 0) <= len(instances)  # at most each instance's one "scarce" mark
+
+
+@pytest.mark.parametrize("memo_s", [0.0, 1.0])
+def test_random_traffic_refuses_with_tokens_left_only_within_the_memo_bound(
+    store: Store, clock: FixedClock, memo_s: float
+) -> None:
+    """Random reserve/settle interleavings over 4 processes, 50 ms apart, within one minute: never over the
+    tokens-per-minute limit; without a refusal memo never refused while the minute had room; with one, what was
+    left is short of the request plus what settlements gave back during the longest memo (``core.shard_room``)."""
+    limit, policy = 6000, dataclasses.replace(POLICY, refusal_memo_s=memo_s, refusal_memo_max_s=16 * memo_s)
+    tenant = Tenant("t1", "t1", 0.0, Limits(tokens_per_minute=limit))
+    enforcers = processes(store, clock, policy=policy)
+    rng = random.Random(11)
+    live: list[tuple[LimitEnforcer, Reservation]] = []
+    given_back: list[tuple[float, int]] = []
+    charged = refusals = with_room = 0
+    for i in range(1000):
+        clock.advance(0.05)
+        if live and rng.random() < 0.5:
+            owner, reservation = live.pop(rng.randrange(len(live)))
+            used = rng.choice([0, reservation.tokens // 2, reservation.tokens])
+            assert store.record_usage(record(f"r{i}", used, clock.now()), owner.settlement(reservation, used))
+            charged += used
+            given_back.append((clock.now(), reservation.tokens - used))
+            continue
+        tokens = rng.randint(1, 200)
+        outstanding = sum(r.tokens for _, r in live)
+        enforcer = enforcers[rng.randrange(4)]
+        try:
+            live.append((enforcer, enforcer.reserve(tenant, KEY, tokens)))
+        except RateLimited:
+            refusals += 1
+            left = limit - charged - outstanding
+            since = clock.now() - policy.refusal_memo_max_s
+            assert left < tokens + sum(n for t, n in given_back if t > since), "refused beyond the bound"
+            with_room += left >= tokens
+        assert charged + sum(r.tokens for _, r in live) <= limit
+    assert refusals > 50
+    if not memo_s:
+        assert with_room == 0
