@@ -35,6 +35,9 @@ PRIMITIVES = {
     "_load_signing_keys",
 }
 
+#: Primitives core gives a default for (one call each), which a store may replace with one call for all.
+OPTIONAL = {"_read_counters"}
+
 #: What a store with transactions implements instead of the four primitives ``TransactionalCounters`` provides.
 TRANSACTIONAL = {"_transaction", "_load_item", "_save_item", "_save_usage"}
 PROVIDED = {"_try_add_counters", "_add_counter", "_read_counter", "_record_usage"}
@@ -81,7 +84,9 @@ def test_the_primitives_are_the_abstract_methods_of_the_policy() -> None:
 def test_every_store_implements_every_primitive_and_no_policy(store_class: type) -> None:
     assert issubclass(store_class, StorePolicy)
     assert not inspect.isabstract(store_class), store_class.__abstractmethods__
-    policy = {name for name, value in vars(StorePolicy).items() if callable(value) and name not in PRIMITIVES}
+    policy = {
+        name for name, value in vars(StorePolicy).items() if callable(value) and name not in PRIMITIVES | OPTIONAL
+    }
     for cls in store_class.__mro__[: store_class.__mro__.index(StorePolicy)]:
         overridden = policy.intersection(vars(cls)) - {"__init__", "__init_subclass__"}
         assert not overridden, f"{cls.__name__} re-implements core's policy: {sorted(overridden)}"
