@@ -9,10 +9,7 @@ from __future__ import annotations
 import ast
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,13 +17,11 @@ from typing import Any
 import pytest
 
 from tests.infra.conftest import ROOT
+from tests.infra.terraform_checks import block, check_checkov, check_fmt, check_validate, terraform_binary
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is a dev dependency: pip install -e '.[dev]'")
 
 TF_DIR = ROOT / "terraform" / "azure"
-CHECKOV = Path(os.environ.get("TEXTNLP_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TF_ENV = {"CHECKPOINT_DISABLE": "1"}
 
 APP = "azurerm_function_app_flex_consumption.main"
 # Who holds which role where, as (role, scope address). The principals: the function app's identity
@@ -194,15 +189,6 @@ def refs(value: Any) -> set[str]:
         f"{m[0]}.{m[1]}"
         for m in re.findall(r"\b((?:azurerm|azapi|random|terraform)_[a-z0-9_]+)\.([a-z0-9_]+)", str(value))
     }
-
-
-def block(value: Any) -> dict[str, Any]:
-    """A nested block: python-hcl2 gives a list of one dict."""
-    if isinstance(value, list):
-        assert len(value) == 1, value
-        value = value[0]
-    assert isinstance(value, dict), value
-    return value
 
 
 def blocks(value: Any) -> list[dict[str, Any]]:
@@ -756,84 +742,22 @@ def test_readme_permissions_table_matches_the_roles() -> None:
         assert re.search(rf"`{size}` \| `{instance_type}`", readme), size
 
 
-# -- tools -------------------------------------------------------------------------------------------------
-
-
-def run(
-    args: list[str], cwd: Path, timeout: float = 120, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **TF_ENV, **(extra_env or {})}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+# -- tools (tests/infra/terraform_checks.py) ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def terraform() -> str:
-    found = shutil.which("terraform")
-    if found is None:
-        if IN_CI:
-            pytest.fail("terraform is not on PATH in CI")
-        pytest.skip("terraform is not on PATH")
-    return found
+    return terraform_binary()
 
 
 def test_terraform_fmt(terraform: str) -> None:
-    result = run([terraform, "fmt", "-check", "-recursive", "-diff", str(TF_DIR)], cwd=ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_fmt(terraform, TF_DIR)
 
 
 def test_terraform_validate(terraform: str, tmp_path: Path) -> None:
     """Needs the azurerm and azapi providers: skipped (with the reason) where they cannot be downloaded."""
-    work = tmp_path / "azure"
-    shutil.copytree(TF_DIR, work, ignore=shutil.ignore_patterns(".terraform", ".build", "*.tfstate*"))
-    # The module reads the repository through ../.. (the app package): give the copy the same view.
-    for name in ("core", "adapters", "functions"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    cache = Path(os.environ.get("TF_PLUGIN_CACHE_DIR", Path.home() / ".cache" / "textnlp" / "terraform-plugins"))
-    cache.mkdir(parents=True, exist_ok=True)
-    plugins = {"TF_PLUGIN_CACHE_DIR": str(cache)}
-    init = run(
-        [terraform, "init", "-backend=false", "-input=false", "-no-color"], cwd=work, timeout=300, extra_env=plugins
-    )
-    if init.returncode != 0:
-        output = init.stdout + init.stderr
-        if "registry.terraform.io" in output or "Failed to query available provider packages" in output:
-            pytest.skip(
-                "terraform validate needs the azurerm and azapi providers, which cannot be downloaded here "
-                "(registry.terraform.io unreachable)"
-            )
-        pytest.fail(output)
-    result = run([terraform, "validate", "-no-color"], cwd=work, extra_env=plugins)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def inline_skips() -> list[tuple[str, str, str]]:
-    """(file, check, reason) of every ``#checkov:skip=`` comment."""
-    found = []
-    for path in sorted(TF_DIR.glob("*.tf")):
-        for check, reason in re.findall(r"#checkov:skip=(CKV2?_[A-Z]+_\d+):(.*)", path.read_text()):
-            found.append((path.name, check, reason))
-    return found
+    check_validate(terraform, TF_DIR, tmp_path, "the azurerm and azapi providers")
 
 
 def test_checkov_clean_and_every_skip_needed() -> None:
-    """checkov lives in .venv-checkov (`make checkov`); every skip is written in the .tf with its reason, and
-    each one still suppresses a finding (a skip checkov no longer needs is removed, not kept)."""
-    if not CHECKOV.exists():
-        message = f"checkov not found at {CHECKOV}: run `make checkov` (creates .venv-checkov)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    result = run(
-        [str(CHECKOV), "-d", str(TF_DIR), "--framework", "terraform", "--skip-download", "-o", "json"],
-        cwd=ROOT,
-        timeout=300,
-    )
-    report = json.loads(result.stdout)
-    report = report[0] if isinstance(report, list) else report
-    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
-    assert not failed, failed
-    assert result.returncode == 0, result.stderr
-    skipped = {(c["check_id"], c["file_path"].lstrip("/")) for c in report["results"]["skipped_checks"]}
-    for file_name, check, reason in inline_skips():
-        assert len(reason.strip()) > 20, f"{file_name} {check}: a skip needs its reason"
-        assert (check, file_name) in skipped, f"{file_name} {check}: checkov no longer needs this skip"
+    check_checkov(TF_DIR)

@@ -7,10 +7,7 @@ Not marked ``infra``: parsing takes well under a second, so ``make unit`` and ``
 from __future__ import annotations
 
 import ast
-import os
 import re
-import shutil
-import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +16,11 @@ from typing import Any
 import pytest
 
 from tests.infra.conftest import ROOT
+from tests.infra.terraform_checks import block, check_checkov, check_fmt, check_validate, terraform_binary
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is a dev dependency: pip install -e '.[dev]'")
 
 TF_DIR = ROOT / "terraform" / "gcp"
-CHECKOV = Path(os.environ.get("TEXTNLP_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TF_ENV = {"CHECKPOINT_DISABLE": "1"}
 
 # What each account may hold, as (role, where). `where` names the resource the role is granted on:
 # "project" (with the Firestore condition where it says so), a bucket, a secret, an account or a service.
@@ -105,18 +100,18 @@ class Config:
             self.text += text
             with path.open() as handle:
                 parsed = hcl2.load(handle, serialization_options=options)
-            for block in parsed.get("resource", []):
-                for type_name, named in block.items():
+            for part in parsed.get("resource", []):
+                for type_name, named in part.items():
                     self.resources[type_name].update(named)
-            for block in parsed.get("data", []):
-                for type_name, named in block.items():
+            for part in parsed.get("data", []):
+                for type_name, named in part.items():
                     self.data[type_name].update(named)
-            for block in parsed.get("locals", []):
-                self.locals.update(block)
-            for block in parsed.get("variable", []):
-                self.variables.update(block)
-            for block in parsed.get("output", []):
-                self.outputs.update(block)
+            for part in parsed.get("locals", []):
+                self.locals.update(part)
+            for part in parsed.get("variable", []):
+                self.variables.update(part)
+            for part in parsed.get("output", []):
+                self.outputs.update(part)
             self.terraform.extend(parsed.get("terraform", []))
 
     def resource(self, address: str) -> dict[str, Any]:
@@ -139,15 +134,6 @@ def refs(value: Any) -> set[str]:
     """The resource addresses (type.name) an expression mentions: ``${google_x.y.attr}``, ``google_x.y[0]``."""
     text = str(value)
     return {f"{m[0]}.{m[1]}" for m in re.findall(r"\b((?:google|random|data)_[a-z0-9_]+)\.([a-z0-9_]+)", text)}
-
-
-def block(value: Any) -> dict[str, Any]:
-    """A nested block: python-hcl2 gives a list of one dict."""
-    if isinstance(value, list):
-        assert len(value) == 1, value
-        value = value[0]
-    assert isinstance(value, dict), value
-    return value
 
 
 def account_of(member: Any) -> str | None:
@@ -463,69 +449,22 @@ def test_variables_are_described_and_providers_pinned(tf: Config) -> None:
         assert providers[name]["version"].startswith("~>"), name
 
 
-# -- tools -------------------------------------------------------------------------------------------------
-
-
-def run(
-    args: list[str], cwd: Path, timeout: float = 120, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **TF_ENV, **(extra_env or {})}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+# -- tools (tests/infra/terraform_checks.py) ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def terraform() -> str:
-    found = shutil.which("terraform")
-    if found is None:
-        if IN_CI:
-            pytest.fail("terraform is not on PATH in CI")
-        pytest.skip("terraform is not on PATH")
-    return found
+    return terraform_binary()
 
 
 def test_terraform_fmt(terraform: str) -> None:
-    result = run([terraform, "fmt", "-check", "-recursive", "-diff", str(TF_DIR)], cwd=ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_fmt(terraform, TF_DIR)
 
 
 def test_terraform_validate(terraform: str, tmp_path: Path) -> None:
     """Needs the google provider: skipped (with the reason) where it cannot be downloaded."""
-    work = tmp_path / "gcp"
-    shutil.copytree(TF_DIR, work, ignore=shutil.ignore_patterns(".terraform", ".build", "*.tfstate*"))
-    # The module reads the repository through ../.. (the function source): give the copy the same view.
-    for name in ("core", "adapters", "functions"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    cache = Path(os.environ.get("TF_PLUGIN_CACHE_DIR", Path.home() / ".cache" / "textnlp" / "terraform-plugins"))
-    cache.mkdir(parents=True, exist_ok=True)
-    plugins = {"TF_PLUGIN_CACHE_DIR": str(cache)}
-    init = run(
-        [terraform, "init", "-backend=false", "-input=false", "-no-color"], cwd=work, timeout=300, extra_env=plugins
-    )
-    if init.returncode != 0:
-        output = init.stdout + init.stderr
-        if "registry.terraform.io" in output or "Failed to query available provider packages" in output:
-            pytest.skip(
-                "terraform validate needs the google provider, which cannot be downloaded here "
-                "(registry.terraform.io unreachable)"
-            )
-        pytest.fail(output)
-    result = run([terraform, "validate", "-no-color"], cwd=work, extra_env=plugins)
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_validate(terraform, TF_DIR, tmp_path, "the google provider")
 
 
-def test_checkov_clean() -> None:
-    """checkov lives in .venv-checkov (`make checkov`); every skip is written in the .tf with its reason."""
-    if not CHECKOV.exists():
-        message = f"checkov not found at {CHECKOV}: run `make checkov` (creates .venv-checkov)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    result = run(
-        [str(CHECKOV), "-d", str(TF_DIR), "--framework", "terraform", "--skip-download", "--compact", "--quiet"],
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    skips = re.findall(r"#checkov:skip=(CKV2?_[A-Z]+_\d+):(.*)", "".join(p.read_text() for p in TF_DIR.glob("*.tf")))
-    for check, reason in skips:
-        assert len(reason.strip()) > 20, f"{check}: a skip needs its reason"
+def test_checkov_clean_and_every_skip_needed() -> None:
+    check_checkov(TF_DIR)
