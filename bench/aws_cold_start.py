@@ -32,6 +32,9 @@ from typing import Any
 
 from bench._procs import ROOT, cpu_plan, free_port, host_note, pin, stop, wait_http
 from bench.cold_start import print_import_report
+from bench.cold_start_runs import Run, ratio_row
+from bench.cold_start_runs import floor_run as timed_floor_run
+from bench.cold_start_runs import gateway_run as timed_gateway_run
 
 REGION = "us-east-1"
 TABLE = "textnlp-bench"
@@ -193,50 +196,15 @@ def api_event(key: str, path: str = "/v1/models", method: str = "GET", body: str
     return event
 
 
-def floor_run(env: dict[str, str], cpus: set[int] | None, child: str = FLOOR_CHILD) -> tuple[float, float]:
+def floor_run(env: dict[str, str], cpus: set[int] | None, child: str = FLOOR_CHILD) -> Run:
     """(wall seconds from spawning the floor process to its line, the process's CPU seconds by then)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", child, ",".join(FLOOR_CLIENTS)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-    )
-    pin(proc.pid, cpus)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    elapsed = time.perf_counter() - t0
-    proc.wait()
-    if not line:
-        raise RuntimeError(f"the floor process printed nothing (exit {proc.returncode})")
-    return elapsed, json.loads(line)["cpu_ms"] / 1000
+    return timed_floor_run([child, ",".join(FLOOR_CLIENTS)], env, cpus)
 
 
 def gateway_run(env: dict[str, str], key: str, cpus: set[int] | None) -> tuple[float, float, dict[str, Any]]:
     """(wall seconds from spawning a fresh api process to its first Lambda result, its CPU seconds by then,
     the child's own timings)."""
-    event = json.dumps(api_event(key))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", GATEWAY_CHILD, event],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    pin(proc.pid, cpus)
-    assert proc.stdout is not None
-    for line in proc.stdout:  # the handler's EMF lines come first
-        if line.startswith('{"status"'):
-            elapsed = time.perf_counter() - t0
-            proc.wait()
-            data: dict[str, Any] = json.loads(line)
-            if data["status"] != 200:
-                raise RuntimeError(f"the first event was answered {data['status']}")
-            return elapsed, data["cpu_ms"] / 1000, data
-    proc.wait()
-    raise RuntimeError(f"the child printed no result (exit {proc.returncode})")
+    return timed_gateway_run([GATEWAY_CHILD, json.dumps(api_event(key))], env, cpus)
 
 
 def probe_clients(env: dict[str, str], key: str) -> dict[str, Any]:
@@ -251,18 +219,6 @@ def probe_clients(env: dict[str, str], key: str) -> dict[str, Any]:
     )
     probe: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return probe
-
-
-def _row(label: str, runs: list[tuple[float, float]], floor: list[tuple[float, float]] | None = None) -> str:
-    """A line of medians: wall ms, CPU ms, and with ``floor`` the ratios to it and the wall ms over it."""
-    wall = statistics.median(r[0] for r in runs) * 1000
-    cpu = statistics.median(r[1] for r in runs) * 1000
-    text = f"  {label:<58} {wall:6.0f} ms  cpu {cpu:5.0f} ms"
-    if floor is None:
-        return text + "   1.00x"
-    floor_wall = statistics.median(r[0] for r in floor) * 1000
-    floor_cpu = statistics.median(r[1] for r in floor) * 1000
-    return text + f"   {wall / floor_wall:4.2f}x (cpu {cpu / floor_cpu:4.2f}x)   {wall - floor_wall:+5.0f} ms"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,11 +248,11 @@ def main(argv: list[str] | None = None) -> None:
         made, floor_makes = probe["clients"], sorted(FLOOR_CLIENTS)
         print(f"  !! the api made the clients {made}, the floor makes {floor_makes}: fix FLOOR_CLIENTS")
     clients = ", ".join(FLOOR_CLIENTS)
-    print(f"  {'':<58} {'wall':>9}  {'':>4}{'cpu':>8}   ratio to the floor (wall, cpu), wall over it")
-    print(_row(f"floor: boto3 + pydantic, clients {clients}", floor))
-    print(_row("  same with botocore alone, no boto3 (information)", botocore_floor, floor))
-    print(_row("api: import + 1st GET /v1/models, tracing disabled", [r[:2] for r in runs], floor))
-    print(_row("api: the same, X-Ray tracing Active (as deployed)", [r[:2] for r in traced], floor))
+    print(f"  {'':<60} {'wall':>9}  {'':>4}{'cpu':>8}   ratio to the floor (wall, cpu), wall over it")
+    print(ratio_row(f"floor: boto3 + pydantic, clients {clients}", floor))
+    print(ratio_row("  same with botocore alone, no boto3 (information)", botocore_floor, floor))
+    print(ratio_row("api: import + 1st GET /v1/models, tracing disabled", [r[:2] for r in runs], floor))
+    print(ratio_row("api: the same, X-Ray tracing Active (as deployed)", [r[:2] for r in traced], floor))
     for name, group in (("disabled", runs), ("Active", traced)):
         import_ms = statistics.median(r[2]["import_ms"] for r in group)
         runtime_ms = statistics.median(r[2]["runtime_ms"] for r in group)

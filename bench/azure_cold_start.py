@@ -19,19 +19,15 @@ token (on the emulators the keys are given).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._procs import ROOT, cpu_plan, host_note, pin
+from bench._procs import cpu_plan, host_note
 from bench.cold_start import print_import_report
+from bench.cold_start_runs import floor_run, gateway_run, ratio_row
 
 CONTAINER = "textnlp-bench"
 ADMIN_KEY = "BenchAdminKeyFromKeyVault0123456789abcdef"
@@ -123,51 +119,6 @@ def create_container(env: dict[str, str]) -> None:
     ).create_container()
 
 
-def child(argv: list[str], env: dict[str, str], cpus: set[int] | None) -> tuple[float, dict[str, Any]]:
-    """Run ``python -c argv``; (wall seconds from start to its JSON line, that line)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", *argv],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    pin(proc.pid, cpus)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(('{"status"', '{"ms"')):
-            elapsed = time.perf_counter() - t0
-            proc.wait()
-            return elapsed, json.loads(line)
-    proc.wait()
-    raise RuntimeError(f"the child printed no result (exit {proc.returncode})")
-
-
-def floor_run(env: dict[str, str], cpus: set[int] | None) -> tuple[float, float]:
-    elapsed, data = child([FLOOR_CHILD], env, cpus)
-    return elapsed, data["cpu_ms"] / 1000
-
-
-def gateway_run(env: dict[str, str], key: str, cpus: set[int] | None) -> tuple[float, float, dict[str, Any]]:
-    elapsed, data = child([GATEWAY_CHILD, key], env, cpus)
-    if data["status"] != 200:
-        raise RuntimeError(f"the first request was answered {data['status']}")
-    return elapsed, data["cpu_ms"] / 1000, data
-
-
-def row(label: str, runs: list[tuple[float, float]], floor: list[tuple[float, float]] | None = None) -> str:
-    wall = statistics.median(r[0] for r in runs) * 1000
-    cpu = statistics.median(r[1] for r in runs) * 1000
-    text = f"  {label:<60} {wall:6.0f} ms  cpu {cpu:5.0f} ms"
-    if floor is None:
-        return text + "   1.00x"
-    floor_wall = statistics.median(r[0] for r in floor) * 1000
-    floor_cpu = statistics.median(r[1] for r in floor) * 1000
-    return text + f"   {wall / floor_wall:4.2f}x (cpu {cpu / floor_cpu:4.2f}x)   {wall - floor_wall:+5.0f} ms"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--runs", type=int, default=5)
@@ -182,13 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         env = emulators.env()
         create_container(env)
         key = seed_tenant(store_of(env))
-        gateway_run(env, key, measured)  # the first worker imports the admin key; .pyc and page cache warm
-        floor_run(env, measured)
-        floor = [floor_run(env, measured) for _ in range(args.runs)]
-        runs = [gateway_run(env, key, measured) for _ in range(args.runs)]
+        # The first worker imports the admin key; .pyc and page cache warm.
+        gateway_run([GATEWAY_CHILD, key], env, measured)
+        floor_run([FLOOR_CHILD], env, measured)
+        floor = [floor_run([FLOOR_CHILD], env, measured) for _ in range(args.runs)]
+        runs = [gateway_run([GATEWAY_CHILD, key], env, measured) for _ in range(args.runs)]
     print(f"  {'':<60} {'wall':>9}  {'':>4}{'cpu':>8}   ratio to the floor (wall, cpu), wall over it")
-    print(row("floor: azure-functions, pydantic, Cosmos + Blob clients", floor))
-    print(row("api: index function_app + 1st GET /v1/models (Cosmos server)", [r[:2] for r in runs], floor))
+    print(ratio_row("floor: azure-functions, pydantic, Cosmos + Blob clients", floor))
+    print(ratio_row("api: index function_app + 1st GET /v1/models (Cosmos server)", [r[:2] for r in runs], floor))
     import_ms = statistics.median(r[2]["import_ms"] for r in runs)
     runtime_ms = statistics.median(r[2]["runtime_ms"] for r in runs)
     request_ms = statistics.median(r[2]["request_ms"] for r in runs)

@@ -19,18 +19,16 @@ and the metadata server's first token (on the emulators the credentials are anon
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._procs import ROOT, cpu_plan, host_note, pin
+from bench._procs import ROOT, cpu_plan, host_note
 from bench.cold_start import print_import_report
+from bench.cold_start_runs import floor_run, gateway_run, ratio_row
 
 PROJECT = "textnlp-bench"
 BUCKET = "textnlp-bench"
@@ -133,51 +131,6 @@ def seed_tenant(
     return key
 
 
-def _child(argv: list[str], env: dict[str, str], cpus: set[int] | None) -> tuple[float, dict[str, Any]]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", *argv],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    pin(proc.pid, cpus)
-    assert proc.stdout is not None
-    for line in proc.stdout:  # the metrics' JSON lines come first
-        data = json.loads(line) if line.startswith('{"status"') or line.startswith('{"ms"') else None
-        if data is not None:
-            elapsed = time.perf_counter() - t0
-            proc.wait()
-            return elapsed, data
-    proc.wait()
-    raise RuntimeError(f"the child printed no result (exit {proc.returncode})")
-
-
-def floor_run(env: dict[str, str], cpus: set[int] | None) -> tuple[float, float]:
-    elapsed, data = _child([FLOOR_CHILD], env, cpus)
-    return elapsed, data["cpu_ms"] / 1000
-
-
-def gateway_run(env: dict[str, str], key: str, cpus: set[int] | None) -> tuple[float, float, dict[str, Any]]:
-    elapsed, data = _child([GATEWAY_CHILD, key, MAIN], env, cpus)
-    if data["status"] != 200:
-        raise RuntimeError(f"the first request was answered {data['status']}")
-    return elapsed, data["cpu_ms"] / 1000, data
-
-
-def _row(label: str, runs: list[tuple[float, float]], floor: list[tuple[float, float]] | None = None) -> str:
-    wall = statistics.median(r[0] for r in runs) * 1000
-    cpu = statistics.median(r[1] for r in runs) * 1000
-    text = f"  {label:<60} {wall:6.0f} ms  cpu {cpu:5.0f} ms"
-    if floor is None:
-        return text + "   1.00x"
-    floor_wall = statistics.median(r[0] for r in floor) * 1000
-    floor_cpu = statistics.median(r[1] for r in floor) * 1000
-    return text + f"   {wall / floor_wall:4.2f}x (cpu {cpu / floor_cpu:4.2f}x)   {wall - floor_wall:+5.0f} ms"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--runs", type=int, default=5)
@@ -190,13 +143,14 @@ def main(argv: list[str] | None = None) -> None:
         env = emulators.env()
         create_bucket(env)
         key = seed_tenant(store_of(env))
-        gateway_run(env, key, measured)  # the first instance imports the admin key; .pyc and page cache warm
-        floor_run(env, measured)
-        floor = [floor_run(env, measured) for _ in range(args.runs)]
-        runs = [gateway_run(env, key, measured) for _ in range(args.runs)]
+        # The first instance imports the admin key; .pyc and page cache warm.
+        gateway_run([GATEWAY_CHILD, key, MAIN], env, measured)
+        floor_run([FLOOR_CHILD], env, measured)
+        floor = [floor_run([FLOOR_CHILD], env, measured) for _ in range(args.runs)]
+        runs = [gateway_run([GATEWAY_CHILD, key, MAIN], env, measured) for _ in range(args.runs)]
     print(f"  {'':<60} {'wall':>9}  {'':>4}{'cpu':>8}   ratio to the floor (wall, cpu), wall over it")
-    print(_row("floor: functions-framework, pydantic, google-auth, clients", floor))
-    print(_row("api: create_app + 1st GET /v1/models (Firestore emulator)", [r[:2] for r in runs], floor))
+    print(ratio_row("floor: functions-framework, pydantic, google-auth, clients", floor))
+    print(ratio_row("api: create_app + 1st GET /v1/models (Firestore emulator)", [r[:2] for r in runs], floor))
     import_ms = statistics.median(r[2]["import_ms"] for r in runs)
     runtime_ms = statistics.median(r[2]["runtime_ms"] for r in runs)
     request_ms = statistics.median(r[2]["request_ms"] for r in runs)
