@@ -18,7 +18,6 @@ import atexit
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -31,7 +30,6 @@ from core.app import Gateway
 from core.auth.admin_bootstrap import import_configured_admin_key
 from core.backend_types import BackendCatalog
 from core.blob_jobs import BlobJobQueue
-from core.budget_slices import SlicedLimits
 from core.errors import ServiceUnavailable
 from core.observability import configure_logging
 from core.ports import BlobStore, JobQueue, Store
@@ -156,16 +154,11 @@ class Runtime:
     jobs: BlobJobQueue | None = None
 
     def give_back(self) -> None:
-        """At exit: what the worker's budget slices hold goes back to the tenants' counters (on this thread: at
-        interpreter exit no executor takes new work, so the async ``Gateway.give_back_budget`` cannot run)."""
-        limits = self.gateway.limits
-        if not isinstance(limits, SlicedLimits):
-            return
-        for _ in range(10):
-            with contextlib.suppress(Exception):  # best effort: unreturned budget is an underspend, never more
-                if limits.close_all():
-                    return
-            time.sleep(0.5)
+        """At exit (atexit, on the main thread with no loop running): what the worker's budget slices hold goes
+        back to the tenants' counters, as on every runtime (``Gateway.give_back_budget``; its store steps run in
+        place once the interpreter's pools take no more work)."""
+        with contextlib.suppress(Exception):  # best effort: unreturned budget is an underspend, never more
+            asyncio.run(self.gateway.give_back_budget())
 
     def close(self) -> None:
         """Give back and release the store (tests, the local host; a worker never needs it)."""
