@@ -39,15 +39,11 @@ one's with its day.
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import os
-import threading
 import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -65,13 +61,13 @@ from adapters.aws.dynamodb_table import (
     conflict_pause,
     unavailable,
 )
+from adapters.query_threads import each
 from core.domain import CounterChange, UsageAggregate, UsageRecord
 from core.stores import utc_day
 
 USAGE_SK = "USAGE"
 AGGREGATE_SHARDS = 32  # a record's aggregate shard and its gsi1 partition of the day (``usage_shard``)
 LEGACY_AGGREGATE_PREFIX = "A#"  # the ``sk`` of an aggregate written before the shards had partitions
-QUERY_THREADS = 8  # the queries of one read run on this many threads
 MIN_SHARE = 10  # records asked of a gsi1 partition at a time, at least (a read unit holds ~10 of them)
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,28 +196,6 @@ def _daily(r: UsageRecord, day: str, shard: int) -> list[Action]:
     ]
 
 
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-_pool_lock = threading.Lock()
-
-
-def _query_pool() -> ThreadPoolExecutor:
-    """The process's query threads (started on first use; made anew in a forked child, whose threads are gone)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="textnlp-dynamodb-query"))
-        return _pool[1]
-
-
-def _each(fn: Callable[[T], R], args: Sequence[T]) -> list[R]:
-    """``fn`` of each of ``args``, in order; several at once on the query pool, with the caller's context."""
-    if len(args) <= 1:
-        return [fn(arg) for arg in args]
-    pool = _query_pool()
-    futures = [pool.submit(contextvars.copy_context().run, fn, arg) for arg in args]
-    return [future.result() for future in futures]
-
-
 class DynamoDBUsage:
     """The UsageStore primitives (policy in core.stores).
 
@@ -266,7 +240,7 @@ class DynamoDBUsage:
 
     def _queried(self, queries: Sequence[tuple[str, Condition, bool, int | None]]) -> list[list[Item]]:
         """Each (partition, sort key condition, of gsi1, limit) read whole, at once on the query pool."""
-        return _each(lambda q: list(self._table.query(q[0], q[1], index=q[2], limit=q[3])), queries)
+        return each(lambda q: list(self._table.query(q[0], q[1], index=q[2], limit=q[3])), queries)
 
     def _aggregate_items(self, tenant_id: str | None, start_day: str, end_day: str) -> list[Item]:
         """Every aggregate shard item of the days, of both layouts (``start_day <= end_day``)."""
