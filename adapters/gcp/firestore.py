@@ -38,6 +38,7 @@ from adapters.gcp.firestore_rpc import Fields, FirestoreRpc, Refused, Retry, tim
 from adapters.gcp.firestore_usage import USAGE_SHARDS, FirestoreUsage
 from core.domain import ApiKeyRecord, Limits, ModelSpec, SigningKey, Tenant
 from core.stores import CacheEntry, StorePolicy
+from core.writer_shards import WriterShards
 
 MAX_CACHE_VALUE = 1_000_000  # bytes: a document holds 1 MiB, names and other fields included
 _KEY_TENANTS_REMEMBERED = 100_000
@@ -117,7 +118,8 @@ class FirestoreStore(FirestoreUsage, FirestoreCounters, FirestoreDocuments, Stor
 
     ``client`` is a ``google.cloud.firestore.Client`` (made with ``project`` / ``database`` when not given);
     ``clock`` gives "now" for counter expiry; ``timeout_s`` bounds each call; ``usage_shards`` is how many
-    aggregate documents a tenant's usage of a day and model is spread over.
+    index shards a tenant's usage records are spread over; ``writer_shards`` names this process's daily
+    aggregate documents (``core.writer_shards``; a new writer by default).
     IAM: ``roles/datastore.user`` on the database.
     """
 
@@ -132,11 +134,13 @@ class FirestoreStore(FirestoreUsage, FirestoreCounters, FirestoreDocuments, Stor
         clock: Callable[[], float] = time.time,
         timeout_s: float = 10.0,
         usage_shards: int = USAGE_SHARDS,
+        writer_shards: WriterShards | None = None,
     ) -> None:
         self._client = client if client is not None else firestore_client(project, database)
         self._rpc = FirestoreRpc(self._client, timeout_s)
         self._clock = clock
         self._usage_shards = usage_shards
+        self._writer_shards = writer_shards if writer_shards is not None else WriterShards()
         self._key_tenants: dict[str, str] = {}
         self._init_counters()
 

@@ -7,7 +7,7 @@ tenant             ``tenants/{tenant}``                                        i
 API key            ``tenants/{tenant}/keys/{key id}``                          the record (``key_expires_at``)
 counter item       ``tenants/{tenant}/counters/{item}``                        ``c`` (map), ``x``, ``expires_at``
 usage record       ``tenants/{tenant}/usage/{request id}``                     the record, ``day``, ``shard``, ``w``
-daily aggregate    ``tenants/{tenant}/daily/{day}|{shard}|{model}``            tenant_id, day, model, sums
+daily aggregate    ``tenants/{tenant}/daily/{day}|{writer shard}|{model}``     tenant_id, day, model, sums
 cache entry        ``tenants/{tenant}/cache/{digest}``                         value, valid_until, ``expires_at``
 document           ``tenants/{owner}/documents/{collection}/items/{doc id}``   id, owner, body, version, updated_at
 key index          ``key_index/{key id}``                                      tenant_id
@@ -73,7 +73,7 @@ def usage_path(tenant_id: str, request_id: str) -> str:
     return f"{tenant_path(tenant_id)}/{USAGE}/{doc_id(request_id)}"
 
 
-def daily_path(tenant_id: str, day: str, shard: int, model: str) -> str:
+def daily_path(tenant_id: str, day: str, shard: str, model: str) -> str:
     return f"{tenant_path(tenant_id)}/{DAILY}/{doc_id(f'{day}|{shard}|{model}')}"
 
 

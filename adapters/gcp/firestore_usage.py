@@ -3,16 +3,24 @@
 A record is ``tenants/{tenant}/usage/{request id}``, written with a create precondition: a second record of the
 same request id fails the whole commit, so nothing of it is written and nothing settled (the same request id
 twice charges once). In the same commit, its (tenant, day, model) aggregate gets the record's sums added by
-server-side increments (no read, no lock held before the commit) to one of ``shards`` documents
-(``tenants/{tenant}/daily/{day}|{n}|{model}``, ``n`` a stable hash of the request id): no document is written
-by every request of a tenant (Firestore sustains about one write a second per document), and the settlement of
-the counters (``FirestoreCounters``) rides along. A record holds its shard, its UTC ``day`` and the writing
-call's token ``w``.
+server-side increments (no read, no lock held before the commit) to one of the writer's aggregate documents
+(``tenants/{tenant}/daily/{day}|{writer shard}|{model}``), and the settlement of the counters
+(``FirestoreCounters``) rides along. A record holds its index shard (a stable hash of the request id, for the
+listing's index: below), its UTC ``day`` and the writing call's token ``w``.
+
+The aggregate document a record adds to is one of the WRITING PROCESS's own (``core.writer_shards``: as many per
+tenant as its own rate needs to keep each under half a write a second, taken in turn), so no aggregate document
+is written by every request of a busy tenant, whatever its rate.
 
 Reads: ``daily_usage`` of a tenant is one query of its ``daily`` documents by ``day``, the shards added up per
-(day, model); of every tenant, a collection-group query. ``list_usage`` is one query by ``created_at``
-(ascending, limited), and a second one for the records sharing the last one's ``created_at``, so that the
-first ``limit`` by (created_at, request id) are all there.
+(day, model); of every tenant, a collection-group query. ``list_usage`` is one query per index shard (``shard
+== n``, by ``created_at``, ascending, limited; run at once on ``adapters.query_threads``), and for a full one a
+second for the records sharing its last one's ``created_at``, so that the first ``limit`` by (created_at,
+request id) are all there. Why shards: Firestore takes at most 500 writes a second into an index over a
+field whose values only increase (``created_at``); with the field's single-field index exempted (Terraform)
+and a composite index (``shard``, ``created_at``), a tenant's records go to 32 ranges of that index, so about
+16,000 records a second before any of them reaches it, for a tenant or for all of them (the collection-group
+index).
 """
 
 from __future__ import annotations
@@ -24,9 +32,11 @@ from dataclasses import replace
 from adapters.gcp.firestore_counters import FirestoreTx
 from adapters.gcp.firestore_layout import DAILY, USAGE, daily_path, tenant_path, usage_path
 from adapters.gcp.firestore_rpc import Fields, FirestoreRpc, ordered, where
+from adapters.query_threads import each
 from core.domain import UsageAggregate, UsageRecord
+from core.writer_shards import WriterShards
 
-USAGE_SHARDS = 32  # aggregate documents per tenant, day and model
+USAGE_SHARDS = 32  # index shards of a tenant's usage records
 _SUMS = ("requests", "prompt_tokens", "completion_tokens", "cached_requests", "cost")
 
 
@@ -109,14 +119,16 @@ class FirestoreUsage:
 
     _rpc: FirestoreRpc
     _usage_shards: int = USAGE_SHARDS
+    _writer_shards: WriterShards
 
     def _save_usage(self, tx: FirestoreTx, record: UsageRecord, day: str) -> bool:
         """In ``tx``: the record's create (the commit fails if it exists) and its aggregate shard's increments."""
         shard = usage_shard(record.request_id, self._usage_shards)
         path = usage_path(record.tenant_id, record.request_id)
         tx.write(path, self._rpc.put(path, _record_fields(record, day, shard, tx.token), exists=False))
-        aggregate = daily_path(record.tenant_id, day, shard, record.model)
-        keys = {"tenant_id": record.tenant_id, "day": day, "model": record.model, "shard": shard}
+        writer = self._writer_shards.shard(record.tenant_id)
+        aggregate = daily_path(record.tenant_id, day, writer, record.model)
+        keys = {"tenant_id": record.tenant_id, "day": day, "model": record.model, "shard": writer}
         sums: dict[str, int | float] = {
             "requests": 1,
             "prompt_tokens": record.prompt_tokens,
@@ -147,14 +159,25 @@ class FirestoreUsage:
         )
 
     def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
-        span = where(("created_at", "GREATER_THAN_OR_EQUAL", float(start)), ("created_at", "LESS_THAN", float(end)))
+        """The first ``limit`` of each index shard (queries at once), and the records tied with each full shard's
+        last one: the first ``limit`` of all, by (created_at, request id), are among them (core cuts)."""
+        found: dict[str, Fields] = {}
+        for docs in each(
+            lambda shard: self._first_of_shard(tenant_id, shard, start, end, limit), range(self._usage_shards)
+        ):
+            found.update((d["request_id"], d) for d in docs if d["tenant_id"] == tenant_id or tenant_id is None)
+        return [_record_from(d) for d in found.values()]
+
+    def _first_of_shard(self, tenant_id: str | None, shard: int, start: float, end: float, limit: int) -> list[Fields]:
+        in_shard = ("shard", "EQUAL", shard)
+        span = where(
+            in_shard, ("created_at", "GREATER_THAN_OR_EQUAL", float(start)), ("created_at", "LESS_THAN", float(end))
+        )
         first = self._query(tenant_id, USAGE, {**span, **ordered("created_at"), "limit": limit})
         if len(first) < limit:
-            return [_record_from(d) for d in first]
+            return first
         last = float(first[-1]["created_at"])  # records tied with the last one: any of them may come first
-        ties = self._query(tenant_id, USAGE, where(("created_at", "EQUAL", last)))
-        found = {d["request_id"]: d for d in (*first, *ties) if d["tenant_id"] == tenant_id or tenant_id is None}
-        return [_record_from(d) for d in found.values()]
+        return first + self._query(tenant_id, USAGE, where(in_shard, ("created_at", "EQUAL", last)))
 
     def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         span = where(("day", "GREATER_THAN_OR_EQUAL", start_day), ("day", "LESS_THAN_OR_EQUAL", end_day))

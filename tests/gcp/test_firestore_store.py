@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
 
 from adapters.gcp.firestore import FirestoreStore
+from adapters.gcp.firestore_layout import DAILY, USAGE, tenant_path
 from core.domain import CounterChange, UsageRecord
 from core.errors import ServiceUnavailable, StoreThrottled
 from core.ports import Store
+from core.writer_shards import WriterShards
 
 # The behavioural suite every Store passes, run here on Firestore (see ``tests/contract``).
 from tests.contract import test_store_contract as contract
@@ -164,3 +167,50 @@ def test_expired_documents_are_absent_until_the_ttl_policy_deletes_them(store: F
     raw = store.client.document(f"tenants/t1/cache/{'k' * 64}").get().to_dict()
     assert raw["expires_at"].timestamp() == T0 + 11  # whole seconds, rounded up: never deleted early
     assert store.cache_get("t1", "k" * 64, T0 + 10.5) is None  # the exact expiry
+
+
+class WriterClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_busy_process_adds_usage_to_aggregate_documents_of_its_own_none_written_above_its_share(
+    firestore_emulator_host: FirestoreEmulator, clock: FakeClock
+) -> None:
+    """Each process writes the daily aggregates to documents of its own, as many as its rate needs (at most one
+    write in 2 s each here); the usage API adds them all up."""
+    busy_clock = WriterClock()
+    busy = firestore_store(clock, writer_shards=WriterShards("busy", clock=busy_clock))
+    quiet_clock = WriterClock()
+    quiet = FirestoreStore(busy.client, clock=clock, writer_shards=WriterShards("quiet", clock=quiet_clock))
+    for n in range(40):  # 20 records a second for 2 s
+        assert busy.record_usage(_usage(f"r{n}"), [])
+        busy_clock.t += 0.05
+    for n in range(3):  # one every 5 s
+        assert quiet.record_usage(_usage(f"q{n}"), [])
+        quiet_clock.t += 5.0
+    docs = busy.rpc.query(tenant_path("t1"), DAILY, {})
+    per_doc = {d["shard"]: d["requests"] for d in docs}
+    assert sum(per_doc.values()) == 43
+    assert per_doc["quiet0"] == 3  # a quiet process: one document
+    busy_docs = [n for shard, n in per_doc.items() if shard.startswith("busy")]
+    assert len(busy_docs) >= 20
+    assert max(busy_docs) <= 1
+    [day] = busy.daily_usage("t1", "2024-03-10", "2024-03-10")
+    assert (day.requests, day.prompt_tokens, day.completion_tokens) == (43, 430, 215)
+    busy.close()
+
+
+def test_usage_is_listed_across_index_shards_in_order(store: FirestoreStore) -> None:
+    """Records of one tenant spread over the index shards (``shard``) come back as one list in order, the first
+    ``limit`` across all shards, ties at the cut included."""
+    for n in range(30):
+        store.record_usage(replace(_usage(f"r{n:02d}"), created_at=T0 + n // 3), [])
+    shards = {d["shard"] for d in store.rpc.query(tenant_path("t1"), USAGE, {})}
+    assert len(shards) > 5
+    listed = store.list_usage("t1", T0, T0 + 100, limit=7)
+    assert [r.request_id for r in listed] == [f"r{n:02d}" for n in range(7)]
+    assert [r.request_id for r in store.list_usage(None, T0 + 3, T0 + 5)] == [f"r{n:02d}" for n in range(9, 15)]
