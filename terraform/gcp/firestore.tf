@@ -58,3 +58,33 @@ resource "google_firestore_field" "group_index" {
   # Field changes on one database are applied one at a time; the TTL ones go first.
   depends_on = [google_firestore_field.ttl]
 }
+
+# The usage records' created_at: no single-field index (a write hotspot at 500 writes a second, as the TTL
+# timestamps above); list_usage reads it through the composite indexes below, one range per index shard.
+resource "google_firestore_field" "usage_created_at" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = local.firestore_usage_collection
+  field      = "created_at"
+
+  index_config {}
+
+  depends_on = [google_firestore_field.group_index]
+}
+
+resource "google_firestore_index" "usage_by_shard" {
+  for_each = toset(local.firestore_usage_index_scopes)
+
+  project     = var.project_id
+  database    = google_firestore_database.main.name
+  collection  = local.firestore_usage_collection
+  query_scope = each.key
+
+  dynamic "fields" {
+    for_each = local.firestore_usage_index_fields
+    content {
+      field_path = fields.value
+      order      = "ASCENDING"
+    }
+  }
+}

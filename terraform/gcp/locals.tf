@@ -21,13 +21,17 @@ locals {
     counters = "rate-limit windows, quota periods and their shards (tenants/<tenant>/counters, counters)"
     cache    = "response cache entries (tenants/<tenant>/cache)"
   }
-  # list_usage / daily_usage of every tenant are collection-group queries (adapters/gcp/firestore_usage.py):
-  # a range on one field, so a collection-group single-field index each; one tenant's queries use the
-  # automatic collection-scope indexes. No composite index is needed: no query filters or orders on two fields.
+  # daily_usage of every tenant is a collection-group query on one field (adapters/gcp/firestore_usage.py): a
+  # collection-group single-field index; one tenant's query uses the automatic collection-scope index.
   firestore_group_indexes = {
-    usage = "created_at"
     daily = "day"
   }
+  # list_usage queries each index shard of the records by created_at (shard == n, a range on created_at): a
+  # composite index per scope (a tenant's collection, every tenant's), and no single-field index on
+  # created_at, whose ever-increasing values written at the request rate would cap the writes at 500 a second.
+  firestore_usage_collection   = "usage"
+  firestore_usage_index_fields = ["shard", "created_at"]
+  firestore_usage_index_scopes = ["COLLECTION", "COLLECTION_GROUP"]
 
   # Log-based metrics: one per metric core emits (adapters/gcp/metrics.py writes one JSON line per counter per
   # dimension set, and one per observed value). Every one is a DISTRIBUTION of jsonPayload.value, so its sum

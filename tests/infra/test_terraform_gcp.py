@@ -362,15 +362,29 @@ def test_ttl_policies_cover_the_collections_that_expire(tf: Config) -> None:
 
 def test_usage_queries_have_their_indexes(tf: Config) -> None:
     overrides = tf.locals["firestore_group_indexes"]
-    layout = store_layout()
-    usage, daily = (layout.get("USAGE", "usage"), layout.get("DAILY", "daily"))
-    assert overrides == {usage: "created_at", daily: "day"}  # list_usage / daily_usage of every tenant
+    daily = store_layout().get("DAILY", "daily")
+    assert overrides == {daily: "day"}  # daily_usage of every tenant
     field = tf.resource("google_firestore_field.group_index")
     assert field["for_each"] == "${local.firestore_group_indexes}"
     indexes = block(field["index_config"])["indexes"]
     scopes = {(i["query_scope"], i["order"]) for i in indexes}
     assert ("COLLECTION_GROUP", "ASCENDING") in scopes
     assert {("COLLECTION", "ASCENDING"), ("COLLECTION", "DESCENDING")} <= scopes  # the defaults, kept
+
+
+def test_usage_records_are_listed_by_index_shard_with_no_hotspot_on_created_at(tf: Config) -> None:
+    """list_usage filters ``shard`` and ranges ``created_at`` (one query per shard, a tenant's or every
+    tenant's): a composite index in both scopes, and no single-field index on the ever-increasing timestamp."""
+    usage = store_layout().get("USAGE", "usage")
+    assert tf.locals["firestore_usage_collection"] == usage
+    assert tf.locals["firestore_usage_index_fields"] == ["shard", "created_at"]
+    exempt = tf.resource("google_firestore_field.usage_created_at")
+    assert (exempt["collection"], exempt["field"]) == ("${local.firestore_usage_collection}", "created_at")
+    assert exempt["index_config"] in ({}, [], [{}])
+    index = tf.resource("google_firestore_index.usage_by_shard")
+    assert index["for_each"] == "${toset(local.firestore_usage_index_scopes)}"
+    assert tf.locals["firestore_usage_index_scopes"] == ["COLLECTION", "COLLECTION_GROUP"]
+    assert index["collection"] == "${local.firestore_usage_collection}"
 
 
 # -- metrics, dashboard, alerts ----------------------------------------------------------------------------
