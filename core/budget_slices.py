@@ -59,6 +59,7 @@ class SlicedLimits:
         self._sizes: dict[tuple[str, str], int] = {}  # requests per slice, per tenant and key
         self._drawing: dict[tuple[str, str], threading.Lock] = {}
         self._unwritten: list[CounterChange] = []  # give-backs the store throttled: written with the next ones
+        self._unwritten_pause = (0.0, 0.0)  # (not before, length): when the throttled give-backs are tried again
         self._guards: dict[str, tuple[float, dict[str, int]]] = {}  # minute item -> (read at, its values)
         self._scarce: dict[str, int] = {}  # tenant -> the minute window in which its budget is scarce
         self._backoff: dict[str, tuple[float, float]] = {}  # tenant -> (no draw before, that pause's length)
@@ -170,7 +171,7 @@ class SlicedLimits:
             for slice_ in slices:
                 slice_.closed = True
                 changes += self._give_back(slice_)
-        return self._write(changes)
+        return self._write(changes, now_or_never=True)
 
     def guard_key(self, tenant_id: str, key_id: str) -> None:
         self.enforcer.guard_key(tenant_id, key_id)
@@ -337,12 +338,21 @@ class SlicedLimits:
             )
         return changes
 
-    def _write(self, changes: list[CounterChange]) -> bool:
+    def _write(self, changes: list[CounterChange], *, now_or_never: bool = False) -> bool:
         """Give-backs written alone (no usage record to ride with), with any the store throttled before: each an
-        add (a lease's settlement: on its condition, or what was used when the lease was reclaimed). What the
-        store throttles again waits for the next write (a give-back costs the tenant budget until written, never
-        an overspend). Whether everything was written."""
+        add (a lease's settlement: on its condition, or what was used when the lease was reclaimed). After the
+        store throttled one, the rest wait a pause (``throttle_backoff_s``, doubled while the store keeps
+        refusing) before they are tried again, with whatever came meanwhile (``now_or_never``: try at once, a
+        shutdown): every request of the instance passes here, and trying on each would keep the very item that
+        is throttled throttled. A give-back costs the tenant budget until written, never an overspend. Whether
+        everything was written."""
+        now = self._clock.now()
         with self._lock:
+            if now < self._unwritten_pause[0] and not now_or_never:
+                self._unwritten += changes
+                return False
+            if not changes and not self._unwritten:
+                return True
             changes, self._unwritten = self._unwritten + changes, []
         for i, change in enumerate(changes):
             try:
@@ -353,7 +363,12 @@ class SlicedLimits:
             except ServiceUnavailable:  # throttled, or the store unavailable
                 with self._lock:
                     self._unwritten += changes[i:]
+                    length = min(self.policy.throttle_backoff_max_s, 2 * self._unwritten_pause[1])
+                    length = length or self.policy.throttle_backoff_s
+                    self._unwritten_pause = (now + length, length)
                 return False
+        with self._lock:
+            self._unwritten_pause = (0.0, 0.0)
         return True
 
     def _guard_values(self, item: str, now: float) -> dict[str, int]:

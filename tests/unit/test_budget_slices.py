@@ -327,3 +327,45 @@ def test_a_throttled_draw_pauses_the_instances_draws_for_the_tenant(clock: Fixed
     with pytest.raises(StoreThrottled):
         instance.reserve(other, KEY, 10)
     assert isinstance(instance.reserve(tenant, KEY, 10), SliceShare)  # another tenant's pause is its own
+
+
+class ThrottledAdds(CountingStore):
+    """Refuses every plain add (a slice's give-back written alone) while ``throttling``, counting attempts."""
+
+    throttling = True
+    adds = 0
+
+    def add(self, item: str, deltas: Mapping[str, int], expires_at: float | None = None) -> None:
+        self.writes += 1
+        self.adds += 1
+        if self.throttling:
+            raise StoreThrottled()
+        self._store.add(item, deltas, expires_at)
+
+
+def test_a_throttled_give_back_is_retried_after_a_pause_not_by_every_request(clock: FixedClock) -> None:
+    """A give-back the store throttled is written later, but not tried again by each of the instance's requests
+    (hundreds a second: they would keep the item it writes throttled); nothing is lost or counted twice."""
+    store = MemoryStore(clock=clock.now)
+    counters = ThrottledAdds(store)
+    enforcer = LimitEnforcer(counters, clock, NullMetrics(), LeaseClock(), SHARDED, random.Random(0))  # type: ignore[arg-type]
+    instance = SlicedLimits(enforcer, counters, clock, SLICES)  # type: ignore[arg-type]
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=100_000))
+    share = instance.reserve(tenant, KEY, 100)
+    assert store.record_usage(record("r0", 60, clock.now()), instance.settlement(share, 60))
+    clock.advance(SLICES.max_age_s + 0.1)  # the slice is too old: the next request closes it and draws anew
+    share = instance.reserve(tenant, KEY, 100)
+    assert counters.adds == 1  # the closed slice's give-back: throttled
+    for i in range(1, 40):  # within the pause: the throttled give-back waits, and so do the ones after it
+        assert store.record_usage(record(f"r{i}", 100, clock.now()), instance.settlement(share, 100))
+        share = instance.reserve(tenant, KEY, 100)
+    assert counters.adds == 1
+    counters.throttling = False
+    clock.advance(SlicePolicy().throttle_backoff_s + 0.01)
+    assert store.record_usage(record("r40", 0, clock.now()), instance.settlement(share, 0))
+    share = instance.reserve(tenant, KEY, 100)  # after the pause: the give-backs are written
+    assert counters.adds > 1
+    assert store.record_usage(record("r41", 30, clock.now()), instance.settlement(share, 30))
+    clock.advance(SLICES.max_age_s + 0.1)
+    assert instance.close_all()
+    assert quota_spent(store, clock) == 60 + 39 * 100 + 30  # every share's use charged, each give-back once
