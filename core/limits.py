@@ -70,6 +70,7 @@ from core.static_split import StaticSplit
 
 # A reservation may register its shard, draw, rebalance, turn its lease slot over and reclaim stale slots.
 _RESERVE_ROUNDS = 16
+_PARENT_THROTTLES = 2  # a reservation's tries that found a window's own item throttled, at most
 # The longest a process may trust a cached key or tenant record (settings are clamped to it).
 MAX_RECORD_CACHE_S = 60.0
 # How far a revocation's guard reaches each way from its time: the record caches' lifetime, plus a minute
@@ -176,6 +177,7 @@ class LimitEnforcer:
             raise rate_limited(minute.limits, minute.increments, self._room.free_as_used(minute), tokens, now)
         attempt = _Attempt(self._choice.first(tenant.id, minute, period, now), self.leases.epoch(now))
         last_throttle: StoreThrottled | None = None
+        parent_throttles = 0
         for _ in range(_RESERVE_ROUNDS):
             try:
                 reservation = self._round(attempt, tenant, key, tokens, minute, period, now)
@@ -189,9 +191,13 @@ class LimitEnforcer:
                 continue
             except StoreThrottled as throttled:
                 # The window's own item, while drawing or registering: another shard may have budget and be
-                # registered already. (Spreading wider would only make more shards draw from it.)
+                # registered already. (Spreading wider would only make more shards draw from it.) Twice is
+                # enough: a third try would most likely draw from the throttled item again, feeding its throttle.
                 last_throttle = throttled
                 self._metrics.incr("counter_throttles_total")
+                parent_throttles += 1
+                if parent_throttles >= _PARENT_THROTTLES:
+                    raise
                 attempt.shard, attempt.moves = self._choice.other(tenant.id, minute, attempt.shard), NO_MOVES
                 continue
             if reservation is not None:

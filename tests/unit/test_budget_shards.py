@@ -470,3 +470,23 @@ def test_a_burst_writes_no_item_above_its_share(clock: FixedClock) -> None:
         assert len(shards) == 8
         assert max(shards) < 1.3 * sum(shards) / 8, sorted(shards)  # each about an eighth of its window's
     assert store.writes.get(minute, 0) + store.writes.get(month, 0) < 0.02 * total  # grants only: 24 of 6,120
+
+
+def test_a_reservation_stops_drawing_from_a_throttled_window_item_after_two_tries(clock: FixedClock) -> None:
+    """Every shard without budget draws from the window's own item: when that item is throttled, trying shard
+    after shard would only write it again and again (each attempt is one more write it refuses)."""
+    parent = f"q|t1|{period_bounds(clock.now(), 'month')[0]}"
+    store = ThrottledItems(clock, {parent: 10**6})
+    attempts: list[str] = []
+    original = store._try_add_counters
+
+    def counting(changes: Sequence[CounterChange]) -> tuple[bool, list[dict[str, int]]]:
+        attempts.extend(c.item for c in changes if c.item == parent)
+        return original(changes)
+
+    store._try_add_counters = counting  # type: ignore[method-assign]
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=10_000))
+    enforcer = LimitEnforcer(store, clock, NullMetrics(), LEASES, SHARDED, random.Random(1))
+    with pytest.raises(StoreThrottled):
+        enforcer.reserve(tenant, KEY, 10)
+    assert len(attempts) == 2
