@@ -19,8 +19,10 @@ attribute names ``c_<slot>#<field>``), so today's counters item grows with its p
   throttled GSI throttles the base table's write.
 * ``firestore``: one document per counter item, aggregate shard and usage record; ~1 sustained write per
   second per document (a soft limit, modelled as a token bucket of 1/s holding a burst of 5), 1 unit per
-  document write whatever its size; reads are not limited per document. No adapter exists: the aggregate is
-  assumed sharded 8 ways.
+  document write whatever its size; reads are not limited per document. As ``adapters/gcp`` writes it: a
+  record's daily aggregate goes to one of its writing instance's own documents (``core.writer_shards``), and
+  the record's entry in the ``(shard, created_at)`` index to one of the tenant's 32 index ranges, each taking
+  500 writes a second (Firestore's limit for an index over ever-increasing values).
 * ``cosmos-tenant``: Cosmos DB with today's partition key, the tenant: every item of the tenant (counters,
   aggregates, usage records) in one logical partition of 10,000 RU/s; a write costs 6 RU per started KB (the
   low end of 6-10 RU for ~1 KB with default indexing), a transactional batch the sum, a point read 1 RU per
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 KB = 1024
 NUMBER_BYTES = 8
 ALONE = ""  # partition_of's answer for an item alone in its partition (a usage record): never contended
+INDEX = "index:"  # a partition named so is an index range: ``StoreModel.index_rate``
 COUNTER_KINDS = ("rl", "q")
 
 
@@ -126,6 +129,9 @@ class StoreModel:
     counters_txn: bool = True  # try_add_all over several stored items is one transaction (else one write each)
     gsi: bool = False  # DynamoDB's gsi1 writes are charged too
     aggregate_shards: int = 8
+    aggregate_per_writer: bool = False  # the daily aggregate goes to the writing instance's own shards
+    index_shards: int = 0  # ranges of the records' time index per tenant (0: not modelled)
+    index_rate: float = math.inf  # index entries per second one range takes
     doc_overhead: int = 0  # bytes every stored item carries besides its fields (Cosmos' system properties)
     counter_write_units: float = 1.0  # a counter write's typical cost (reserve 1x, settle in a transaction)
 
@@ -147,7 +153,7 @@ MODELS: dict[str, StoreModel] = {
         ),
         StoreModel(
             "firestore", "writes", 1.0, 5.0, _one, 1.0, _by_item, _stored_by_item, math.inf, _one,
-            doc_overhead=32, counter_write_units=1.0,
+            doc_overhead=32, counter_write_units=1.0, aggregate_per_writer=True, index_shards=32, index_rate=500.0,
         ),
         StoreModel(
             "cosmos-tenant", "RU", 10_000.0, 10_000.0, _ru_write, 1.0, _by_tenant, _stored_by_item, None, _ru_read,
@@ -161,4 +167,4 @@ MODELS: dict[str, StoreModel] = {
 }  # fmt: skip
 
 
-__all__ = ["ALONE", "KB", "MODELS", "NUMBER_BYTES", "StoreModel", "counter_parts"]
+__all__ = ["ALONE", "INDEX", "KB", "MODELS", "NUMBER_BYTES", "StoreModel", "counter_parts"]

@@ -44,7 +44,13 @@ def assumptions(stores: Sequence[StoreModel], keys: int) -> str:
             reads = "reads not limited"
         lines.append(
             f"- {m.name}: {_si(m.write_rate)} {m.unit}/s, burst {_si(m.burst)}, x{m.txn_multiplier:g} in a "
-            f"transaction, {reads}, aggregate over {m.aggregate_shards} items"
+            f"transaction, {reads}, "
+            + (
+                "aggregate over the writing instance's own items"
+                if m.aggregate_per_writer
+                else f"aggregate over {m.aggregate_shards} items"
+            )
+            + (f", records' index over {m.index_shards} ranges of {_si(m.index_rate)}/s" if m.index_shards else "")
             + (", gsi1 writes charged" if m.gsi else "")
             + f"; sharded design's item budget {m.item_writes_per_s():.3g} writes/s"
         )

@@ -74,6 +74,7 @@ from core.leases import LeaseClock
 from core.limits import MINUTE, LimitEnforcer, Reservation
 from core.observability import NullMetrics
 from core.static_split import StaticSplit
+from core.writer_shards import WriterShards
 
 EnforcerFactory = Callable[[ThrottlingStore, FixedClock], "LimitEnforcer | SlicedLimits"]
 
@@ -263,6 +264,7 @@ def simulate(
     truth = _Truth(limits)
     idle: list[LimitEnforcer | SlicedLimits] = []  # an instance once per request it can take now
     fleet: list[LimitEnforcer | SlicedLimits] = []
+    writers: dict[int, WriterShards] = {}  # an instance's own daily-aggregate shards (``core.writer_shards``)
     order = itertools.count()
     events: list[tuple[float, int, int, _Request | None]] = [(T0 + rng.expovariate(rate), next(order), ARRIVE, None)]
     end, stop = T0 + seconds, T0 + seconds + drain_s
@@ -272,6 +274,7 @@ def simulate(
         if not idle:
             fleet.append(make_enforcer(store, clock))
             idle.extend([fleet[-1]] * concurrency)
+            writers[id(fleet[-1])] = WriterShards(f"i{result.instances}", clock=clock.now)
             result.instances += 1
         prompt = rng.randint(*PROMPT)
         need, used = prompt + MAX_TOKENS, prompt + rng.randint(*COMPLETION)
@@ -307,6 +310,7 @@ def simulate(
                 prompt, req.used - prompt, False, 0.0, 200, now,
             )  # fmt: skip
         assert req.record is not None
+        store.writer = writers[id(req.enforcer)]
         try:
             store.record_usage(req.record, req.changes)
         except StoreThrottled:

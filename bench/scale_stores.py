@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 from adapters.local.memory_store import MemoryStore
-from bench.scale_models import ALONE, MODELS, NUMBER_BYTES, StoreModel, counter_parts
+from bench.scale_models import ALONE, INDEX, MODELS, NUMBER_BYTES, StoreModel, counter_parts
 from core.domain import CounterChange, UsageRecord
 from core.errors import StoreThrottled
+from core.writer_shards import WriterShards
 
 DYNAMODB_DAILY_SHARDS = 32  # adapters.aws.dynamodb_models.DAILY_SHARDS: the all-tenant aggregates' gsi1 partitions
 
@@ -95,6 +96,9 @@ class ThrottlingStore(MemoryStore):
         self._members: dict[str, set[str]] = defaultdict(set)  # stored item -> counter items in it
         self._sizes: dict[str, int] = {}  # stored item -> bytes, as last written
         self._sizes_minute = -1
+        # The writer of the next usage record: the simulated instance making the call (the simulation is
+        # single-threaded), for a model whose aggregates go to the writer's own shards.
+        self.writer: WriterShards | None = None
 
     # -- sizes ------------------------------------------------------------------------------------------
 
@@ -172,12 +176,14 @@ class ThrottlingStore(MemoryStore):
         ok = True
         label = "" if shared else " (reads)"
         for partition, units in totals.items():
-            if partition == ALONE or math.isinf(rate):
+            here = model.index_rate if partition.startswith(INDEX) else rate
+            if partition == ALONE or math.isinf(here):
                 continue
             bucket = buckets.get(partition)
             if bucket is None:
-                bucket = buckets[partition] = _Bucket(rate, model.burst if shared else rate, now)
-                self.stats.limits[partition + label] = rate
+                cap = here if partition.startswith(INDEX) or not shared else model.burst
+                bucket = buckets[partition] = _Bucket(here, cap, now)
+                self.stats.limits[partition + label] = here
             self.stats.demand[partition + label][second] += units
             if bucket.level(now) < min(units, bucket.cap):
                 ok = False
@@ -192,7 +198,7 @@ class ThrottlingStore(MemoryStore):
                 self.stats.throttled_writes += 1
             raise StoreThrottled()
         for partition, units in totals.items():
-            if partition != ALONE and not math.isinf(rate):
+            if partition in buckets:
                 buckets[partition].tokens -= units
                 self.stats.served[partition + label][second] += units
             if read:
@@ -256,7 +262,8 @@ class ThrottlingStore(MemoryStore):
         self.stats.calls["record_usage"] += 1
         model, tenant, mult = self.model, record.tenant_id, self.model.txn_multiplier
         shard = zlib.crc32(record.request_id.encode()) % model.aggregate_shards
-        usage, aggregate = f"usage:{tenant}:{record.request_id}", f"agg:{tenant}:{day}:{record.model}:{shard}"
+        writer_shard = self.writer.shard(tenant) if model.aggregate_per_writer and self.writer else str(shard)
+        usage, aggregate = f"usage:{tenant}:{record.request_id}", f"agg:{tenant}:{day}:{record.model}:{writer_shard}"
         record_size = _record_size(record, model.doc_overhead)
         aggregate_size = model.doc_overhead + len(aggregate) + len(tenant) + len(day) + len(record.model) + 150
         settled, sizes = self._counter_charges(((c.item, c.increments) for c in settle), mult)
@@ -265,6 +272,9 @@ class ThrottlingStore(MemoryStore):
             (self._partition(aggregate, tenant), model.write_cost(aggregate_size) * mult),
             *settled,
         ]
+        if model.index_shards:  # the record's entry in its index range (not in the transaction's multiplier)
+            index_shard = zlib.crc32(record.request_id.encode()) % model.index_shards
+            charges.append((f"{INDEX}{tenant}:usage:{index_shard}", 1.0))
         if model.gsi:  # the index entries (not doubled by the transaction), as dynamodb_usage keys them
             daily = (zlib.crc32(tenant.encode()) + shard) % DYNAMODB_DAILY_SHARDS
             charges.append((f"gsi1:U#{tenant}#{day}#{shard}", model.write_cost(record_size)))
