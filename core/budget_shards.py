@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from core.domain import CounterChange
@@ -232,20 +232,28 @@ def block(limit: int, granted: int, shards: int, need: int, fraction: float) -> 
 
 
 def draw(
-    parent: str, shard: int, amounts: Mapping[str, int], limits: Mapping[str, int], expires_at: float
+    parent: str,
+    shard: int,
+    amounts: Mapping[str, int],
+    limits: Mapping[str, int],
+    expires_at: float,
+    also: Sequence[int] = (),
 ) -> list[CounterChange]:
-    """Move ``amounts`` (by parent field) from the parent, under its limits, to shard ``shard``'s budget.
-    The parent is written first: a crash between the two leaves budget unused, never extra."""
+    """Move ``amounts`` (by parent field) from the parent, under its limits, to shard ``shard``'s budget, and
+    as much to each shard of ``also`` (a fill: one write of the parent for many shards). The parent is written
+    first: a crash between the writes leaves budget unused, never extra."""
+    shards = [shard, *(s for s in also if s != shard)]
     taken = CounterChange(
         parent,
-        dict(amounts) | {mark(shard): 1},
+        {name: v * len(shards) for name, v in amounts.items()} | {mark(s): 1 for s in shards},
         {name: limits[name] for name in amounts},
         expires_at,
     )
-    given = CounterChange(
-        shard_item(parent, shard), {budget(n, limits[n]): v for n, v in amounts.items()}, expires_at=expires_at
-    )
-    return [taken, given]
+    given = [
+        CounterChange(s_item, {budget(n, limits[n]): v for n, v in amounts.items()}, expires_at=expires_at)
+        for s_item in (shard_item(parent, s) for s in shards)
+    ]
+    return [taken, *given]
 
 
 @dataclass(frozen=True)

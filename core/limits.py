@@ -264,7 +264,8 @@ class LimitEnforcer:
                 self._reclaim(item, values, old, values.get(epoch_field(old), 0), period.expires_at)
         else:
             spent = on_shard(period, shard, minute=False)
-            made, parent_values, attempt.moves = self._room.make(period, spent, shard, values, now)
+            fill = self.split.max_shards if self.split else 0  # a static split's quota: fill every shard at once
+            made, parent_values, attempt.moves = self._room.make(period, spent, shard, values, now, fill=fill)
             if not made:
                 self._metrics.incr("limit_refusals_total", tenant=tenant.id, limit="quota")
                 headers = self._headers(minute, minute_change, minute_values, shard, now)

@@ -81,10 +81,12 @@ class ShardRoom:
         values: dict[str, int],
         now: float,
         split: StaticSplit | None = None,
+        fill: int = 0,
     ) -> tuple[bool, dict[str, int], Moves]:
         """Room for ``change`` (``plan`` on ``shard``), refused on ``values``: whether it may be tried again,
         the window item's values as last seen, and the budget to move with the next try. With ``split``, the
-        window is split statically: budget comes from the other shards only."""
+        window is split statically: budget comes from the other shards only. ``fill``: a draw gives a block to
+        each of shards ``1..fill`` at once, while the window's item has that much (see ``_draw``)."""
         policy = self._shards.policy
         if not policy.on and split is None:
             return False, values, NO_MOVES
@@ -107,7 +109,7 @@ class ShardRoom:
                 found = budget_of(name)
                 if found is not None:
                     need[found[0]] = amount
-            drawn, parent_values = self._draw(plan, shard, need, limits)
+            drawn, parent_values = self._draw(plan, shard, need, limits, fill)
             if drawn:
                 return True, parent_values, NO_MOVES
             remainder = {f: max(0, limits[f] - parent_values.get(f, 0)) for f in need}
@@ -186,16 +188,28 @@ class ShardRoom:
         return given
 
     def _draw(
-        self, plan: CounterChange, shard: int, need: dict[str, int], limits: dict[str, int]
+        self, plan: CounterChange, shard: int, need: dict[str, int], limits: dict[str, int], fill: int = 0
     ) -> tuple[bool, dict[str, int]]:
-        """A block for each short budget, from the window item; a smaller one if that is all it has."""
+        """A block for each short budget, from the window item; a smaller one if that is all it has.
+
+        ``fill``: the window item's whole remainder (as last seen) is spread over shards ``1..fill`` in one
+        write set, a block each (never less than ``need``: then over as many shards as it has blocks for).
+        For a store whose item takes about a write a second (Firestore), where a draw per shard would queue
+        every shard's first requests behind the window's item, and a block of a fraction of the remainder
+        would have it drawn from again and again: one write of it serves every shard, and a shard short of
+        budget later rebalances from the others. Budgets carry their limit in their names as every draw's do,
+        so a lowered quota still holds exactly (a rebalance gives the old ones back, a fill spreads them anew)."""
         seen = self._parents.get(plan.item, {})
-        in_use = max(1, len(marked(seen)), self._shards.count(tenant_of(plan.item)))
-        fraction = self._shards.policy.block_fraction
+        in_use = max(1, len(marked(seen)), self._shards.count(tenant_of(plan.item)), fill)
+        fraction = 1.0 if fill > 1 else self._shards.policy.block_fraction  # a fill: the whole remainder
         amounts = {f: block(limits[f], seen.get(f, 0), in_use, n, fraction) for f, n in need.items()}
+        fits = min((max(0, limits[f] - seen.get(f, 0)) // max(1, a) for f, a in amounts.items()), default=0)
+        spread = min(fill, fits)  # shards given a block, the requester's among them
+        also: list[int] = [s for s in range(1, spread + 1) if s != shard][: spread - 1] if spread > 1 else []
         policy = self._shards.policy
         for _ in range(2):
-            ok, values = self._counters.try_add_all(draw(plan.item, shard, amounts, limits, plan.expires_at or 0.0))
+            writes = draw(plan.item, shard, amounts, limits, plan.expires_at or 0.0, also)
+            ok, values = self._counters.try_add_all(writes)
             self._remember(self._parents, plan.item, values[0])
             remainder = {f: limits[f] - values[0].get(f, 0) for f in amounts}
             if any(remainder[f] < need[f] * policy.scarce_requests * in_use for f in need):
@@ -205,6 +219,7 @@ class ShardRoom:
             if any(remainder[f] < need[f] for f in need):
                 return False, values[0]
             amounts = {f: min(amounts[f], remainder[f]) for f in amounts}
+            also = []
         return False, self._parents[plan.item]
 
     def used_estimate(self, minute: CounterChange, values: dict[str, int]) -> dict[str, int]:

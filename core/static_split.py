@@ -24,8 +24,12 @@ a move takes before it gives. The limit is in the field's name: a limit lowered 
 fields with new shares, so within that minute a tenant may spend what it spent under the old limit plus the
 new limit; from the next minute the new limit holds exactly.
 
-The quota (period items) keeps the drawn design: its blocks are large, and a lowered quota must hold
-exactly, which shares fixed in advance cannot promise.
+The quota (period items) keeps the drawn design, since a lowered quota must hold exactly, which shares fixed
+in advance cannot promise (what was spent under the old shares would not count against the new ones); but its
+draws fill: the window item's whole remainder is spread over every shard in one write set
+(``ShardRoom._draw``), so the period's own item is written once, not once per shard, and a shard short of
+budget takes it from the others. Its budgets carry their limit in their names like every draw's, so a lowered
+quota holds exactly.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from core.budget_shards import ShardPolicy, shard_item
 from core.budget_slices import SlicedLimits
 from core.clock import FixedClock
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant
-from core.errors import RateLimited, Unauthorized
+from core.errors import QuotaExceeded, RateLimited, Unauthorized
 from core.leases import LeaseClock
-from core.limits import LimitEnforcer, Reservation, minute_item
+from core.limits import LimitEnforcer, Reservation, minute_item, period_bounds
 from core.observability import NullMetrics
 from core.ports import Store
 from core.slice_parts import SlicePolicy
@@ -180,6 +180,50 @@ def test_a_lowered_limit_starts_new_shares_that_hold_from_then_on(store: Store, 
         enforcers[i % 4].reserve(after, KEY, 0)
     with pytest.raises(RateLimited):
         enforcers[0].reserve(after, KEY, 0)
+
+
+def test_the_quotas_first_draw_fills_every_shard_with_one_write_of_its_window_item(clock: FixedClock) -> None:
+    """With a split, a quota's draw spreads the window item's whole remainder over the shards at once: the item
+    a store writes about once a second is written once, not once per shard; a shard short of budget later
+    takes it from the others."""
+    store = CountingWrites(clock)
+    tenant = Tenant("t1", "t1", 0.0, Limits(token_quota=80_000))
+    enforcers = processes(store, clock)
+    parent = f"q|t1|{period_bounds(clock.now(), 'month')[0]}"
+    enforcers[0].reserve(tenant, KEY, 100)
+    assert store.writes[parent] == 1
+    assert store.read(parent)["used"] == 80_000
+    for shard in range(1, SPLIT.max_shards + 1):  # a block each (less what the first reservation spent there)
+        budget = store.read(shard_item(parent, shard)).get("b|used#80000", 0)
+        assert 9_900 <= budget <= 10_000
+    for i in range(600):  # 60,000 of the 80,000: every shard spends its block, some take from the others
+        store.record_usage(
+            record(f"r{i}", 100, clock.now()),
+            enforcers[i % 4].settlement(enforcers[i % 4].reserve(tenant, KEY, 100), 100),
+        )
+    assert store.writes[parent] == 1
+
+
+def test_a_lowered_quota_holds_exactly_on_a_split_whatever_its_shards_were_given(
+    store: Store, clock: FixedClock
+) -> None:
+    """The fill gave every shard budget under the old quota; those budgets are not spent under the new one
+    (their limit is in their name) and go back to be spread anew: nothing is granted over the new quota."""
+    enforcers = processes(store, clock)
+    generous = Tenant("t1", "t1", 0.0, Limits(token_quota=10_000))
+    for i in range(40):  # 400 spent; the whole 10,000 was spread over the shards
+        reservation = enforcers[i % 4].reserve(generous, KEY, 10)
+        store.record_usage(record(f"r{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
+    strict = Tenant("t1", "t1", 0.0, Limits(token_quota=500))
+    granted = 0
+    for i in range(40):
+        try:
+            reservation = enforcers[i % 4].reserve(strict, KEY, 10)
+        except QuotaExceeded:
+            continue
+        store.record_usage(record(f"s{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
+        granted += 10
+    assert granted == 100  # 400 + 100 = the new quota, not a token over it
 
 
 # -- revocation --------------------------------------------------------------------------------------------
