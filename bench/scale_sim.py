@@ -17,13 +17,16 @@ the usage record must not be lost: the runtime retries it after 50 ms, doubling 
 the instance stays busy meanwhile. After the arrivals stop, pending settles drain for up to 300 s.
 
 Scenarios: ``quota``: a tenant token quota sized to run out about 60 % into the run, with requests- and
-tokens-per-minute limits ten times what the load needs; ``minute``: no quota, a tokens-per-minute limit
-that binds about 60 % into the minute (the run starts on a minute boundary). The default runs ``quota``;
-``--scenarios quota,minute`` runs both. Designs: ``single`` (today's ``LimitEnforcer``: every request writes
+tokens-per-minute limits ten times what the load needs; ``steady``: the same with a quota a hundred times
+what the run spends (a tenant in the middle of its month: what every hour but the last of a quota period looks
+like); ``minute``: no quota, a tokens-per-minute limit that binds about 60 % into the minute (the run starts on
+a minute boundary). The default runs ``quota``; ``--scenarios quota,steady,minute`` runs all three.
+Designs: ``single`` (today's ``LimitEnforcer``: every request writes
 the tenant's minute and month items) and ``sharded`` (``ShardPolicy(max_shards=64, item_writes_per_s=...)``
 from ``core.budget_shards``, when it exists; the per-item budget is the store's per-item rate over a counter
 write's units, halved), ``sliced`` (those shards behind budget slices, ``core.budget_slices``, for instances that
-serve 80 requests at once) and ``split`` (slices on minute windows split statically, ``core.static_split``).
+serve 80 requests at once) and ``split`` (slices on minute windows split statically, ``core.static_split``,
+the quota's draws filling every shard at once).
 Knobs for experiments: ``TEXTNLP_SIM_SLICE_REQUESTS`` (a slice's most requests, 256),
 ``TEXTNLP_SIM_SLICE_FIRST`` (a slice's first size, 4), ``TEXTNLP_SIM_SPLIT_SHARDS`` (the split's shards, 64).
 
@@ -167,6 +170,9 @@ def limits_for(scenario: str, rate: float, seconds: float) -> Limits:
     if scenario == "quota":
         tpm = int(rate * MINUTE * (PROMPT[1] + MAX_TOKENS) * 10)
         return Limits(requests_per_minute=rpm, tokens_per_minute=tpm, token_quota=int(rate * seconds * MEAN_USED * 0.6))
+    if scenario == "steady":  # a month's quota: the run spends about 1 % of it
+        tpm = int(rate * MINUTE * (PROMPT[1] + MAX_TOKENS) * 10)
+        return Limits(requests_per_minute=rpm, tokens_per_minute=tpm, token_quota=int(rate * seconds * MEAN_USED * 100))
     if scenario == "minute":
         return Limits(requests_per_minute=rpm, tokens_per_minute=int(rate * min(seconds, MINUTE) * MEAN_USED * 0.6))
     raise ValueError(f"unknown scenario {scenario!r}")
@@ -386,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         "--stores", default=",".join(DEFAULT_STORES), help=f"store models, comma-separated, of: {', '.join(MODELS)}"
     )
     parser.add_argument("--designs", default=",".join(DESIGNS), help="single, sharded, sliced, split")
-    parser.add_argument("--scenarios", default="quota", help="quota, minute (comma-separated)")
+    parser.add_argument("--scenarios", default="quota", help="quota, steady, minute (comma-separated)")
     parser.add_argument("--keys", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (processes)")
