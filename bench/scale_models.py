@@ -27,7 +27,7 @@ attribute names ``c_<slot>#<field>``), so today's counters item grows with its p
   aggregates, usage records) in one logical partition of 10,000 RU/s; a write costs 6 RU per started KB (the
   low end of 6-10 RU for ~1 KB with default indexing), a transactional batch the sum, a point read 1 RU per
   started KB from the same budget. ``cosmos-hier``: a hierarchical key (tenant, bucket): a counter item's
-  shard, an aggregate's shard, a usage record's own id.
+  shard, an aggregate's shard (32, as ``adapters/azure/cosmos_layout.py``), a usage record's own id.
 """
 
 from __future__ import annotations
@@ -157,11 +157,11 @@ MODELS: dict[str, StoreModel] = {
         ),
         StoreModel(
             "cosmos-tenant", "RU", 10_000.0, 10_000.0, _ru_write, 1.0, _by_tenant, _stored_by_item, None, _ru_read,
-            doc_overhead=200, counter_write_units=15.0,
+            aggregate_shards=32, doc_overhead=200, counter_write_units=15.0,
         ),
         StoreModel(
             "cosmos-hier", "RU", 10_000.0, 10_000.0, _ru_write, 1.0, _by_tenant_bucket, _stored_by_item, None,
-            _ru_read, doc_overhead=200, counter_write_units=15.0,
+            _ru_read, aggregate_shards=32, doc_overhead=200, counter_write_units=15.0,
         ),
     )
 }  # fmt: skip

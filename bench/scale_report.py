@@ -31,7 +31,8 @@ def assumptions(stores: Sequence[StoreModel], keys: int) -> str:
         f"{sim.PROMPT[0] + sim.COMPLETION[0]}-{sim.PROMPT[1] + sim.COMPLETION[1]} "
         "tokens 0.5-2 s later with its usage record (one transaction). A throttled reserve: 503. A throttled settle: "
         f"503, retried from {sim.RETRY_FIRST_S * 1000:.0f} ms doubling to {sim.RETRY_MAX_S:g} s. Scenario quota: a "
-        "token quota spent ~60 % into the run, rpm/tpm 10x the load; minute: a tpm limit that binds ~60 % into "
+        "token quota spent ~60 % into the run, rpm/tpm 10x the load; steady: the same with a quota 100x what the run "
+        "spends; minute: a tpm limit that binds ~60 % into "
         "the minute. Sizes: names + 8 bytes per number + key; a refused conditional write costs its units; a "
         "throttled one costs nothing and writes nothing.",
         "",
