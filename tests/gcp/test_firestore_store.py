@@ -13,6 +13,7 @@ from google.api_core import exceptions as gexc
 
 from adapters.gcp.firestore import FirestoreStore
 from adapters.gcp.firestore_layout import DAILY, USAGE, tenant_path
+from core.clock import FixedClock
 from core.domain import CounterChange, UsageRecord
 from core.errors import ServiceUnavailable, StoreThrottled
 from core.ports import Store
@@ -169,23 +170,15 @@ def test_expired_documents_are_absent_until_the_ttl_policy_deletes_them(store: F
     assert store.cache_get("t1", "k" * 64, T0 + 10.5) is None  # the exact expiry
 
 
-class WriterClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_busy_process_adds_usage_to_aggregate_documents_of_its_own_none_written_above_its_share(
     firestore_emulator_host: FirestoreEmulator, clock: FakeClock
 ) -> None:
     """Each process writes the daily aggregates to documents of its own, as many as its rate needs (at most one
     write in 2 s each here); the usage API adds them all up."""
-    busy_clock = WriterClock()
-    busy = firestore_store(clock, writer_shards=WriterShards("busy", clock=busy_clock))
-    quiet_clock = WriterClock()
-    quiet = FirestoreStore(busy.client, clock=clock, writer_shards=WriterShards("quiet", clock=quiet_clock))
+    busy_clock = FixedClock()
+    busy = firestore_store(clock, writer_shards=WriterShards("busy", clock=busy_clock.now))
+    quiet_clock = FixedClock()
+    quiet = FirestoreStore(busy.client, clock=clock, writer_shards=WriterShards("quiet", clock=quiet_clock.now))
     for n in range(40):  # 20 records a second for 2 s
         assert busy.record_usage(_usage(f"r{n}"), [])
         busy_clock.t += 0.05

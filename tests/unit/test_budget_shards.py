@@ -266,12 +266,11 @@ def test_a_reservation_on_a_shard_that_never_settles_comes_back_after_the_lease_
     assert enforcers[1].reserve(tenant, KEY, 1000).tokens == 1000
 
 
-def test_a_lowered_quota_holds_at_once_whatever_the_shards_drew_under_the_old_one(
-    store: Store, clock: FixedClock
-) -> None:
+def granted_after_lowering_the_quota(store: Store, clock: FixedClock, enforcers: Sequence[LimitEnforcer]) -> int:
+    """400 tokens spent under a quota of 10,000 (its budgets drawn into the shards), then the quota lowered to
+    500: the tokens granted under the new one (100 when it holds exactly)."""
     generous = Tenant("t1", "t1", 0.0, Limits(token_quota=10_000))
-    enforcers = processes(store, clock)
-    for i in range(40):  # 400 spent, and budgets drawn into the shards under 10,000
+    for i in range(40):
         reservation = enforcers[i % 4].reserve(generous, KEY, 10)
         store.record_usage(record(f"r{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
     strict = Tenant("t1", "t1", 0.0, Limits(token_quota=500))
@@ -283,7 +282,13 @@ def test_a_lowered_quota_holds_at_once_whatever_the_shards_drew_under_the_old_on
             continue
         store.record_usage(record(f"s{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
         granted += 10
-    assert granted == 100  # 400 + 100 = the new quota, not a token over it
+    return granted
+
+
+def test_a_lowered_quota_holds_at_once_whatever_the_shards_drew_under_the_old_one(
+    store: Store, clock: FixedClock
+) -> None:
+    assert granted_after_lowering_the_quota(store, clock, processes(store, clock)) == 100  # 400 + 100, not a token over
 
 
 # -- the per-minute limits ---------------------------------------------------------------------------------

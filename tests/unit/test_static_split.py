@@ -18,14 +18,14 @@ from core.budget_shards import ShardPolicy, shard_item
 from core.budget_slices import SlicedLimits
 from core.clock import FixedClock
 from core.domain import ApiKeyRecord, CounterChange, Limits, Tenant
-from core.errors import QuotaExceeded, RateLimited, Unauthorized
+from core.errors import RateLimited, Unauthorized
 from core.leases import LeaseClock
 from core.limits import LimitEnforcer, Reservation, minute_item, period_bounds
 from core.observability import NullMetrics
 from core.ports import Store
 from core.slice_parts import SlicePolicy
 from core.static_split import StaticSplit
-from tests.unit.test_budget_shards import CountingWrites, record
+from tests.unit.test_budget_shards import CountingWrites, granted_after_lowering_the_quota, record
 
 SPLIT = StaticSplit(max_shards=8, request_share=4, token_share=100)
 POLICY = ShardPolicy(max_shards=8, refusal_memo_s=0.0, observe_after_s=61.0)
@@ -209,21 +209,7 @@ def test_a_lowered_quota_holds_exactly_on_a_split_whatever_its_shards_were_given
 ) -> None:
     """The fill gave every shard budget under the old quota; those budgets are not spent under the new one
     (their limit is in their name) and go back to be spread anew: nothing is granted over the new quota."""
-    enforcers = processes(store, clock)
-    generous = Tenant("t1", "t1", 0.0, Limits(token_quota=10_000))
-    for i in range(40):  # 400 spent; the whole 10,000 was spread over the shards
-        reservation = enforcers[i % 4].reserve(generous, KEY, 10)
-        store.record_usage(record(f"r{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
-    strict = Tenant("t1", "t1", 0.0, Limits(token_quota=500))
-    granted = 0
-    for i in range(40):
-        try:
-            reservation = enforcers[i % 4].reserve(strict, KEY, 10)
-        except QuotaExceeded:
-            continue
-        store.record_usage(record(f"s{i}", 10, clock.now()), enforcers[i % 4].settlement(reservation, 10))
-        granted += 10
-    assert granted == 100  # 400 + 100 = the new quota, not a token over it
+    assert granted_after_lowering_the_quota(store, clock, processes(store, clock)) == 100
 
 
 # -- revocation --------------------------------------------------------------------------------------------

@@ -7,19 +7,12 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from core.clock import FixedClock
 from core.writer_shards import WriterShards
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def writes_per_shard_and_second(
-    shards: WriterShards, clock: Clock, rate: float, seconds: float
+    shards: WriterShards, clock: FixedClock, rate: float, seconds: float
 ) -> dict[str, Counter[int]]:
     """Writes of one tenant at ``rate`` a second, evenly spaced: each shard's writes by whole second."""
     seen: dict[str, Counter[int]] = defaultdict(Counter)
@@ -31,16 +24,16 @@ def writes_per_shard_and_second(
 
 
 def test_a_quiet_process_writes_one_aggregate_shard_of_its_own() -> None:
-    clock = Clock()
-    shards = WriterShards("w1", clock=clock)
+    clock = FixedClock()
+    shards = WriterShards("w1", clock=clock.now)
     seen = writes_per_shard_and_second(shards, clock, rate=0.2, seconds=60)
     assert set(seen) == {"w10"}
 
 
 @pytest.mark.parametrize("rate", [3.0, 40.0, 400.0])
 def test_a_busy_process_spreads_so_that_no_shard_takes_more_than_its_share(rate: float) -> None:
-    clock = Clock()
-    shards = WriterShards("w1", writes_per_shard_s=0.5, window_s=2.0, clock=clock)
+    clock = FixedClock()
+    shards = WriterShards("w1", writes_per_shard_s=0.5, window_s=2.0, clock=clock.now)
     seen = writes_per_shard_and_second(shards, clock, rate=rate, seconds=20)
     busiest = max(n for per_second in seen.values() for n in per_second.values())
     assert busiest <= 1  # half a write a second on average: never two in one second
@@ -48,8 +41,8 @@ def test_a_busy_process_spreads_so_that_no_shard_takes_more_than_its_share(rate:
 
 
 def test_shards_shrink_when_the_rate_falls() -> None:
-    clock = Clock()
-    shards = WriterShards("w1", clock=clock)
+    clock = FixedClock()
+    shards = WriterShards("w1", clock=clock.now)
     writes_per_shard_and_second(shards, clock, rate=50.0, seconds=4)
     clock.t += 10.0
     later = writes_per_shard_and_second(shards, clock, rate=0.4, seconds=20)
@@ -57,16 +50,16 @@ def test_shards_shrink_when_the_rate_falls() -> None:
 
 
 def test_tenants_are_counted_apart_and_writers_are_named_apart() -> None:
-    clock = Clock()
-    shards = WriterShards("w1", clock=clock)
+    clock = FixedClock()
+    shards = WriterShards("w1", clock=clock.now)
     writes_per_shard_and_second(shards, clock, rate=100.0, seconds=3)
     assert shards.shard("t2") == "w10"  # a quiet tenant of a busy process: one shard
     assert WriterShards().writer != WriterShards().writer  # random per process
 
 
 def test_many_threads_count_every_write() -> None:
-    clock = Clock()
-    shards = WriterShards("w1", writes_per_shard_s=1.0, window_s=1000.0, clock=clock)
+    clock = FixedClock()
+    shards = WriterShards("w1", writes_per_shard_s=1.0, window_s=1000.0, clock=clock.now)
     names: Counter[str] = Counter()
     lock = threading.Lock()
 
