@@ -10,8 +10,8 @@ slice closes: one write per slice instead of two per request.
 The guarantees, and what they cost:
 
 - **Zero overspend.** A slice is a reservation like any other, made under every limit at once; its quota
-  part is turned from a lease into a charge as soon as it is drawn (``core.leases``: a lease reclaimed after
-  its holder died would give back tokens its requests used). Requests take from the slice under a lock and
+  part is charged outright, not leased (``LimitEnforcer.reserve(leased=False)``: a lease reclaimed after its
+  holder died would give back tokens its requests used). Requests take from the slice under a lock and
   never more than it holds; a request the slice cannot cover draws a new slice, or, when the budget is too
   short for a slice, reserves for itself alone (the plain per-request reservation).
 - **A refusal while budget is left** happens only as ``core.budget_shards`` bounds it, plus what the slices
@@ -34,7 +34,7 @@ import threading
 from core.domain import ApiKeyRecord, CounterChange, Tenant
 from core.errors import QuotaExceeded, RateLimited, ServiceUnavailable, StoreThrottled
 from core.leases import LeaseClock
-from core.limit_changes import Reservation, lease_return, minute_expiry, minute_item
+from core.limit_changes import Reservation, minute_expiry, minute_item
 from core.limit_refusals import MINUTE, refuse_guarded
 from core.limits import LimitEnforcer
 from core.ports import Clock, CounterStore
@@ -217,13 +217,12 @@ class SlicedLimits:
             requests = min(requests, self.policy.scarce_requests)
         if requests > 1:
             try:
-                reservation = self.enforcer.reserve(tenant, key, tokens * requests, requests=requests)
+                reservation = self.enforcer.reserve(tenant, key, tokens * requests, requests=requests, leased=False)
             except (QuotaExceeded, RateLimited):  # too big for what is left: this request alone may still fit
                 with self._lock:
                     self._sizes[slot] = max(1, requests // 4)
                 self._signal_scarce(tenant.id, window)
             else:
-                self._charge(reservation)
                 scarce = self._scarce.get(tenant.id) == window
                 max_age_s = self.policy.scarce_age_s if scarce else self.policy.max_age_s
                 slice_ = Slice(reservation, requests, now, window, max_age_s, taken=1, in_flight=1)
@@ -288,32 +287,23 @@ class SlicedLimits:
             size = max(1, size // 2)
         self._sizes[slot] = size
 
-    def _charge(self, reservation: Reservation) -> None:
-        """Turn the slice's quota lease into a charge (its requests' usage is not written to the counters).
-        Throttled, the slice stays leased: its give-back then settles the lease (``_give_back``)."""
-        if reservation.period_item is None:
-            return
-        with contextlib.suppress(ServiceUnavailable):  # throttled, or the store unavailable
-            if self._counters.try_add_all([lease_return(reservation, 0, otherwise=None)])[0]:
-                reservation.lease_epoch = -1  # no lease left to settle
-
     def _give_back(self, slice_: Slice) -> list[CounterChange]:
         """What a closed slice holds that no request of it holds: given back as it closes, and the rest as its
-        last request settles (a slice whose lease is still a lease: all at once, then)."""
+        last request settles."""
         reservation = slice_.reservation
-        leased = reservation.period_item is not None and reservation.lease_epoch >= 0
         last = slice_.in_flight == 0
-        if not slice_.closed or slice_.given_back or (not last and (leased or slice_.returned_once)):
+        if not slice_.closed or slice_.given_back or (not last and slice_.returned_once):
             return []
         slice_.returned_once, slice_.given_back = True, last
         tokens = reservation.tokens - slice_.spent - slice_.outstanding - slice_.returned_tokens
         requests = slice_.requests - slice_.taken - slice_.returned_requests
         slice_.returned_tokens += tokens
         slice_.returned_requests += requests
-        return self._changes(slice_, tokens, requests, leased=leased)
+        return self._changes(slice_, tokens, requests)
 
-    def _changes(self, slice_: Slice, tokens: int, requests: int, *, leased: bool = False) -> list[CounterChange]:
-        """The writes that give back ``tokens`` and ``requests`` of a slice (``leased``: settle its lease)."""
+    def _changes(self, slice_: Slice, tokens: int, requests: int) -> list[CounterChange]:
+        """The writes that give back ``tokens`` and ``requests`` of a slice (its quota part was charged outright:
+        a plain give-back)."""
         reservation = slice_.reservation
         changes = []
         if reservation.minute_item is not None and reservation.minute_expires_at > self._clock.now():
@@ -326,9 +316,7 @@ class SlicedLimits:
             back |= dict.fromkeys(tokens_fields, -reservation.sign * tokens)
             if back := {f: v for f, v in back.items() if v}:
                 changes.append(CounterChange(reservation.minute_item, back, expires_at=reservation.minute_expires_at))
-        if leased:  # settle the lease: what the slice's requests used is charged whatever happened to it
-            changes.append(lease_return(reservation, -tokens, otherwise=slice_.spent))
-        elif reservation.period_item is not None and tokens:
+        if reservation.period_item is not None and tokens:
             changes.append(
                 CounterChange(
                     reservation.period_item,
@@ -340,7 +328,7 @@ class SlicedLimits:
 
     def _write(self, changes: list[CounterChange], *, now_or_never: bool = False) -> bool:
         """Give-backs written alone (no usage record to ride with), with any the store throttled before: each an
-        add (a lease's settlement: on its condition, or what was used when the lease was reclaimed). After the
+        add (a slice's quota part is charged outright: no lease to settle on a condition). After the
         store throttled one, the rest wait a pause (``throttle_backoff_s``, doubled while the store keeps
         refusing) before they are tried again, with whatever came meanwhile (``now_or_never``: try at once, a
         shutdown): every request of the instance passes here, and trying on each would keep the very item that
@@ -356,10 +344,7 @@ class SlicedLimits:
             changes, self._unwritten = self._unwritten + changes, []
         for i, change in enumerate(changes):
             try:
-                if not change.limits and not change.floors:
-                    self._counters.add(change.item, change.increments, change.expires_at)
-                elif not self._counters.try_add_all([change])[0] and change.otherwise:  # the lease was reclaimed
-                    self._counters.add(change.item, change.otherwise, change.expires_at)
+                self._counters.add(change.item, change.increments, change.expires_at)
             except ServiceUnavailable:  # throttled, or the store unavailable
                 with self._lock:
                     self._unwritten += changes[i:]

@@ -125,8 +125,13 @@ def leased_change(change: CounterChange, epoch: int) -> CounterChange:
 def lease_return(reservation: Reservation, delta: int, otherwise: int | None) -> CounterChange:
     """The period item's part of a settlement: ``delta`` to the quota fields (out of a shard's budget) and
     the whole reservation out of its lease slot, if the slot still holds its epoch; else (the lease was
-    reclaimed and the whole reservation given back) ``otherwise`` tokens are charged, or nothing."""
+    reclaimed and the whole reservation given back) ``otherwise`` tokens are charged, or nothing. A reservation
+    charged outright (``lease_epoch`` -1) gets ``delta`` alone."""
     fields, slot, sign = reservation.period_fields, reservation.lease_slot, reservation.sign
+    if reservation.lease_epoch < 0:  # charged outright (a budget slice's): no lease to settle
+        return CounterChange(
+            reservation.period_item or "", dict.fromkeys(fields, sign * delta), expires_at=reservation.period_expires_at
+        )
     held_tokens = sign * reservation.tokens
     increments = dict.fromkeys(fields, sign * delta) | {lease_field(slot, f): -held_tokens for f in fields}
     same_epoch = at_epoch(slot, reservation.lease_epoch)

@@ -131,6 +131,7 @@ class _Attempt:
 
     shard: int
     epoch: int
+    leased: bool = True  # the quota part leased (else charged outright: a budget slice's)
     reclaimed: bool = False
     moves: Moves = NO_MOVES
 
@@ -156,14 +157,18 @@ class LimitEnforcer:
         self.split = split
         self._choice = ShardChoice(counters, self.shards, self._room, split)
 
-    def reserve(self, tenant: Tenant, key: ApiKeyRecord, tokens: int, requests: int = 1) -> Reservation:
+    def reserve(
+        self, tenant: Tenant, key: ApiKeyRecord, tokens: int, requests: int = 1, *, leased: bool = True
+    ) -> Reservation:
         """Reserve one request (or ``requests``) and ``tokens`` tokens against every limit in ONE atomic write,
         or raise.
 
         401 ``key_revoked`` or 403 ``tenant_suspended`` when a guard is set; 429 when a limit refuses. The
         quota part is leased (``core.leases``): a refusal because a lease slot must be turned over, or
-        for quota while stale leases hold tokens, takes them back and tries again. On a shard, a refusal
-        for budget draws from the window's own item, or rebalances (``core.shard_room``), and tries again.
+        for quota while stale leases hold tokens, takes them back and tries again. ``leased=False`` charges
+        it outright instead (a budget slice: what its requests use must stay charged if its holder dies, so
+        a lease would be turned into a charge at once; one write less). On a shard, a refusal for budget
+        draws from the window's own item, or rebalances (``core.shard_room``), and tries again.
         """
         now = self._clock.now()
         minute = minute_change(tenant, key, tokens, now, count=self.shards.policy.on, requests=requests)
@@ -175,7 +180,7 @@ class LimitEnforcer:
         if self._room.refused(minute, now):
             self._metrics.incr("limit_refusals_total", limit="per_minute")
             raise rate_limited(minute.limits, minute.increments, self._room.free_as_used(minute), tokens, now)
-        attempt = _Attempt(self._choice.first(tenant.id, minute, period, now), self.leases.epoch(now))
+        attempt = _Attempt(self._choice.first(tenant.id, minute, period, now), self.leases.epoch(now), leased)
         last_throttle: StoreThrottled | None = None
         parent_throttles = 0
         for _ in range(_RESERVE_ROUNDS):
@@ -223,7 +228,8 @@ class LimitEnforcer:
         attempt.moves = NO_MOVES
         own = [self.split.on_shard(minute, shard) if self.split else on_shard(minute, shard, minute=True)]
         if period is not None:
-            own.append(leased_change(on_shard(period, shard, minute=False), epoch))
+            spending = on_shard(period, shard, minute=False)
+            own.append(leased_change(spending, epoch) if attempt.leased else spending)
         written = [with_gift(change, moves.gift.get(change.item)) for change in own]
         try:
             ok, seen = self._counters.try_add_all([*moves.before, *written, *moves.after])
@@ -234,7 +240,8 @@ class LimitEnforcer:
         self._choice.written(tenant.id, minute, shard, minute_values)
         if ok:
             self.shards.observe(tenant.id, minute_values.get(COUNT, 0), now)
-            return self._reservation(tokens, key, minute, own, minute_values, shard, epoch, now)
+            lease = epoch if attempt.leased else None
+            return self._reservation(tokens, key, minute, own, minute_values, shard, lease, now)
         refuse_guarded(minute_values, key.id)
         if moves is not NO_MOVES and all(admits(c, v) for c, v in zip(written, seen, strict=True)):
             return None  # a donor changed meanwhile: look again
@@ -254,9 +261,10 @@ class LimitEnforcer:
         item, values = own[-1].item, seen[-1]
         slot = slot_of(epoch)
         held_epoch = values.get(epoch_field(slot), 0)
-        if epoch < held_epoch <= epoch + 1:  # an instance whose clock runs ahead turned it over: join it
+        # The epoch's slot matters to a leased reservation only (one charged outright writes no slot).
+        if attempt.leased and epoch < held_epoch <= epoch + 1:  # a clock running ahead turned it over: join it
             attempt.epoch = held_epoch
-        elif held_epoch != epoch:
+        elif attempt.leased and held_epoch != epoch:
             self._reclaim(item, values, slot, epoch, period.expires_at)
         elif not attempt.reclaimed and (stale := stale_slots(values, self.leases, now)):
             attempt.reclaimed = True
@@ -298,9 +306,10 @@ class LimitEnforcer:
         changes: list[CounterChange],
         minute_values: dict[str, int],
         shard: int,
-        epoch: int,
+        epoch: int | None,
         now: float,
     ) -> Reservation:
+        """``epoch``: the lease's (None: the quota part was charged outright)."""
         minute_change = changes[0]
         reservation = Reservation(tokens, minute_change.item, None, key.id, shard=shard)
         token_fields = [f for f in minute.increments if f.startswith("tok")]
@@ -312,10 +321,14 @@ class LimitEnforcer:
             period = changes[1]
             reservation.period_item = period.item
             reservation.period_expires_at = period.expires_at or 0.0
-            slot = slot_of(epoch)
-            prefix = f"{lease_field(slot, '')}"
-            reservation.period_fields = tuple(f for f in period.increments if not f.startswith(prefix))
-            reservation.lease_slot, reservation.lease_epoch = slot, epoch
+            if epoch is None:
+                reservation.period_fields = tuple(period.increments)
+                reservation.lease_epoch = -1  # no lease to settle
+            else:
+                slot = slot_of(epoch)
+                prefix = f"{lease_field(slot, '')}"
+                reservation.period_fields = tuple(f for f in period.increments if not f.startswith(prefix))
+                reservation.lease_slot, reservation.lease_epoch = slot, epoch
         return reservation
 
     def _reclaim(self, item: str, values: dict[str, int], slot: int, epoch: int, expires_at: float | None) -> None:

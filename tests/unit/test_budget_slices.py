@@ -121,12 +121,13 @@ def counter_writes(store: Store, clock: FixedClock, sliced: bool, requests: int 
 
 
 def test_one_instance_writes_the_counters_once_per_slice_not_per_request(store: Store, clock: FixedClock) -> None:
-    """Without slices a request writes its reservation and its settlement; a slice of 16 requests writes a
-    reservation, its charge, its give-back, and now and then a draw from the window's own item."""
+    """Without slices a request writes its reservation and its settlement; a slice of 16 requests writes its
+    reservation (its quota part charged outright) and its give-back, and now and then a draw from the window's
+    own item."""
     per_request = counter_writes(store, clock, sliced=False)
     per_slice = counter_writes(store, clock, sliced=True)
     assert per_request >= 2000
-    assert per_slice < per_request / 6
+    assert per_slice < per_request / 10  # 63 slices of 16: about 2 writes each (with a leased quota, 3: 255)
 
 
 def test_concurrent_instances_never_overspend_and_every_token_is_accounted(store: Store, clock: FixedClock) -> None:
