@@ -38,7 +38,9 @@ from core.limit_changes import Reservation, minute_expiry, minute_item
 from core.limit_refusals import MINUTE, refuse_guarded
 from core.limits import LimitEnforcer
 from core.ports import Clock, CounterStore
-from core.slice_parts import SCARCE, Slice, SlicePolicy, SliceShare
+from core.slice_parts import SCARCE, Pauses, Slice, SlicePolicy, SliceShare
+
+_GIVE_BACKS = ""  # the give-backs' key among the pauses (no tenant id is empty)
 
 
 class SlicedLimits:
@@ -59,10 +61,10 @@ class SlicedLimits:
         self._sizes: dict[tuple[str, str], int] = {}  # requests per slice, per tenant and key
         self._drawing: dict[tuple[str, str], threading.Lock] = {}
         self._unwritten: list[CounterChange] = []  # give-backs the store throttled: written with the next ones
-        self._unwritten_pause = (0.0, 0.0)  # (not before, length): when the throttled give-backs are tried again
         self._guards: dict[str, tuple[float, dict[str, int]]] = {}  # minute item -> (read at, its values)
         self._scarce: dict[str, int] = {}  # tenant -> the minute window in which its budget is scarce
-        self._backoff: dict[str, tuple[float, float]] = {}  # tenant -> (no draw before, that pause's length)
+        # Draws per tenant, and the give-backs (key ""), paused after the store throttled them.
+        self._pauses = Pauses(self.policy.throttle_backoff_s, self.policy.throttle_backoff_max_s)
 
     @property
     def leases(self) -> LeaseClock:
@@ -102,21 +104,16 @@ class SlicedLimits:
         per pause (``throttle_backoff_s``, doubled while the store keeps refusing, up to
         ``throttle_backoff_max_s``)."""
         with self._lock:
-            until, length = self._backoff.get(tenant.id, (0.0, 0.0))
-        if now < until:
-            raise StoreThrottled()
+            if self._pauses.waiting(tenant.id, now):
+                raise StoreThrottled()
         try:
             reservation = self._draw(slot, tenant, key, tokens, now)
         except StoreThrottled:
-            length = min(self.policy.throttle_backoff_max_s, 2 * length or self.policy.throttle_backoff_s)
             with self._lock:
-                if len(self._backoff) > 4096:
-                    self._backoff.clear()
-                self._backoff[tenant.id] = (self._clock.now() + length, length)
+                self._pauses.throttled(tenant.id, self._clock.now())
             raise
-        if length:
-            with self._lock:
-                self._backoff.pop(tenant.id, None)
+        with self._lock:
+            self._pauses.written(tenant.id)
         return reservation
 
     def settlement(self, reservation: Reservation, used_tokens: int) -> list[CounterChange]:
@@ -336,7 +333,7 @@ class SlicedLimits:
         everything was written."""
         now = self._clock.now()
         with self._lock:
-            if now < self._unwritten_pause[0] and not now_or_never:
+            if self._pauses.waiting(_GIVE_BACKS, now) and not now_or_never:
                 self._unwritten += changes
                 return False
             if not changes and not self._unwritten:
@@ -348,12 +345,10 @@ class SlicedLimits:
             except ServiceUnavailable:  # throttled, or the store unavailable
                 with self._lock:
                     self._unwritten += changes[i:]
-                    length = min(self.policy.throttle_backoff_max_s, 2 * self._unwritten_pause[1])
-                    length = length or self.policy.throttle_backoff_s
-                    self._unwritten_pause = (now + length, length)
+                    self._pauses.throttled(_GIVE_BACKS, now)
                 return False
         with self._lock:
-            self._unwritten_pause = (0.0, 0.0)
+            self._pauses.written(_GIVE_BACKS)
         return True
 
     def _guard_values(self, item: str, now: float) -> dict[str, int]:

@@ -78,3 +78,24 @@ class Slice:
 
 
 __all__ = ["SCARCE", "Slice", "SlicePolicy", "SliceShare"]
+
+
+class Pauses:
+    """Per key, a pause after the store throttled a write, doubled while it keeps refusing (``first_s`` up to
+    ``max_s``) and ended by the next write it takes. Not locked: the caller holds its own lock."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self._first_s, self._max_s = first_s, max_s
+        self._pauses: dict[str, tuple[float, float]] = {}  # key -> (not before, that pause's length)
+
+    def waiting(self, key: str, now: float) -> bool:
+        return now < self._pauses.get(key, (0.0, 0.0))[0]
+
+    def throttled(self, key: str, now: float) -> None:
+        length = min(self._max_s, 2 * self._pauses.get(key, (0.0, 0.0))[1] or self._first_s)
+        if len(self._pauses) > 4096:
+            self._pauses.clear()
+        self._pauses[key] = (now + length, length)
+
+    def written(self, key: str) -> None:
+        self._pauses.pop(key, None)
