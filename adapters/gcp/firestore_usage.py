@@ -14,9 +14,9 @@ is written by every request of a busy tenant, whatever its rate.
 
 Reads: ``daily_usage`` of a tenant is one query of its ``daily`` documents by ``day``, the shards added up per
 (day, model); of every tenant, a collection-group query. ``list_usage`` is one query per index shard (``shard
-== n``, by ``created_at``, ascending, limited; run at once on ``adapters.query_threads``), and for a full one a
-second for the records sharing its last one's ``created_at``, so that the first ``limit`` by (created_at,
-request id) are all there. Why shards: Firestore takes at most 500 writes a second into an index over a
+== n``, by ``created_at``, ascending, a share of the limit each; run at once on ``adapters.query_threads``),
+then, only where the shares did not settle it, the full shards' first ``limit`` and the records tied with
+their last one (``_list_usage``). Why shards: Firestore takes at most 500 writes a second into an index over a
 field whose values only increase (``created_at``); with the field's single-field index exempted (Terraform)
 and a composite index (``shard``, ``created_at``), a tenant's records go to 32 ranges of that index, so about
 16,000 records a second before any of them reaches it, for a tenant or for all of them (the collection-group
@@ -37,6 +37,7 @@ from core.domain import UsageAggregate, UsageRecord
 from core.writer_shards import WriterShards
 
 USAGE_SHARDS = 32  # index shards of a tenant's usage records
+MIN_SHARE = 10  # records a listing asks of an index shard at first, at least
 _SUMS = ("requests", "prompt_tokens", "completion_tokens", "cached_requests", "cost")
 
 
@@ -159,22 +160,35 @@ class FirestoreUsage:
         )
 
     def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
-        """The first ``limit`` of each index shard (queries at once), and the records tied with each full shard's
-        last one: the first ``limit`` of all, by (created_at, request id), are among them (core cuts)."""
-        found: dict[str, Fields] = {}
-        for docs in each(
-            lambda shard: self._first_of_shard(tenant_id, shard, start, end, limit), range(self._usage_shards)
-        ):
-            found.update((d["request_id"], d) for d in docs if d["tenant_id"] == tenant_id or tenant_id is None)
-        return [_record_from(d) for d in found.values()]
+        """The first ``limit`` records by (created_at, request id), among others (core sorts and cuts).
 
-    def _first_of_shard(self, tenant_id: str | None, shard: int, start: float, end: float, limit: int) -> list[Fields]:
+        Each index shard is asked a share first (twice its part of ``limit``, at least ``MIN_SHARE``), all at
+        once: a shard that gave less has given all it holds; one that gave its whole share holds everything up
+        to its last ``created_at``. When ``limit`` records lie below the lowest such point, they are the answer
+        (a read costs per document: about ``2 * limit`` read, not ``32 * limit``). Otherwise the full shards are
+        asked their first ``limit`` and the records tied with their last one."""
+        shards = range(self._usage_shards)
+        share = max(MIN_SHARE, -(-2 * limit // self._usage_shards))
+        pages = each(lambda shard: self._first_of_shard(tenant_id, shard, start, end, share, ties=False), shards)
+        found = {d["request_id"]: d for page in pages for d in page}
+        full = [shard for shard, page in zip(shards, pages, strict=True) if len(page) == share]
+        if full:
+            bound = min(float(pages[shard][-1]["created_at"]) for shard in full)
+            if sum(float(d["created_at"]) < bound for d in found.values()) < limit:
+                for page in each(lambda shard: self._first_of_shard(tenant_id, shard, start, end, limit), full):
+                    found.update((d["request_id"], d) for d in page)
+        return [_record_from(d) for d in found.values() if d["tenant_id"] == tenant_id or tenant_id is None]
+
+    def _first_of_shard(
+        self, tenant_id: str | None, shard: int, start: float, end: float, limit: int, *, ties: bool = True
+    ) -> list[Fields]:
+        """A shard's first ``limit`` records by ``created_at`` (``ties``: and every one tied with the last)."""
         in_shard = ("shard", "EQUAL", shard)
         span = where(
             in_shard, ("created_at", "GREATER_THAN_OR_EQUAL", float(start)), ("created_at", "LESS_THAN", float(end))
         )
         first = self._query(tenant_id, USAGE, {**span, **ordered("created_at"), "limit": limit})
-        if len(first) < limit:
+        if len(first) < limit or not ties:
             return first
         last = float(first[-1]["created_at"])  # records tied with the last one: any of them may come first
         return first + self._query(tenant_id, USAGE, where(in_shard, ("created_at", "EQUAL", last)))

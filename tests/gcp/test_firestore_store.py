@@ -207,3 +207,22 @@ def test_usage_is_listed_across_index_shards_in_order(store: FirestoreStore) -> 
     listed = store.list_usage("t1", T0, T0 + 100, limit=7)
     assert [r.request_id for r in listed] == [f"r{n:02d}" for n in range(7)]
     assert [r.request_id for r in store.list_usage(None, T0 + 3, T0 + 5)] == [f"r{n:02d}" for n in range(9, 15)]
+
+
+def test_a_listing_reads_a_share_of_its_limit_per_index_shard_not_the_whole_limit(store: FirestoreStore) -> None:
+    """Each document a query returns is billed: a listing of 40 asks each of the 32 shards for 10 first, and
+    stops there when 40 records are known below every full shard's last one (asking each for 40 read all 800)."""
+    for n in range(800):
+        store.record_usage(replace(_usage(f"r{n:03d}"), created_at=T0 + n), [])
+    read: list[int] = []
+    query = store.rpc.query
+
+    def counted(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        docs = query(*args, **kwargs)
+        read.append(len(docs))
+        return docs
+
+    store.rpc.query = counted  # type: ignore[method-assign]
+    listed = store.list_usage("t1", T0, T0 + 1000, limit=40)
+    assert [r.request_id for r in listed] == [f"r{n:03d}" for n in range(40)]
+    assert sum(read) <= 32 * 10
