@@ -212,7 +212,7 @@ class DynamoDBTable:
                     break
                 conflict_pause(attempt)
             else:
-                raise unavailable()
+                raise StoreThrottled()  # keys left unprocessed round after round: the partitions' read rate
         return found
 
     def put(self, item: Item, condition: Condition | None = None) -> None:

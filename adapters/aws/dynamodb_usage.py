@@ -45,7 +45,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.operand import Path
@@ -70,8 +70,6 @@ AGGREGATE_SHARDS = 32  # a record's aggregate shard and its gsi1 partition of th
 LEGACY_AGGREGATE_PREFIX = "A#"  # the ``sk`` of an aggregate written before the shards had partitions
 MIN_SHARE = 10  # records asked of a gsi1 partition at a time, at least (a read unit holds ~10 of them)
 _log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def usage_pk(tenant_id: str, request_id: str) -> str:
