@@ -1,1 +1,1 @@
-"""Azure adapters: Azure ML, Key Vault, metrics (Cosmos DB and Blob Storage: next)."""
+"""Azure adapters: Cosmos DB, Blob Storage, Azure ML, Key Vault, metrics."""

@@ -123,7 +123,7 @@ class CosmosCounters:
             if not ok:
                 self._undo([c for c, _ in done])
                 before = [_plus(after, {n: -v for n, v in c.increments.items()}) for c, after in done]
-                return False, [*before, values, *(self._read_counter(c.item) for c in changes[index + 1 :])]
+                return False, [*before, values, *self._read_counters([c.item for c in changes[index + 1 :]])]
             done.append((change, values))
         return True, [values for _, values in done]
 
