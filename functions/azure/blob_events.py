@@ -41,7 +41,6 @@ class BlobCreated:
     name: str
     etag: str
     size: int
-    event_id: str = ""
     api: str = ""
 
     def batch_input(self) -> tuple[str, str] | None:
@@ -93,7 +92,7 @@ def parse_event(event: Any) -> BlobCreated:
     except ValueError:
         raise BadEvent("the event's contentLength is not a number") from None
     api = data.get("api") if isinstance(data.get("api"), str) else ""
-    return BlobCreated(container, name, etag, size, str(_attribute(event, "id") or ""), str(api))
+    return BlobCreated(container, name, etag, size, str(api))
 
 
 def _attribute(event: Any, *names: str) -> Any:

@@ -75,11 +75,6 @@ class AzureSettings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
     @property
-    def emulated(self) -> bool:
-        """Keys for the emulators: no managed identity, the database and container created on first use."""
-        return bool(self.cosmos_key)
-
-    @property
     def http_timeout_s(self) -> float:
         return min(self.timeout_s, HTTP_LIMIT_S)
 

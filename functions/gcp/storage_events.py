@@ -31,7 +31,6 @@ class ObjectFinalized:
     name: str
     generation: str
     size: int
-    event_id: str = ""
 
     def batch_input(self) -> tuple[str, str] | None:
         """(tenant, name) when the object is ``batch-input/<tenant>/<name>.jsonl``, else None."""
@@ -54,7 +53,7 @@ def parse_event(event: Any) -> ObjectFinalized:
     try:
         kind = event["type"]
         data = event.data
-        event_id = str(event["id"])
+        event["id"]  # every CloudEvent has one
     except (KeyError, TypeError, AttributeError) as exc:
         raise BadEvent("not a CloudEvent") from exc
     if kind != FINALIZED:
@@ -72,4 +71,4 @@ def parse_event(event: Any) -> ObjectFinalized:
         size = int(data.get("size") or 0)
     except (TypeError, ValueError):
         raise BadEvent("the event's size is not a number") from None
-    return ObjectFinalized(bucket, name, generation, size, event_id)
+    return ObjectFinalized(bucket, name, generation, size)
