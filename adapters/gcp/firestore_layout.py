@@ -20,9 +20,9 @@ A counter item is named by core (``rl|<tenant>|<minute>``, its shards ``rl|<tena
 ``q|<tenant>|<YYYY-MM>``): the second part is its tenant. Only what is read before the tenant is known (the
 key index), the model catalog and the signing keys are global. ``expires_at`` is a Timestamp, the field the
 TTL policies (Terraform) name, on counter items that expire and on cache entries; reads compare the exact
-expiry (``x``, ``valid_until``: TTL deletion is lazy, up to a day late). Collection-group queries (usage and
-aggregates of every tenant) need collection-group single-field indexes on ``usage.created_at`` and
-``daily.day``.
+expiry (``x``, ``valid_until``: TTL deletion is lazy, up to a day late). Usage records are listed through a
+composite index (``shard``, ``created_at``), in collection and collection-group scope, with no single-field
+index on ``created_at``; the aggregates of every tenant need a collection-group index on ``daily.day``.
 
 Names become document ids as they are, except ``/`` and ``%`` (percent-encoded) and the ids Firestore reserves
 (``.``, ``..``, ``__*__``: the first character encoded): ids of keys, requests, models and cache digests never

@@ -15,7 +15,6 @@ locals {
   })
 
   resource_group_name = var.resource_group_name == null ? azurerm_resource_group.main[0].name : data.azurerm_resource_group.existing[0].name
-  resource_group_id   = var.resource_group_name == null ? azurerm_resource_group.main[0].id : data.azurerm_resource_group.existing[0].id
 
   # Blob layout of the data container (the same prefixes as the S3 and Cloud Storage buckets; the names in
   # functions/azure/blob_events.py): files/ (uploads), batch-input/<tenant>/ (each new blob is a batch: Event
@@ -28,7 +27,6 @@ locals {
   prefix_batch_input   = "batch-input/"
   prefix_batch_output  = "batch-output/"
   prefix_batch_jobs    = "batch-input/.jobs/"
-  prefix_files         = "files/"
   prefix_models        = "models/"
   # Event Grid subjects of Blob Storage events: /blobServices/default/containers/<container>/blobs/<name>.
   batch_input_subject = "/blobServices/default/containers/${local.data_container}/blobs/${local.prefix_batch_input}"

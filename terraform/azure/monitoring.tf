@@ -176,7 +176,7 @@ resource "azurerm_monitor_scheduled_query_rules_alert_v2" "api_latency" {
 }
 
 # A batch invocation that failed (an error, a crash, a timeout): Event Grid retries it, but each failure is
-# worth knowing about; with the lines the batch reported as errors (batch_lines_total, status error).
+# worth knowing about.
 resource "azurerm_monitor_scheduled_query_rules_alert_v2" "batch_failures" {
   name                 = "${local.prefix}-batch-failures"
   display_name         = "TextNLP ${var.stage}: failed batch runs"

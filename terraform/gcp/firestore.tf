@@ -30,8 +30,8 @@ resource "google_firestore_field" "ttl" {
   index_config {}
 }
 
-# Collection-group single-field indexes for the all-tenant usage queries; the collection-scope ones are kept
-# as Firestore's defaults (ascending, descending) since an override replaces them.
+# Collection-group single-field indexes for the all-tenant daily usage query; the collection-scope ones are
+# kept as Firestore's defaults (ascending, descending) since an override replaces them.
 resource "google_firestore_field" "group_index" {
   for_each = local.firestore_group_indexes
 
@@ -61,6 +61,13 @@ resource "google_firestore_field" "group_index" {
 
 # The usage records' created_at: no single-field index (a write hotspot at 500 writes a second, as the TTL
 # timestamps above); list_usage reads it through the composite indexes below, one range per index shard.
+# It was group_index["usage"] (a collection-group index on it): moved, so that an existing database gets one
+# in-place update, not a delete of the old resource (which would reset the field's indexes) after the create.
+moved {
+  from = google_firestore_field.group_index["usage"]
+  to   = google_firestore_field.usage_created_at
+}
+
 resource "google_firestore_field" "usage_created_at" {
   project    = var.project_id
   database   = google_firestore_database.main.name

@@ -10,7 +10,6 @@ locals {
   # only: every object finalized there starts the batch function, so nothing else may be written to it.
   prefix_batch_input  = "batch-input/"
   prefix_batch_output = "batch-output/"
-  prefix_files        = "files/"
   prefix_models       = "models/"
 
   # Firestore (native mode). Collection IDs are collection-group IDs: a TTL policy or an index on `usage`
