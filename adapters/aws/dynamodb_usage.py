@@ -43,8 +43,7 @@ import logging
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pynamodb.expressions.condition import Condition
@@ -64,6 +63,7 @@ from adapters.aws.dynamodb_table import (
 from adapters.query_threads import each
 from core.domain import CounterChange, UsageAggregate, UsageRecord
 from core.stores import utc_day
+from core.stores.aggregates import summed
 
 USAGE_SK = "USAGE"
 AGGREGATE_SHARDS = 32  # a record's aggregate shard and its gsi1 partition of the day (``usage_shard``)
@@ -133,27 +133,6 @@ def _record_from(item: Item) -> UsageRecord:
         cost=float(u.cost),
         ended=u.ended or "completed",
     )
-
-
-def _summed(rows: Iterable[UsageAggregate]) -> list[UsageAggregate]:
-    """The shards of each (tenant, day, model) aggregate added up."""
-    totals: dict[tuple[str, str, str], UsageAggregate] = {}
-    for row in rows:
-        key = (row.day, row.tenant_id, row.model)
-        known = totals.get(key)
-        totals[key] = (
-            row
-            if known is None
-            else replace(
-                known,
-                requests=known.requests + row.requests,
-                prompt_tokens=known.prompt_tokens + row.prompt_tokens,
-                completion_tokens=known.completion_tokens + row.completion_tokens,
-                cached_requests=known.cached_requests + row.cached_requests,
-                cost=known.cost + row.cost,
-            )
-        )
-    return [totals[key] for key in sorted(totals)]
 
 
 def _aggregate_from(item: Item) -> UsageAggregate:
@@ -256,7 +235,7 @@ class DynamoDBUsage:
 
     def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         """The aggregates' shards added up (``start_day <= end_day``: core checked)."""
-        return _summed(_aggregate_from(item) for item in self._aggregate_items(tenant_id, start_day, end_day))
+        return summed(_aggregate_from(item) for item in self._aggregate_items(tenant_id, start_day, end_day))
 
     def _list_usage(self, tenant_id: str | None, start: float, end: float, limit: int) -> list[UsageRecord]:
         """The first ``limit`` records, day by day (``limit > 0`` and ``end > start``: core checked)."""

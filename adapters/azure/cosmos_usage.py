@@ -31,7 +31,7 @@ emulator does not scope a partition-key query).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from azure.cosmos import exceptions as cex
@@ -40,8 +40,8 @@ from adapters.azure.cosmos_layout import aggregate_key, placed, record_key
 from adapters.azure.cosmos_retry import CONFLICT, NOT_FOUND, CosmosCalls, Doc, query, read_item
 from core.domain import CounterChange, UsageAggregate, UsageRecord
 from core.errors import ServiceUnavailable, StoreThrottled
+from core.stores.aggregates import aggregate_of, record_sums, summed
 
-_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cached_requests", "cost")
 _RECORD_FIELDS = (
     "request_id",
     "tenant_id",
@@ -75,29 +75,6 @@ def _record_from(d: Doc) -> UsageRecord:
         cost=float(d["cost"]),
         ended=d.get("ended") or "completed",
     )
-
-
-def _sums(r: UsageRecord) -> dict[str, int | float]:
-    return {
-        "requests": 1,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "cached_requests": int(r.cached),
-        "cost": float(r.cost),
-    }
-
-
-def _summed(docs: Iterable[Doc]) -> list[UsageAggregate]:
-    """The shards of each (tenant, day, model) added up."""
-    totals: dict[tuple[str, str, str], list[int | float]] = {}
-    for d in docs:
-        row = totals.setdefault((d["tenant_id"], d["day"], d["model"]), [0, 0, 0, 0, 0.0])
-        for i, name in enumerate(_SUMS):
-            row[i] += d.get(name, 0)
-    return [
-        UsageAggregate(t, day, model, int(r), int(p), int(c), int(k), float(cost))
-        for (t, day, model), (r, p, c, k, cost) in totals.items()
-    ]
 
 
 class CosmosUsage:
@@ -136,7 +113,7 @@ class CosmosUsage:
     def _add_to_aggregate(self, record: UsageRecord, day: str) -> None:
         """``incr`` of the record's sums on its aggregate shard; the shard is created on first use."""
         item_id, partition_key = key = aggregate_key(record.tenant_id, day, record.model, record.request_id)
-        sums = _sums(record)
+        sums = record_sums(record)
         ops = [{"op": "incr", "path": f"/{name}", "value": value} for name, value in sums.items()]
         fields = {"k": "a", "tenant_id": record.tenant_id, "day": day, "model": record.model}
         for _ in range(self._calls.rounds):
@@ -179,4 +156,6 @@ class CosmosUsage:
 
     def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         span = "c.k = 'a' AND c.day >= @start AND c.day <= @end"
-        return _summed(self._usage_query(tenant_id, span, {"@start": start_day, "@end": end_day}))
+        return summed(
+            aggregate_of(d) for d in self._usage_query(tenant_id, span, {"@start": start_day, "@end": end_day})
+        )

@@ -26,19 +26,17 @@ index).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
-from dataclasses import replace
 
 from adapters.gcp.firestore_counters import FirestoreTx
 from adapters.gcp.firestore_layout import DAILY, USAGE, daily_path, tenant_path, usage_path
 from adapters.gcp.firestore_rpc import Fields, FirestoreRpc, ordered, where
 from adapters.query_threads import each
 from core.domain import UsageAggregate, UsageRecord
+from core.stores.aggregates import aggregate_of, record_sums, summed
 from core.writer_shards import WriterShards
 
 USAGE_SHARDS = 32  # index shards of a tenant's usage records
 MIN_SHARE = 10  # records a listing asks of an index shard at first, at least
-_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cached_requests", "cost")
 
 
 def usage_shard(request_id: str, shards: int = USAGE_SHARDS) -> int:
@@ -85,36 +83,6 @@ def _record_from(d: Fields) -> UsageRecord:
     )
 
 
-def _summed(docs: Iterable[Fields]) -> list[UsageAggregate]:
-    totals: dict[tuple[str, str, str], UsageAggregate] = {}
-    for d in docs:
-        row = UsageAggregate(
-            tenant_id=d["tenant_id"],
-            day=d["day"],
-            model=d["model"],
-            requests=int(d.get("requests", 0)),
-            prompt_tokens=int(d.get("prompt_tokens", 0)),
-            completion_tokens=int(d.get("completion_tokens", 0)),
-            cached_requests=int(d.get("cached_requests", 0)),
-            cost=float(d.get("cost", 0.0)),
-        )
-        key = (row.day, row.tenant_id, row.model)
-        known = totals.get(key)
-        totals[key] = (
-            row
-            if known is None
-            else replace(
-                known,
-                requests=known.requests + row.requests,
-                prompt_tokens=known.prompt_tokens + row.prompt_tokens,
-                completion_tokens=known.completion_tokens + row.completion_tokens,
-                cached_requests=known.cached_requests + row.cached_requests,
-                cost=known.cost + row.cost,
-            )
-        )
-    return list(totals.values())
-
-
 class FirestoreUsage:
     """The UsageStore primitives (policy in core.stores). Mixin of FirestoreStore: ``self._rpc``."""
 
@@ -130,14 +98,7 @@ class FirestoreUsage:
         writer = self._writer_shards.shard(record.tenant_id)
         aggregate = daily_path(record.tenant_id, day, writer, record.model)
         keys = {"tenant_id": record.tenant_id, "day": day, "model": record.model, "shard": writer}
-        sums: dict[str, int | float] = {
-            "requests": 1,
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "cached_requests": int(record.cached),
-            "cost": float(record.cost),
-        }
-        tx.write(aggregate, self._rpc.merge(aggregate, keys, sums))
+        tx.write(aggregate, self._rpc.merge(aggregate, keys, record_sums(record)))
         return True
 
     def _usage_token(self, record: UsageRecord) -> str | None:
@@ -195,4 +156,4 @@ class FirestoreUsage:
 
     def _daily_usage(self, tenant_id: str | None, start_day: str, end_day: str) -> list[UsageAggregate]:
         span = where(("day", "GREATER_THAN_OR_EQUAL", start_day), ("day", "LESS_THAN_OR_EQUAL", end_day))
-        return _summed(self._query(tenant_id, DAILY, span))
+        return summed(aggregate_of(d) for d in self._query(tenant_id, DAILY, span))
